@@ -1,0 +1,333 @@
+"""SpriteDiffusionPipeline: sample a ContextUNet2DModel with DDPM, DDIM or any diffusers scheduler.
+
+This module imports only torch, numpy and diffusers, so it can travel next to a saved pipeline as stand-alone code
+(loadable with `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` where hfdiff is not installed).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+ClassLabel = int | str
+_DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+
+
+class SpriteDiffusionPipeline(DiffusionPipeline):
+    r"""
+    Generate images with a context-conditioned UNet (one-hot classes, mixtures, or any context vector), classifier-free
+    guidance, and DDPM / DDIM / any diffusers scheduler.
+
+    Parameters:
+        unet ([`ContextUNet2DModel`]): predicts the denoising target from (x_t, t, c). Its config's `context_dim`
+            (None for unconditional models) and `class_names` decide which contexts the pipeline accepts.
+        scheduler ([`SchedulerMixin`]): the sampler, e.g. `SpriteDDPMScheduler`, `SpriteDDIMScheduler`, or any
+            diffusers scheduler made with `from_config(pipe.scheduler.config)`.
+
+    Example:
+    ```py
+    >>> from hfdiff import SpriteDiffusionPipeline, SpriteDDIMScheduler
+    >>> pipe = SpriteDiffusionPipeline.from_pretrained("sprite-model")
+    >>> pipe(batch_size=4, class_labels="hero").images  # four heroes, full DDPM
+    >>> pipe(context=[[1.0, 0, 0.6, 0, 0]]).images  # a mixture: hero + 0.6 food
+    >>> pipe.scheduler = SpriteDDIMScheduler.from_config(pipe.scheduler.config)
+    >>> pipe(batch_size=5, class_labels=[0, 1, 2, 3, 4], num_inference_steps=25).images  # fast DDIM
+    ```
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SpriteDiffusionPipeline":
+        """Load a saved pipeline from a local folder or a Hub repo id.
+
+        Where hfdiff is installed, each component is built from its installed class (hfdiff's, or diffusers' for a
+        swapped-in diffusers scheduler): code files exported next to the weights for diffusers-only users are never
+        executed here, so no trust_remote_code is needed. Weights load from safetensors only. Components may also be
+        passed in (`unet=...`, `scheduler=...`); `torch_dtype` applies to the UNet; Hub options (`revision`, `token`,
+        `cache_dir`, `local_files_only`, `force_download`, `proxies`) are passed to the download.
+        """
+        try:
+            import hfdiff
+        except ImportError:  # running as exported code without hfdiff: diffusers' own loading
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        import diffusers
+
+        download_kwargs = {key: kwargs.pop(key) for key in _DOWNLOAD_KEYS if key in kwargs}
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        components = {name: kwargs.pop(name) for name in ("unet", "scheduler") if name in kwargs}
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for SpriteDiffusionPipeline.from_pretrained: {sorted(kwargs)}.")
+
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            folder = cls.download(folder, **download_kwargs)
+        index_path = os.path.join(folder, "model_index.json")
+        if not os.path.isfile(index_path):
+            raise FileNotFoundError(
+                f"{index_path} does not exist: {pretrained_model_name_or_path} is not a saved pipeline folder "
+                "(save one with pipe.save_pretrained(path))."
+            )
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        for name in ("unet", "scheduler"):
+            if name in components:
+                continue
+            entry = index.get(name)
+            if not (isinstance(entry, list) and len(entry) == 2):
+                raise ValueError(f"{index_path} has no [library, class] entry for {name!r}; the folder is incomplete.")
+            component_cls = getattr(hfdiff, entry[1], None) or getattr(diffusers, entry[1], None)
+            if component_cls is None:
+                raise ValueError(
+                    f"{index_path} names {entry[1]!r} for {name!r}, which neither hfdiff nor diffusers defines; "
+                    "upgrade hfdiff/diffusers or pass the component in (e.g. scheduler=...)."
+                )
+            if name == "unet":
+                components[name] = component_cls.from_pretrained(
+                    folder, subfolder=name, torch_dtype=torch_dtype, use_safetensors=True
+                )
+            else:
+                components[name] = component_cls.from_pretrained(folder, subfolder=name)
+        return cls(**components)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names of the one-hot context entries, in order (None when the model has no named classes)."""
+        names = getattr(self.unet.config, "class_names", None)
+        return list(names) if names is not None else None
+
+    def encode_class_labels(self, class_labels: ClassLabel | Sequence[ClassLabel], batch_size: int) -> torch.Tensor:
+        """Class names or indices -> one-hot contexts (B, context_dim). One label is repeated for the whole batch."""
+        context_dim = self.unet.config.context_dim
+        if context_dim is None:
+            raise ValueError(
+                "class_labels were given but this model is unconditional (context_dim=None); drop class_labels."
+            )
+        labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
+        if len(labels) == 1:
+            labels = labels * batch_size
+        if len(labels) != batch_size:
+            raise ValueError(
+                f"Got {len(labels)} class_labels for batch_size={batch_size}; give one label per image or one for all."
+            )
+        names = self.class_names
+        indices = []
+        for label in labels:
+            if isinstance(label, str):
+                if names is None or label not in names:
+                    known = names if names is not None else f"indices 0..{context_dim - 1} (this model has no names)"
+                    raise ValueError(f"Unknown class name {label!r}; this model knows {known}.")
+                indices.append(names.index(label))
+            elif isinstance(label, (int, np.integer)) and 0 <= label < context_dim:
+                indices.append(int(label))
+            else:
+                raise ValueError(
+                    f"Class label {label!r} is out of range: use an index in 0..{context_dim - 1} or a class name"
+                    + (f" from {names}." if names else ".")
+                )
+        return torch.nn.functional.one_hot(torch.tensor(indices), context_dim).float()
+
+    def check_inputs(self, batch_size, class_labels, context, guidance_scale, num_inference_steps, eta, extra_noise):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if class_labels is not None and context is not None:
+            raise ValueError("Pass either class_labels or context, not both (class labels become one-hot contexts).")
+        conditional = self.unet.config.context_dim is not None
+        if not conditional and guidance_scale != 1.0:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs a conditional model, but this one is unconditional "
+                "(context_dim=None); use guidance_scale=1.0."
+            )
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1.0 = plain conditional sampling), got {guidance_scale}.")
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        if num_inference_steps is not None and not 1 <= num_inference_steps <= num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} is outside 1..{num_train_timesteps} (the scheduler was "
+                f"trained with {num_train_timesteps} steps); choose a value in that range."
+            )
+        step_params = inspect.signature(self.scheduler.step).parameters
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}.")
+        if eta != 0.0 and "eta" not in step_params:
+            raise ValueError(
+                f"eta={eta} was given but {type(self.scheduler).__name__} takes no eta; use a DDIM scheduler "
+                "(SpriteDDIMScheduler.from_config(pipe.scheduler.config)) or leave eta=0."
+            )
+        if not extra_noise and "extra_noise" not in step_params:
+            raise ValueError(
+                f"extra_noise=False needs SpriteDDPMScheduler, but the pipeline has {type(self.scheduler).__name__}; "
+                "swap it in with SpriteDDPMScheduler.from_config(pipe.scheduler.config)."
+            )
+
+    def prepare_context(self, class_labels, context, batch_size, device, dtype) -> torch.Tensor | None:
+        """The context for each image (B, context_dim), the null context (zeros) when neither input is given, or
+        None for an unconditional model."""
+        if class_labels is not None:
+            context = self.encode_class_labels(class_labels, batch_size)
+        return self.unet.prepare_context(context, batch_size, device, dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: ClassLabel | Sequence[ClassLabel] | None = None,
+        context: torch.Tensor | Sequence[Sequence[float]] | None = None,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int | None = None,
+        eta: float = 0.0,
+        extra_noise: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Generate images.
+
+        Args:
+            batch_size: number of images B.
+            class_labels: class names ("hero") or indices, one per image or one for all; become one-hot contexts.
+            context: (B, context_dim) or (context_dim,) context vectors, as a tensor or nested lists; real-valued
+                mixtures such as hero 1.0 + food 0.6 are fine. Neither class_labels nor context: the null context.
+            guidance_scale: w of classifier-free guidance, eps_hat = eps(x,t,null) + w (eps(x,t,c) - eps(x,t,null)).
+                1.0 is plain conditional sampling (one forward pass); any other value batches the conditional and
+                the null pass into one forward pass of 2B images.
+            num_inference_steps: denoising steps; None = every training step for DDPM schedulers, 50 for others.
+            eta: DDIM's noise scale (0 deterministic, 1 DDPM-like); only for schedulers whose step takes eta.
+            extra_noise: False skips the sigma_t z term of every DDPM step (needs SpriteDDPMScheduler), the
+                classic demonstration that samples collapse to blurry means without it.
+            generator: torch.Generator (or one per image) for the initial noise and every step's noise.
+            output_type: "pil" (list of PIL images), "np" ((B, H, W, C) float in [0, 1]) or "pt"
+                ((B, C, H, W) float tensor in [0, 1]).
+            return_dict: return an `ImagePipelineOutput` rather than a tuple.
+            callback_on_step_end: called after each step as `callback(pipe, i, t, callback_kwargs)` with
+                `callback_kwargs["latents"]` the current x_{t-1} (B, C, H, W) in about [-1, 1]; it may return a dict
+                whose "latents" replaces the current sample. `TrajectoryRecorder` is a ready one for denoising GIFs.
+            callback_on_step_end_tensor_inputs: names passed in `callback_kwargs`; only "latents" is available.
+
+        Returns:
+            `ImagePipelineOutput` with `images` in the chosen output_type.
+        """
+        self.check_inputs(batch_size, class_labels, context, guidance_scale, num_inference_steps, eta, extra_noise)
+        for name in callback_on_step_end_tensor_inputs:
+            if name not in self._callback_tensor_inputs:
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs has {name!r}; choose from {self._callback_tensor_inputs}."
+                )
+        device = self._execution_device
+        dtype = self.unet.dtype
+
+        # 1. context c for each image, and the null context for the unconditional half of guidance
+        context = self.prepare_context(class_labels, context, batch_size, device, dtype)  # (B, D) or None
+        do_guidance = context is not None and guidance_scale != 1.0
+        if do_guidance:
+            context = torch.cat([context, torch.zeros_like(context)])  # (2B, D): conditional, then null
+
+        # 2. timesteps
+        if num_inference_steps is None:
+            num_train_timesteps = self.scheduler.config.num_train_timesteps
+            num_inference_steps = (
+                num_train_timesteps if isinstance(self.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
+            )
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+
+        # 3. x_T ~ N(0, I), scaled for schedulers that start from a larger sigma
+        sample_size = self.unet.config.sample_size
+        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        shape = (batch_size, self.unet.config.in_channels, height, width)
+        latents = (
+            randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        )
+
+        step_params = inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {}
+        if "generator" in step_params:
+            step_kwargs["generator"] = generator
+        if "eta" in step_params:
+            step_kwargs["eta"] = eta
+        if "extra_noise" in step_params:
+            step_kwargs["extra_noise"] = extra_noise
+
+        # 4. denoising loop: x_T -> x_0
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = torch.cat([latents, latents]) if do_guidance else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_output = self.unet(model_input, t, context=context).sample
+            if do_guidance:
+                # classifier-free guidance (Ho & Salimans 2022, eq. 6)
+                cond, null = model_output.chunk(2)
+                model_output = null + guidance_scale * (cond - null)
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+
+            if callback_on_step_end is not None:
+                available = {"latents": latents}
+                callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                latents = callback_outputs.get("latents", latents)
+
+        # 5. [-1, 1] -> [0, 1] images
+        images = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    def postprocess(self, sample: torch.Tensor, output_type: str = "pil"):
+        """sample: (B, C, H, W) in about [-1, 1] -> images in [0, 1] as "pt" (B, C, H, W), "np" (B, H, W, C) or
+        "pil" (list of PIL images)."""
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        images = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        images = images.float().cpu().permute(0, 2, 3, 1).numpy()
+        return self.numpy_to_pil(images) if output_type == "pil" else images
+
+
+class TrajectoryRecorder:
+    """A `callback_on_step_end` that keeps the intermediate samples of the trajectory, e.g. for a denoising GIF.
+
+    ```py
+    >>> recorder = TrajectoryRecorder(every=20)
+    >>> pipe(batch_size=4, class_labels="hero", callback_on_step_end=recorder)
+    >>> frames = recorder.frames()  # list of PIL grids, x_T ... x_0
+    >>> diffusers.utils.export_to_gif(frames, "denoising.gif")
+    ```
+    """
+
+    def __init__(self, every: int = 1):
+        if every < 1:
+            raise ValueError(f"every must be a positive number of steps, got {every}.")
+        self.every = every
+        self.samples: list[torch.Tensor] = []  # each (B, C, H, W) in about [-1, 1], on the CPU
+
+    def __call__(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        last = step_index == pipe.scheduler.timesteps.shape[0] - 1
+        if step_index % self.every == 0 or last:
+            self.samples.append(callback_kwargs["latents"].detach().float().cpu())
+        return {}
+
+    def frames(self, rows: int = 1, scale: int = 4):
+        """One PIL grid per recorded step (images side by side in `rows` rows), upscaled `scale` times."""
+        from diffusers.utils import make_image_grid
+
+        frames = []
+        for sample in self.samples:
+            images = SpriteDiffusionPipeline.numpy_to_pil((sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy())
+            images = [image.resize((image.width * scale, image.height * scale), resample=0) for image in images]
+            frames.append(make_image_grid(images, rows=rows, cols=len(images) // rows))
+        return frames
