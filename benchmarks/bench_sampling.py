@@ -61,7 +61,9 @@ def main(argv=None):
     labels = [i % 5 for i in range(args.batch_size)]
     runs = {
         "diffusers DDPMPipeline (reference)": lambda: reference(generator=torch.manual_seed(0), **common),
-        "SpriteDiffusionPipeline + DDPMScheduler": lambda: ours_diffusers_step(generator=torch.manual_seed(0), **common),
+        "SpriteDiffusionPipeline + DDPMScheduler": lambda: ours_diffusers_step(
+            generator=torch.manual_seed(0), **common
+        ),
         "SpriteDiffusionPipeline + SpriteDDPMScheduler": lambda: ours(generator=torch.manual_seed(0), **common),
         "SpriteDiffusionPipeline + SpriteDDPMScheduler, class labels": lambda: ours(
             generator=torch.manual_seed(0), class_labels=labels, **common

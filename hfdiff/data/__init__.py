@@ -1,0 +1,13 @@
+"""Sprite data: the embedded procedural set (no download) and the course's .npy files.
+
+    images, labels = generate_sprites(89_400, seed=0)       # (N, 16, 16, 3) uint8, (N,) int64: what training uses
+    ds = sprite_dataset(1_000)                               # the same as a datasets.Dataset (image, label)
+    images, labels = load_npy_sprites("sprites_1788_16x16.npy", "sprite_labels_nc_1788_16x16.npy")
+
+Only numpy is imported here; PIL and `datasets` are imported by the functions that need them.
+"""
+
+from .npy import load_npy_sprites
+from .sprites import SPRITE_CLASSES, generate_sprites, make_contact_sheet, sprite_dataset
+
+__all__ = ["SPRITE_CLASSES", "generate_sprites", "sprite_dataset", "make_contact_sheet", "load_npy_sprites"]

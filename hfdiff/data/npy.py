@@ -1,0 +1,107 @@
+"""The course's sprite files: `sprites_1788_16x16.npy` (images) and `sprite_labels_nc_1788_16x16.npy` (labels).
+
+Both are plain NumPy arrays: images (N, 16, 16, 3) uint8 and labels (N, 5) one-hot float. They are loaded with
+`allow_pickle=False`, so a file that holds Python objects is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _load(path, what: str) -> np.ndarray:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path!r}. Pass the path of the course's .npy file.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:  # object arrays (pickles) and files that are not .npy at all
+        raise ValueError(
+            f"Could not read {what} file {path!r} as a plain NumPy array ({error}). Expected a .npy file written by "
+            "np.save from a numeric array."
+        ) from None
+
+
+def _is_integral(array: np.ndarray) -> bool:
+    if array.dtype.kind in "iub":
+        return True
+    return array.dtype.kind == "f" and bool(np.all(np.isfinite(array))) and bool(np.all(array == np.round(array)))
+
+
+def load_npy_sprites(sprites_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
+    """Load the course's image and label arrays, checked and converted to hfdiff's layout.
+
+    Args:
+        sprites_path: .npy file of images (N, H, W, C) with C = 1 or 3 (or (N, H, W), read as C = 1), uint8 or
+            integer-valued in 0..255 (cast to uint8).
+        labels_path: .npy file of labels, either one-hot (N, K) (the course's float one-hot; each row's single
+            largest entry is its class) or class indices (N,).
+
+    Returns:
+        images: (N, H, W, C) uint8.
+        labels: (N,) int64 class indices.
+    """
+    images = _load(sprites_path, "sprites")
+    labels = _load(labels_path, "labels")
+
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(
+            f"sprites in {os.fspath(sprites_path)!r} have shape {images.shape}; expected images (N, H, W, C), "
+            "e.g. (89400, 16, 16, 3). Save the array as np.save(path, images) with images stacked on the first axis."
+        )
+    if images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"sprites in {os.fspath(sprites_path)!r} have {images.shape[-1]} channels (shape {images.shape}); "
+            "expected 1 (grey) or 3 (RGB) channels last. Move the channel axis last (np.moveaxis(images, 1, -1)) "
+            "or drop an alpha channel (images[..., :3])."
+        )
+    if images.dtype != np.uint8:
+        numeric = images.dtype.kind in "biuf"
+        if not _is_integral(images) or (images.size and (images.min() < 0 or images.max() > 255)):
+            values = f" with values in [{images.min()}, {images.max()}]" if numeric and images.size else ""
+            raise ValueError(
+                f"sprites in {os.fspath(sprites_path)!r} are {images.dtype}{values}; expected uint8 pixels (or "
+                "integers in 0..255). Convert floats in [0, 1] with (images * 255).round().astype(np.uint8)."
+            )
+        images = images.astype(np.uint8)
+
+    if labels.dtype == np.bool_:
+        labels = labels.astype(np.uint8)
+    if labels.ndim == 2:
+        if labels.shape[1] == 0 or not np.issubdtype(labels.dtype, np.number) or not np.all(np.isfinite(labels)):
+            raise ValueError(
+                f"labels in {os.fspath(labels_path)!r} have shape {labels.shape} and dtype {labels.dtype}; expected "
+                "finite one-hot rows (N, K) with K >= 1 classes."
+            )
+        top = labels.max(axis=1, keepdims=True)
+        ties = (labels == top).sum(axis=1)
+        if labels.shape[0] and (np.any(top <= 0) or np.any(ties != 1)):
+            row = int(np.flatnonzero((top[:, 0] <= 0) | (ties != 1))[0])
+            raise ValueError(
+                f"labels in {os.fspath(labels_path)!r} are not one-hot: row {row} is {labels[row].tolist()}. Expected "
+                "each row to have a single largest, positive entry (its class), as in the course's one-hot file."
+            )
+        labels = labels.argmax(axis=1)
+    elif labels.ndim == 1:
+        if not _is_integral(labels) or (labels.size and labels.min() < 0):
+            raise ValueError(
+                f"labels in {os.fspath(labels_path)!r} are a ({labels.shape[0]},) {labels.dtype} array; class indices "
+                "must be non-negative integers. Pass one-hot rows (N, K) or integer classes (N,)."
+            )
+    else:
+        raise ValueError(
+            f"labels in {os.fspath(labels_path)!r} have shape {labels.shape}; expected one-hot (N, K), e.g. "
+            "(89400, 5), or class indices (N,)."
+        )
+    labels = labels.astype(np.int64)
+
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{os.fspath(sprites_path)!r} holds {len(images)} images but {os.fspath(labels_path)!r} holds "
+            f"{len(labels)} labels; expected one label per image. Check that the two files belong together."
+        )
+    return images, labels
