@@ -6,10 +6,14 @@ This module imports only torch, numpy and diffusers, so it can travel next to a 
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +22,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 ClassLabel = int | str
 _DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+# Libraries a diffusers-only user has: components from these are referenced by name, everything else travels as code.
+_INSTALLED_LIBRARIES = ("diffusers", "transformers")
 
 
 class SpriteDiffusionPipeline(DiffusionPipeline):
@@ -59,11 +65,12 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         passed in (`unet=...`, `scheduler=...`); `torch_dtype` applies to the UNet; Hub options (`revision`, `token`,
         `cache_dir`, `local_files_only`, `force_download`, `proxies`) are passed to the download.
         """
-        try:
-            import hfdiff
-        except ImportError:  # running as exported code without hfdiff: diffusers' own loading
+        if importlib.util.find_spec("hfdiff") is None:  # exported code running without hfdiff: diffusers' loading
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         import diffusers
+        from huggingface_hub import snapshot_download
+
+        hfdiff = importlib.import_module("hfdiff")
 
         download_kwargs = {key: kwargs.pop(key) for key in _DOWNLOAD_KEYS if key in kwargs}
         torch_dtype = kwargs.pop("torch_dtype", None)
@@ -73,7 +80,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
 
         folder = str(pretrained_model_name_or_path)
         if not os.path.isdir(folder):
-            folder = cls.download(folder, **download_kwargs)
+            # A plain file download: nothing in the repo is imported or unpickled by fetching it.
+            folder = snapshot_download(folder, **download_kwargs)
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
             raise FileNotFoundError(
@@ -101,6 +109,65 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             else:
                 components[name] = component_cls.from_pretrained(folder, subfolder=name)
         return cls(**components)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        model_card=None,
+        **kwargs,
+    ):
+        """Save weights (safetensors), configs, a model card, and the code of every component that diffusers does not
+        ship, so that the folder loads both ways:
+
+            SpriteDiffusionPipeline.from_pretrained(folder)                            # where hfdiff is installed
+            DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)          # with diffusers alone
+
+        The folder is written beside the target first and then moved in entry by entry, model_index.json last, so
+        an interrupted save never leaves a half-written component in place of a good one. Other files already in
+        `save_directory` (checkpoints, logs, samples) are left alone.
+
+        Args:
+            model_card: a `huggingface_hub.ModelCard` to write as README.md; None builds one from the pipeline
+                (`hfdiff.hub.build_model_card`) when hfdiff is installed.
+        """
+        if not safe_serialization:
+            raise ValueError(
+                "SpriteDiffusionPipeline saves safetensors only: pickled weights can run code when loaded. "
+                "Leave safe_serialization=True."
+            )
+        if kwargs.pop("push_to_hub", False):
+            raise ValueError("Use pipe.push_to_hub(repo_id) to upload; save_pretrained only writes the folder.")
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+        try:
+            super().save_pretrained(staging, safe_serialization=True, variant=variant)
+            self.export_code(staging)
+            if model_card is None and importlib.util.find_spec("hfdiff") is not None:
+                model_card = importlib.import_module("hfdiff.hub").build_model_card(self)
+            if model_card is not None:
+                model_card.save(staging / "README.md")
+            _move_entries(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def export_code(self, folder: str | os.PathLike) -> None:
+        """Copy the source of the pipeline and of every non-diffusers component into a saved folder, in the layout
+        of diffusers' custom-code loader, and point model_index.json at those files:
+        `_class_name: [pipeline_file, class]` at the top, `[module_file, class]` for unet/ and scheduler/."""
+        folder = Path(folder)
+        index_path = folder / "model_index.json"
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        pipeline_entry = _copy_class_source(type(self), folder)
+        if pipeline_entry is not None:
+            index["_class_name"] = pipeline_entry
+        for name in ("unet", "scheduler"):
+            entry = _copy_class_source(type(getattr(self, name)), folder / name)
+            if entry is not None:
+                index[name] = entry
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     @property
     def class_names(self) -> list[str] | None:
@@ -190,6 +257,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         eta: float = 0.0,
         extra_noise: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
@@ -211,6 +279,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             extra_noise: False skips the sigma_t z term of every DDPM step (needs SpriteDDPMScheduler), the
                 classic demonstration that samples collapse to blurry means without it.
             generator: torch.Generator (or one per image) for the initial noise and every step's noise.
+            latents: (B, C, H, W) starting noise x_T to use instead of drawing it from `generator` (e.g. to compare
+                samplers from the same start); scaled by the scheduler's init_noise_sigma like drawn noise.
             output_type: "pil" (list of PIL images), "np" ((B, H, W, C) float in [0, 1]) or "pt"
                 ((B, C, H, W) float tensor in [0, 1]).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
@@ -249,9 +319,11 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         sample_size = self.unet.config.sample_size
         height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
         shape = (batch_size, self.unet.config.in_channels, height, width)
-        latents = (
-            randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
-        )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)} but batch_size and the model need {shape}.")
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
 
         step_params = inspect.signature(self.scheduler.step).parameters
         step_kwargs = {}
@@ -331,3 +403,34 @@ class TrajectoryRecorder:
             images = [image.resize((image.width * scale, image.height * scale), resample=0) for image in images]
             frames.append(make_image_grid(images, rows=rows, cols=len(images) // rows))
         return frames
+
+
+def _copy_class_source(cls: type, folder: Path) -> list[str] | None:
+    """Copy the module defining `cls` (and the sibling modules it imports relatively) into `folder`; returns the
+    model_index.json entry [module_file_stem, class_name], or None for classes diffusers users already have."""
+    if cls.__module__.split(".")[0] in _INSTALLED_LIBRARIES:
+        return None
+    from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+    source = Path(inspect.getsourcefile(cls))
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [source, *map(Path, get_relative_import_files(source))]:
+        shutil.copyfile(path, folder / path.name)
+    return [source.stem, cls.__name__]
+
+
+def _move_entries(staging: Path, target: Path) -> None:
+    """Move every entry of `staging` into `target`, replacing what is there; model_index.json goes last, so a folder
+    with an index always has the components that index names. Files are replaced atomically (os.replace); a
+    folder is swapped by two renames, the old one deleted only after the new one is in place."""
+    entries = sorted(staging.iterdir(), key=lambda path: path.name == "model_index.json")
+    for entry in entries:
+        destination = target / entry.name
+        if entry.is_dir() and destination.exists():
+            retired = target / f".{entry.name}.old"
+            shutil.rmtree(retired, ignore_errors=True)
+            os.replace(destination, retired)
+            os.replace(entry, destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(entry, destination)
