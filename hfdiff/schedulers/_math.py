@@ -1,0 +1,78 @@
+"""Pieces shared by the sprite DDPM and DDIM schedulers: the model-output parameterisations and config checks.
+
+Imports only torch, so the scheduler modules can travel as stand-alone code next to a saved pipeline (they reach this
+file through a relative import, which diffusers' remote-code loader copies along).
+"""
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+# Schedules diffusers' DDPMScheduler builds itself; the sprite DDIM accepts the same ones so that a DDPM config can be
+# swapped to DDIM with `from_config` ("laplace" is built by DDPMScheduler but left out of its documented list).
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def check_choice(cls_name: str, name: str, value, choices) -> None:
+    """Raise a ValueError naming the argument, the value given and the values allowed."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{cls_name}: {name}={value!r} is not supported; choose one of {allowed}.")
+
+
+def x0_and_eps_from_model_output(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_bar_t: torch.Tensor,
+    prediction_type: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn what the network predicts into (x0_hat, eps_hat) at noise level abar_t.
+
+    All three follow from the forward process x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Ho et al. 2020, eq. 4):
+    - "epsilon": the network gives eps; x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (Ho et al. eq. 15,
+      Song et al. 2021 eq. 12 "predicted x_0").
+    - "sample": the network gives x_0; eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t).
+    - "v_prediction": the network gives v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, sec. 4);
+      with x_t above, x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v and
+      eps_hat = sqrt(abar_t) v + sqrt(1 - abar_t) x_t.
+
+    model_output, sample: (B, C, H, W); alpha_bar_t: a 0-dim tensor. The operations run in the same order as
+    diffusers' schedulers, so results agree with them bit for bit in float32.
+    """
+    sqrt_alpha_bar_t = alpha_bar_t**0.5
+    sqrt_one_minus_alpha_bar_t = (1 - alpha_bar_t) ** 0.5
+    if prediction_type == "epsilon":
+        eps = model_output
+        x0 = (sample - sqrt_one_minus_alpha_bar_t * eps) / sqrt_alpha_bar_t
+    elif prediction_type == "sample":
+        x0 = model_output
+        eps = (sample - sqrt_alpha_bar_t * x0) / sqrt_one_minus_alpha_bar_t
+    elif prediction_type == "v_prediction":
+        x0 = sqrt_alpha_bar_t * sample - sqrt_one_minus_alpha_bar_t * model_output
+        eps = sqrt_alpha_bar_t * model_output + sqrt_one_minus_alpha_bar_t * sample
+    else:
+        allowed = ", ".join(repr(c) for c in PREDICTION_TYPES)
+        raise ValueError(
+            f"prediction_type={prediction_type!r} is not supported; choose one of {allowed} (what the network was "
+            "trained to predict: the noise, the clean image, or v)."
+        )
+    return x0, eps
+
+
+def add_sprite_compatibles(cls, diffusers_compatibles: list, root: type) -> list:
+    """Compatible classes for `cls`: diffusers' own plus the sprite ones.
+
+    diffusers resolves `_compatibles` names only inside the diffusers package, which drops the sprite classes (even
+    `cls` itself), so search the loaded subclasses of `root` (SchedulerMixin) for the names `cls._compatibles` lists.
+    """
+    found = {c.__name__: c for c in diffusers_compatibles}
+    stack = [root]
+    while stack:
+        candidate = stack.pop()
+        if candidate.__name__ in cls._compatibles:
+            found.setdefault(candidate.__name__, candidate)
+        stack.extend(candidate.__subclasses__())
+    found[cls.__name__] = cls
+    return list(found.values())
