@@ -22,6 +22,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 ClassLabel = int | str
 _DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+# Weight formats loaded through pickle, which can run code: never loaded, named in an error instead.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Libraries a diffusers-only user has: components from these are referenced by name, everything else travels as code.
 _INSTALLED_LIBRARIES = ("diffusers", "transformers")
 
@@ -102,7 +104,14 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                     f"{index_path} names {entry[1]!r} for {name!r}, which neither hfdiff nor diffusers defines; "
                     "upgrade hfdiff/diffusers or pass the component in (e.g. scheduler=...)."
                 )
+            component_folder = Path(folder) / name
+            if not component_folder.is_dir():
+                raise FileNotFoundError(
+                    f"{index_path} names a {name!r} component but {component_folder} does not exist; the folder is "
+                    "incomplete: save it again with pipe.save_pretrained(path)."
+                )
             if name == "unet":
+                _check_weights(component_folder)
                 components[name] = component_cls.from_pretrained(
                     folder, subfolder=name, torch_dtype=torch_dtype, use_safetensors=True
                 )
@@ -152,6 +161,36 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             _move_entries(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        model_card=None,
+        extra_files: Sequence[str | os.PathLike] = (),
+    ) -> str:
+        """Save the pipeline (as `save_pretrained` does: safetensors, exported code, model card) into a temporary
+        folder and upload exactly that folder to the Hub repo `repo_id` (created if needed) with huggingface_hub's
+        create_repo + upload_folder. `extra_files` (e.g. a samples.png the model card shows) are uploaded beside it.
+        Returns the URL of the commit."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, model_card=model_card)
+            for path in map(Path, extra_files):
+                shutil.copyfile(path, Path(folder) / path.name)
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=commit_message or f"Upload {type(self).__name__}",
+                create_pr=create_pr,
+            )
+        return str(getattr(commit, "commit_url", commit))
 
     def export_code(self, folder: str | os.PathLike) -> None:
         """Copy the source of the pipeline and of every non-diffusers component into a saved folder, in the layout
@@ -417,6 +456,35 @@ def _copy_class_source(cls: type, folder: Path) -> list[str] | None:
     for path in [source, *map(Path, get_relative_import_files(source))]:
         shutil.copyfile(path, folder / path.name)
     return [source.stem, cls.__name__]
+
+
+def _check_weights(component_folder: Path) -> None:
+    """Refuse pickled weights, and safetensors files that are truncated or corrupted, with an error naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    safetensors_files = sorted(component_folder.glob("*.safetensors"))
+    if not safetensors_files:
+        pickled = sorted(path for path in component_folder.iterdir() if path.suffix in _PICKLE_SUFFIXES)
+        if pickled:
+            raise ValueError(
+                f"{pickled[0]} holds pickled weights, which hfdiff never loads (unpickling can run arbitrary code). "
+                "If you trust the file, convert it once with diffusers: "
+                f"`ContextUNet2DModel.from_pretrained({str(component_folder)!r}, use_safetensors=False)"
+                f".save_pretrained({str(component_folder)!r})` writes diffusion_pytorch_model.safetensors."
+            )
+        raise FileNotFoundError(
+            f"{component_folder} has no weights: expected diffusion_pytorch_model.safetensors. Save the pipeline "
+            "again with pipe.save_pretrained(path)."
+        )
+    for path in safetensors_files:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({error}): it is truncated or corrupted. Download or "
+                "save the pipeline again."
+            ) from error
 
 
 def _move_entries(staging: Path, target: Path) -> None:

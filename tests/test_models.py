@@ -3,28 +3,11 @@ import json
 import pytest
 import torch
 from diffusers import UNet2DModel
+from tiny import TINY_UNET as TINY
+from tiny import tiny_unet
 
 from hfdiff import ContextUNet2DModel
 from hfdiff.models import UNET_PRESETS
-
-TINY = {
-    "block_out_channels": (8, 16),
-    "down_block_types": ("DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 4,
-    "layers_per_block": 1,
-}
-
-
-def tiny_unet(seed: int = 0, **overrides) -> ContextUNet2DModel:
-    """A tiny model whose conditioning MLPs are randomised (they start as the identity, which would hide bugs)."""
-    torch.manual_seed(seed)
-    unet = ContextUNet2DModel(**{**TINY, **overrides})
-    with torch.no_grad():
-        mlps = list(unet.time_mlps) + (list(unet.context_mlps) if unet.context_mlps is not None else [])
-        for mlp in mlps:
-            mlp[2].weight.normal_(std=0.5)
-    return unet.eval()
 
 
 def public_config(model) -> dict:

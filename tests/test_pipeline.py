@@ -3,39 +3,11 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
+from tiny import T, make_pipe, seed
 
 from hfdiff import ContextUNet2DModel, SpriteDDIMScheduler, SpriteDDPMScheduler, SpriteDiffusionPipeline
 from hfdiff.data import SPRITE_CLASSES
 from hfdiff.pipelines import TrajectoryRecorder
-
-TINY = {
-    "block_out_channels": (8, 16),
-    "down_block_types": ("DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 4,
-    "layers_per_block": 1,
-}
-T = 20  # training steps of the test scheduler: keeps full DDPM loops fast
-
-
-def make_pipe(
-    context_dim=5, class_names=tuple(SPRITE_CLASSES), scheduler=None, init_seed=0
-) -> SpriteDiffusionPipeline:
-    torch.manual_seed(init_seed)
-    names = list(class_names) if context_dim is not None and class_names is not None else None
-    unet = ContextUNet2DModel(**TINY, context_dim=context_dim, class_names=names)
-    with torch.no_grad():  # move the conditioning off its identity initialisation so that context matters
-        mlps = list(unet.time_mlps) + (list(unet.context_mlps) if unet.context_mlps is not None else [])
-        for mlp in mlps:
-            mlp[2].weight.normal_(std=0.5)
-    pipe = SpriteDiffusionPipeline(unet=unet.eval(), scheduler=scheduler or SpriteDDPMScheduler(num_train_timesteps=T))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def seed(value: int) -> torch.Generator:
-    """A generator of its own (torch.manual_seed would re-seed and return the one global generator)."""
-    return torch.Generator().manual_seed(value)
 
 
 def run(pipe, **kwargs) -> torch.Tensor:
