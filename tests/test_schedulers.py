@@ -249,11 +249,14 @@ def full_loop(scheduler, num_inference_steps, **step_kwargs) -> torch.Tensor:
 @pytest.mark.parametrize(
     "cls,config,num_inference_steps,step_kwargs,expected_sum,expected_mean_abs",
     [
-        (SpriteDDPMScheduler, {}, 500, {}, -39.8298, 0.732303),
-        (SpriteDDPMScheduler, {"variance_type": "fixed_small"}, 500, {}, -39.5669, 0.735363),
-        (SpriteDDIMScheduler, {}, 25, {"eta": 0.0}, -12.6749, 0.615696),
+        (SpriteDDPMScheduler, {"clip_sample": True}, 500, {}, -39.8298, 0.732303),
+        (SpriteDDPMScheduler, {"clip_sample": True, "variance_type": "fixed_small"}, 500, {}, -39.5669, 0.735363),
+        (SpriteDDIMScheduler, {"clip_sample": True}, 25, {"eta": 0.0}, -12.6749, 0.615696),
+        # the defaults do not clip x0_hat; the fake model is no denoiser, so without the clamp the loop drifts far
+        (SpriteDDPMScheduler, {}, 500, {}, 185.539, 82.200668),
+        (SpriteDDIMScheduler, {}, 25, {"eta": 0.0}, 346.9507, 15.732442),
     ],
-    ids=["ddpm_fixed_large", "ddpm_fixed_small", "ddim_eta0_25_steps"],
+    ids=["ddpm_fixed_large", "ddpm_fixed_small", "ddim_eta0_25_steps", "ddpm_default_unclipped", "ddim_default"],
 )
 def test_full_loop_stored_numbers(cls, config, num_inference_steps, step_kwargs, expected_sum, expected_mean_abs):
     # Stored from one run of this code (torch 2.13, CPU); they change if the step's math or its noise draws change.
@@ -336,6 +339,7 @@ def test_sprite_defaults():
         assert (config.beta_schedule, config.beta_start, config.beta_end) == ("linear", 1e-4, 0.02)
         scheduler = cls()
         torch.testing.assert_close(scheduler.betas, torch.linspace(1e-4, 0.02, 500))
+        assert config.clip_sample is False  # as the course and Alg. 2; clipping drags long DDIM runs off course
     assert SpriteDDPMScheduler().config.variance_type == "fixed_large"
 
 
