@@ -1,0 +1,412 @@
+"""The `hfdiff` command: what to do with a trained model.
+
+    hfdiff sample sprite-model --per_class 8 --output samples.png           # a grid, one labelled row per class
+    hfdiff sample sprite-model --class_names hero food --scheduler ddim --num_inference_steps 25
+    hfdiff visualize all --model sprite-model --output_dir pictures          # every picture (PNG, GIF)
+    hfdiff visualize schedules --output_dir docs                             # the model-free ones need no --model
+    hfdiff train-classifier --output_dir sprite-model/classifier              # the metrics' classifier (< 1 min, CPU)
+    hfdiff evaluate sprite-model --per_class 100                              # accuracy + Fréchet distance vs floor
+    hfdiff report sprite-model --output_dir report --per_class 20 --steps 10 25 50 100 full
+
+`evaluate` and `report` use the classifier in --classifier (default: MODEL/classifier); when there is none they
+train one on the real data (procedural sprites, or --npy_images/--npy_labels) and save it there for next time.
+Every subcommand is a thin layer over hfdiff.visualize and hfdiff.evaluate, whose functions take the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+PICTURES = {  # name -> (file written, needs a model)
+    "samples": ("samples.png", True),
+    "forward": ("forward_process.png", False),
+    "denoising": ("denoising.gif", True),
+    "extra-noise": ("extra_noise.png", True),
+    "samplers": ("ddpm_vs_ddim.png", True),
+    "schedules": ("schedules.png", False),
+    "embedding": ("timestep_embedding.png", False),
+    "mixtures": ("mixtures.png", True),
+}
+
+
+class UserError(Exception):
+    """A mistake in the command line, reported as one line instead of a traceback."""
+
+
+def load_pipeline(path: str, device: str = "cpu"):
+    """A saved SpriteDiffusionPipeline from a local folder (or a Hub repo id "owner/name"), on `device`."""
+    from hfdiff.pipelines import SpriteDiffusionPipeline
+
+    if not os.path.isdir(path):
+        if os.path.exists(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.startswith("."):
+            raise FileNotFoundError(
+                f"Pipeline folder {path!r} does not exist; pass the --output_dir of train_conditional.py (or a "
+                "folder written by pipe.save_pretrained)."
+            )
+        try:
+            return SpriteDiffusionPipeline.from_pretrained(path).to(device)
+        except Exception as error:  # offline, no such repo, ...: one clear message
+            raise FileNotFoundError(
+                f"{path!r} is neither a local pipeline folder nor a Hub repo that could be loaded ({error})."
+            ) from error
+    return SpriteDiffusionPipeline.from_pretrained(path).to(device)
+
+
+def sampling_pipeline(args):
+    """The model of `args.model` with the scheduler asked for (--scheduler model|ddpm|ddim)."""
+    from hfdiff.visualize import with_sampler
+
+    pipe = load_pipeline(args.model, args.device)
+    return pipe if args.scheduler == "model" else with_sampler(pipe, args.scheduler)
+
+
+def _generator(args):
+    import torch
+
+    return torch.Generator("cpu").manual_seed(args.seed)  # CPU: the same pictures on every device
+
+
+def _sampling_kwargs(args) -> dict:
+    return {
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "eta": args.eta,
+        "extra_noise": not args.no_extra_noise,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Subcommands
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def cmd_sample(args) -> None:
+    from hfdiff.visualize import class_grid
+
+    pipe = sampling_pipeline(args)
+    grid = class_grid(
+        pipe,
+        per_class=args.per_class,
+        class_names=args.class_names,
+        generator=_generator(args),
+        **_sampling_kwargs(args),
+    )
+    _makedirs_for(args.output)
+    grid.save(args.output)
+    print(f"wrote {args.output}")
+
+
+def make_picture(name: str, args, pipe=None) -> str:
+    """Draw picture `name` (a key of PICTURES) into args.output_dir; returns the path written."""
+    from hfdiff import visualize as vis
+
+    path = os.path.join(args.output_dir, PICTURES[name][0])
+    generator = _generator(args)
+    sampling = _sampling_kwargs(args)
+    if name == "schedules":
+        image = vis.schedule_curves(pipe.scheduler if pipe is not None else None)
+    elif name == "embedding":
+        if pipe is not None:
+            unet, steps = pipe.unet, pipe.scheduler.config.num_train_timesteps
+        else:
+            from hfdiff.models import ContextUNet2DModel
+
+            unet, steps = ContextUNet2DModel.from_preset("sprite-small"), 500
+        image = vis.timestep_embedding_heatmap(unet, steps)
+    elif name == "forward":
+        image = vis.forward_process_strip(
+            vis.sprite_image(args.class_name or "hero", seed=args.seed),
+            pipe.scheduler if pipe is not None else None,
+            timesteps=args.timesteps,
+            generator=generator,
+        )
+    elif name == "samples":
+        image = vis.class_grid(
+            pipe, per_class=args.per_class, class_names=args.class_names, generator=generator, **sampling
+        )
+    elif name == "denoising":
+        frames = vis.denoising_frames(pipe, class_labels=args.class_names, generator=generator, **sampling)
+        return vis.save_gif(frames, path)
+    elif name == "extra-noise":
+        image = vis.extra_noise_comparison(
+            pipe,
+            per_class=min(args.per_class, 4),
+            class_names=args.class_names,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            generator=generator,
+        )
+    elif name == "samplers":
+        image = vis.sampler_comparison(
+            pipe,
+            per_class=min(args.per_class, 4),
+            class_names=args.class_names,
+            num_inference_steps=args.ddim_steps,
+            eta=args.eta,
+            guidance_scale=args.guidance_scale,
+            generator=generator,
+        )
+    else:  # "mixtures"
+        image = vis.context_mixture_grid(pipe, per_mixture=args.per_class, generator=generator, **sampling)
+    image.save(path)
+    return path
+
+
+def cmd_visualize(args) -> None:
+    names = list(PICTURES) if args.what == "all" else [args.what]
+    pipe = sampling_pipeline(args) if args.model else None
+    os.makedirs(args.output_dir, exist_ok=True)
+    for name in names:
+        if PICTURES[name][1] and pipe is None:
+            if args.what != "all":
+                raise UserError(f"`hfdiff visualize {name}` draws samples: pass --model with a pipeline folder.")
+            print(f"skipped {name} (needs --model)")
+            continue
+        try:
+            print(f"wrote {make_picture(name, args, pipe)}")
+        except ValueError as error:
+            if args.what != "all":
+                raise
+            print(f"skipped {name}: {error}")  # e.g. mixtures of an unconditional model
+
+
+def real_data(args, count: int = 0):
+    """The real images: the course .npy files when given, else procedural sprites (at least `count` held out)."""
+    from hfdiff import evaluate as ev
+
+    if args.npy_images or args.npy_labels:
+        if not (args.npy_images and args.npy_labels):
+            raise UserError("Pass both --npy_images and --npy_labels (or neither, for procedural sprites).")
+        return ev.real_npy(args.npy_images, args.npy_labels)
+    return ev.real_sprites(num_train=max(args.num_train_images, count), num_heldout=max(5_000, count))
+
+
+def get_classifier(args, real):
+    """args.classifier (default MODEL/classifier); trained on `real` and saved there when it does not exist yet."""
+    from hfdiff import evaluate as ev
+
+    folder = args.classifier or os.path.join(args.model, "classifier")
+    trained_on = ev.classifier_trained_on(folder)
+    if trained_on is not None:
+        print(f"classifier: {folder} (trained on {trained_on or 'unknown data'})")
+        return ev.load_classifier(folder, args.device)
+    print(f"classifier: none in {folder}; training one on {real.description}")
+    classifier = ev.train_classifier(
+        real.train_images, real.train_labels, real.class_names, epochs=args.classifier_epochs, device=args.device
+    )
+    ev.save_classifier(classifier, folder, trained_on=real.description)
+    return classifier
+
+
+def cmd_train_classifier(args) -> None:
+    from hfdiff import evaluate as ev
+
+    real = real_data(args)
+    classifier = ev.train_classifier(
+        real.train_images, real.train_labels, real.class_names, epochs=args.classifier_epochs, device=args.device
+    )
+    predicted, _ = classifier.predict(real.heldout_images)
+    accuracy = ev.conditional_accuracy(predicted, real.heldout_labels, real.class_names)["accuracy"]
+    ev.save_classifier(classifier, args.output_dir, trained_on=real.description)
+    print(f"held-out accuracy {accuracy:.1%}; wrote {args.output_dir}")
+
+
+def cmd_evaluate(args) -> None:
+    from hfdiff import evaluate as ev
+
+    pipe = sampling_pipeline(args)
+    count = args.per_class * (pipe.unet.config.context_dim or 5)
+    real = real_data(args, count)
+    classifier = get_classifier(args, real)
+    metrics = ev.evaluate_pipeline(
+        pipe,
+        classifier,
+        real,
+        per_class=args.per_class,
+        batch_size=args.batch_size,
+        generator=_generator(args),
+        standard=True,
+        **_sampling_kwargs(args),
+    )
+    print(ev.format_metrics(metrics))
+    if args.output:
+        _makedirs_for(args.output)
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2)
+        print(f"wrote {args.output}")
+
+
+def cmd_report(args) -> None:
+    from hfdiff import evaluate as ev
+
+    steps = [None if s == "full" else _positive_int(s, "--steps") for s in args.steps]  # before the slow parts
+    pipe = load_pipeline(args.model, args.device)
+    ev.resolve_steps(steps, pipe.scheduler.config.num_train_timesteps)
+    count = args.per_class * (pipe.unet.config.context_dim or 5)
+    real = real_data(args, count)
+    classifier = get_classifier(args, real)
+    rows = ev.ddpm_vs_ddim(
+        pipe,
+        classifier,
+        real,
+        steps=steps,
+        samplers=args.samplers,
+        per_class=args.per_class,
+        batch_size=args.batch_size,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+    )
+    paths = ev.write_report(
+        rows, args.output_dir, title=f"DDPM vs DDIM: {os.path.basename(os.path.normpath(args.model))}"
+    )
+    print(ev.report_markdown(rows))
+    print("wrote " + ", ".join(paths.values()))
+
+
+def _positive_int(text: str, flag: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{flag} takes positive step counts or 'full', got {text!r}.")
+    return int(text)
+
+
+def _makedirs_for(path: str) -> None:
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument parsing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _add_sampling(parser: argparse.ArgumentParser, scheduler_choice: bool = True) -> None:
+    group = parser.add_argument_group("sampling")
+    if scheduler_choice:
+        group.add_argument(
+            "--scheduler",
+            choices=("model", "ddpm", "ddim"),
+            default="model",
+            help="Sampler: the one saved with the model, SpriteDDPMScheduler or SpriteDDIMScheduler (same schedule).",
+        )
+        group.add_argument(
+            "--num_inference_steps", type=int, default=None, help="Denoising steps; default: all T for DDPM, 50 else."
+        )
+        group.add_argument("--eta", type=float, default=0.0, help="DDIM's noise scale: 0 deterministic, 1 DDPM-like.")
+        group.add_argument(
+            "--no_extra_noise", action="store_true", help="DDPM without the sigma_t z term (the blurry-mean demo)."
+        )
+    group.add_argument("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance w; 1 = none.")
+    group.add_argument("--seed", type=int, default=0, help="Seed of the starting noise and every step's noise.")
+    group.add_argument("--device", default=None, help="Torch device; default cuda when available, else cpu.")
+
+
+def _add_real_data(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("real data (classifier training and the Fréchet reference)")
+    group.add_argument("--npy_images", default=None, help="The course's sprites .npy (N, 16, 16, 3) uint8.")
+    group.add_argument("--npy_labels", default=None, help="The course's labels .npy (N, 5) one-hot.")
+    group.add_argument(
+        "--num_train_images", type=int, default=20_000, help="Procedural sprites to train the classifier on."
+    )
+    group.add_argument("--classifier_epochs", type=int, default=3, help="Epochs when a classifier is trained.")
+
+
+def _add_classifier(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--classifier",
+        default=None,
+        help="Folder of a classifier from train-classifier; default MODEL/classifier (trained there if missing).",
+    )
+    parser.add_argument("--batch_size", type=int, default=250, help="Images generated per pipeline call.")
+    _add_real_data(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hfdiff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sample = commands.add_parser("sample", help="Sample a grid with a row per class (PNG).")
+    sample.add_argument("model", help="Pipeline folder (train_conditional.py --output_dir) or Hub repo id.")
+    sample.add_argument("--class_names", nargs="+", default=None, help="Rows to draw (names or indices); default all.")
+    sample.add_argument("--per_class", type=int, default=8, help="Images per row.")
+    sample.add_argument("--output", default="samples.png", help="PNG file to write.")
+    _add_sampling(sample)
+    sample.set_defaults(func=cmd_sample)
+
+    visualize = commands.add_parser(
+        "visualize",
+        help="Draw pictures: samples, forward process, denoising GIF, sampler comparisons, schedules, ...",
+        description="Pictures (file written): "
+        + ", ".join(f"{name} ({file})" for name, (file, _) in PICTURES.items())
+        + ". schedules, embedding and forward need no model; 'all' draws every picture it can.",
+    )
+    visualize.add_argument("what", choices=[*PICTURES, "all"], help="Which picture; 'all' for every one.")
+    visualize.add_argument("--model", default=None, help="Pipeline folder; needed by the pictures that sample.")
+    visualize.add_argument("--output_dir", default="pictures", help="Folder the pictures are written to.")
+    visualize.add_argument("--class_names", nargs="+", default=None, help="Rows / GIF images; default every class.")
+    visualize.add_argument("--class_name", default="hero", help="Procedural sprite class of the forward strip.")
+    visualize.add_argument("--per_class", type=int, default=8, help="Images per row (comparisons use at most 4).")
+    visualize.add_argument("--timesteps", type=int, nargs="+", default=None, help="t values of the forward strip.")
+    visualize.add_argument(
+        "--ddim_steps", type=int, default=None, help="DDIM steps of the DDPM-vs-DDIM picture; default 25."
+    )
+    _add_sampling(visualize)
+    visualize.set_defaults(func=cmd_visualize)
+
+    train = commands.add_parser("train-classifier", help="Train the small classifier the metrics use (safetensors).")
+    train.add_argument("--output_dir", required=True, help="Folder for classifier.safetensors + its config.")
+    train.add_argument("--device", default=None, help="Torch device; default cuda when available, else cpu.")
+    _add_real_data(train)
+    train.set_defaults(func=cmd_train_classifier)
+
+    evaluate = commands.add_parser("evaluate", help="Conditional accuracy and Fréchet distance (vs the real floor).")
+    evaluate.add_argument("model", help="Pipeline folder or Hub repo id.")
+    evaluate.add_argument("--per_class", type=int, default=100, help="Images generated per class.")
+    evaluate.add_argument("--output", default=None, help="Also write the metrics to this JSON file.")
+    _add_classifier(evaluate)
+    _add_sampling(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    report = commands.add_parser("report", help="DDPM vs DDIM: steps x sampler, time and metrics (md + PNG).")
+    report.add_argument("model", help="Pipeline folder or Hub repo id.")
+    report.add_argument("--output_dir", default="report", help="Folder for report.md, report.json, report.png.")
+    report.add_argument(
+        "--steps", nargs="+", default=["10", "25", "50", "100", "full"], help="Step counts; 'full' = T steps."
+    )
+    report.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["DDPM", "DDIM eta=0", "DDIM eta=1"],
+        choices=["DDPM", "DDIM eta=0", "DDIM eta=1"],
+        help="Samplers to compare (quote the names).",
+    )
+    report.add_argument("--per_class", type=int, default=50, help="Images generated per class and row.")
+    _add_classifier(report)
+    _add_sampling(report, scheduler_choice=False)
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "device", "") is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        args.func(args)
+    except (UserError, ValueError, FileNotFoundError) as error:
+        print(f"hfdiff {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

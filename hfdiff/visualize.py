@@ -1,0 +1,704 @@
+"""Pictures of a sprite diffusion model: sample grids, the forward process, denoising GIFs, sampler comparisons,
+noise schedules, the timestep embedding and context mixtures.
+
+    from hfdiff import SpriteDiffusionPipeline
+    from hfdiff import visualize as vis
+
+    pipe = SpriteDiffusionPipeline.from_pretrained("sprite-model")
+    vis.class_grid(pipe, per_class=8, generator=torch.manual_seed(0)).save("samples.png")
+    vis.save_gif(vis.denoising_frames(pipe, generator=torch.manual_seed(0)), "denoising.gif")
+    vis.schedule_curves().save("schedules.png")                 # needs no model
+
+Every function that samples takes the pipeline's own keywords (`num_inference_steps`, `eta`, `extra_noise`,
+`guidance_scale`, `generator`) and returns PIL images. Comparisons draw the starting noise x_T once and pass it to
+every variant through `latents=`, with each variant's step noise drawn from its own copy of `generator`, so the panels
+differ only by what is being compared. Plots are drawn with PIL alone (no matplotlib dependency); they are small
+line plots and a heat map, which is all these pictures need.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import make_image_grid
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import ImageDraw, ImageFont
+
+from hfdiff.data import SPRITE_CLASSES, generate_sprites
+
+# The course's context-mixture examples: row label -> {class name: weight}; names as in SPRITE_CLASSES.
+CLASSIC_MIXTURES: dict[str, dict[str, float]] = {
+    "hero + 0.6 food": {"hero": 1.0, "food": 0.6},
+    "0.6 food + 0.4 spell": {"food": 0.6, "spell/weapon": 0.4},
+    "hero + side-facing": {"hero": 1.0, "side-facing": 1.0},
+    "hero + non-hero": {"hero": 1.0, "non-hero": 1.0},
+    "hero + spell": {"hero": 1.0, "spell/weapon": 1.0},
+}
+# Plot label -> diffusers beta_schedule name.
+SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "sigmoid": "sigmoid"}
+MAX_CLASS_ROWS = 10  # grids of models with more classes show the first ten
+UNCONDITIONAL_ROWS = 5  # rows of a grid for an unconditional model
+SCALE = 4  # default upscaling of 16x16 sprites (nearest neighbour, so pixels stay crisp)
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+_VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], dtype=np.float64)
+_BACKGROUND = (255, 255, 255)
+_INK = (20, 20, 20)
+_GRID = (225, 225, 225)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling helpers shared by the pictures (and by hfdiff.evaluate)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def with_sampler(pipe, sampler: str):
+    """A pipeline sharing `pipe`'s UNet with a fresh "ddpm" (SpriteDDPMScheduler) or "ddim" (SpriteDDIMScheduler)
+    scheduler built from `pipe.scheduler.config`; `pipe` itself is left as it is."""
+    from hfdiff.schedulers import SpriteDDIMScheduler, SpriteDDPMScheduler
+
+    classes = {"ddpm": SpriteDDPMScheduler, "ddim": SpriteDDIMScheduler}
+    if sampler not in classes:
+        raise ValueError(f"Unknown sampler {sampler!r}; choose 'ddpm' or 'ddim'.")
+    other = type(pipe)(unet=pipe.unet, scheduler=classes[sampler].from_config(pipe.scheduler.config))
+    other.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return other
+
+
+def draw_latents(pipe, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Starting noise x_T ~ N(0, I) for `pipe`'s UNet: (B, C, H, W), drawn from `generator` on the pipeline's device."""
+    config = pipe.unet.config
+    size = config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    shape = (batch_size, config.in_channels, height, width)
+    return randn_tensor(shape, generator=generator, device=pipe.device, dtype=pipe.unet.dtype)
+
+
+def fork(generator: torch.Generator | None) -> torch.Generator | None:
+    """A new generator in the same state as `generator` (so two variants draw the same step noise), or None."""
+    if generator is None:
+        return None
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return copy
+
+
+def grid_labels(pipe, rows: int | None = None) -> tuple[list[int] | None, list[str]]:
+    """Class indices and row names for a row-per-class grid: the model's first `rows` (at most MAX_CLASS_ROWS)
+    classes, or (None, []) for an unconditional model."""
+    context_dim = pipe.unet.config.context_dim
+    if context_dim is None:
+        return None, []
+    count = min(context_dim, MAX_CLASS_ROWS) if rows is None else rows
+    names = pipe.class_names or [f"class {k}" for k in range(context_dim)]
+    return list(range(count)), names[:count]
+
+
+def resolve_classes(pipe, class_names: Sequence[str | int] | None) -> tuple[list[int] | None, list[str]]:
+    """Class names or indices chosen by a user -> (indices, row labels); None = the model's classes (grid_labels)."""
+    if class_names is None:
+        return grid_labels(pipe)
+    if pipe.unet.config.context_dim is None:
+        raise ValueError(
+            f"Classes {list(class_names)} were asked for, but this model is unconditional (context_dim=None); "
+            "leave the classes out to get a plain grid."
+        )
+    one_hot = pipe.encode_class_labels(list(class_names), len(class_names))  # validates names and indices
+    indices = one_hot.argmax(dim=1).tolist()
+    names = pipe.class_names or [f"class {k}" for k in range(pipe.unet.config.context_dim)]
+    return indices, [names[k] for k in indices]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Drawing primitives (PIL)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _font(size: int = 11) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font where Pillow has FreeType
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def _text_size(text: str, font) -> tuple[int, int]:
+    left, top, right, bottom = ImageDraw.Draw(PIL.Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def upscale(images: Sequence[PIL.Image.Image], scale: int = SCALE) -> list[PIL.Image.Image]:
+    """Nearest-neighbour upscaling (crisp pixels) of each image by an integer factor."""
+    if scale == 1:
+        return list(images)
+    return [image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST) for image in images]
+
+
+def labelled_rows(
+    rows: Sequence[Sequence[PIL.Image.Image]], labels: Sequence[str] = (), gap: int = 2
+) -> PIL.Image.Image:
+    """Rows of equal-sized images (each row a make_image_grid strip), with `labels` written left of each row."""
+    font = _font()
+    strips = [make_image_grid(list(row), rows=1, cols=len(row)) for row in rows]
+    label_width = max((_text_size(label, font)[0] for label in labels), default=-8) + 8
+    width = label_width + max(strip.width for strip in strips)
+    height = sum(strip.height for strip in strips) + gap * (len(strips) - 1)
+    canvas = PIL.Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for i, strip in enumerate(strips):
+        canvas.paste(strip, (label_width, y))
+        if i < len(labels):
+            text_height = _text_size(labels[i], font)[1]
+            draw.text((4, y + (strip.height - text_height) // 2), labels[i], fill=_INK, font=font)
+        y += strip.height + gap
+    return canvas
+
+
+def titled(image: PIL.Image.Image, title: str, position: str = "top") -> PIL.Image.Image:
+    """`image` with `title` written in a band above (or below) it."""
+    font = _font(12)
+    text_width, _ = _text_size(title, font)
+    band = _text_size("Ag_|", font)[1] + 10  # one line height for every title, so that panels line up
+    canvas = PIL.Image.new("RGB", (max(image.width, text_width + 8), image.height + band), _BACKGROUND)
+    text_y = 4 if position == "top" else image.height + 4
+    canvas.paste(image, (0, band if position == "top" else 0))
+    ImageDraw.Draw(canvas).text((4, text_y), title, fill=_INK, font=font)
+    return canvas
+
+
+def hstack(images: Sequence[PIL.Image.Image], gap: int = 12) -> PIL.Image.Image:
+    """Images side by side, top-aligned, `gap` white pixels apart."""
+    width = sum(image.width for image in images) + gap * (len(images) - 1)
+    canvas = PIL.Image.new("RGB", (width, max(image.height for image in images)), _BACKGROUND)
+    x = 0
+    for image in images:
+        canvas.paste(image, (x, 0))
+        x += image.width + gap
+    return canvas
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About `count` round tick values (1, 2 or 5 times a power of ten apart) covering [low, high]."""
+    if high <= low:
+        return [low]
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Powers of ten in [low, high]; also 2x and 5x them when the range spans fewer than three decades."""
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for multiples in ((1,), (1, 2, 5)):
+        ticks = [m * 10.0**e for e in decades for m in multiples]
+        ticks = [t for t in ticks if low * 0.999 <= t <= high * 1.001]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
+def _format_tick(value: float) -> str:
+    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
+        return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    return f"{value:.4g}"
+
+
+def line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    log_x: bool = False,
+    log_y: bool = False,
+    xticks: Sequence[float] | None = None,
+    hlines: Mapping[str, float] | None = None,
+    markers: bool = False,
+    size: tuple[int, int] = (440, 300),
+) -> PIL.Image.Image:
+    """A line plot: `series` maps a legend label to (xs, ys); NaNs are skipped. `hlines` maps labels to dashed
+    horizontal reference lines (e.g. a metric's floor). The legend sits under the axes, so it never covers data."""
+    font = _font()
+    hlines = dict(hlines or {})
+    xs_all = np.concatenate([np.asarray(xs, dtype=float) for xs, _ in series.values()])
+    ys_all = np.concatenate([np.asarray(ys, dtype=float) for _, ys in series.values()] + [list(hlines.values())])
+    xs_all, ys_all = xs_all[np.isfinite(xs_all)], ys_all[np.isfinite(ys_all)]
+    if log_y:
+        ys_all = ys_all[ys_all > 0]
+    x_low, x_high = float(xs_all.min()), float(xs_all.max())
+    y_low, y_high = (float(ys_all.min()), float(ys_all.max())) if ys_all.size else (0.0, 1.0)
+    if not log_y:
+        pad = 0.05 * (y_high - y_low) or max(abs(y_high) * 0.1, 1e-3)
+        y_low, y_high = y_low - pad, y_high + pad
+    if x_high == x_low:
+        x_low, x_high = x_low - 1, x_high + 1
+
+    def fx(v):
+        return (
+            (math.log10(v) - math.log10(x_low)) / (math.log10(x_high) - math.log10(x_low))
+            if log_x
+            else ((v - x_low) / (x_high - x_low))
+        )
+
+    def fy(v):
+        if log_y:
+            return (math.log10(v) - math.log10(y_low)) / max(math.log10(y_high) - math.log10(y_low), 1e-12)
+        return (v - y_low) / (y_high - y_low)
+
+    labels = list(series) + list(hlines)
+    legend_rows = math.ceil(len(labels) / 3)
+    width, height = size
+    left, right, top, bottom = 62, 14, 26, 40 + 16 * legend_rows
+    canvas = PIL.Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def point(x, y):
+        return left + fx(x) * plot_w, top + (1 - fy(y)) * plot_h
+
+    # axes, grid and ticks
+    y_ticks = _log_ticks(y_low, y_high) if log_y else _nice_ticks(y_low, y_high)
+    x_ticks = (
+        list(xticks) if xticks is not None else (_log_ticks(x_low, x_high) if log_x else _nice_ticks(x_low, x_high))
+    )
+    for tick in y_ticks:
+        _, y = point(x_low, tick)
+        draw.line([(left, y), (left + plot_w, y)], fill=_GRID)
+        label = _format_tick(tick)
+        tw, th = _text_size(label, font)
+        draw.text((left - tw - 5, y - th / 2 - 1), label, fill=_INK, font=font)
+    for tick in x_ticks:
+        x, _ = point(tick, y_low if not log_y else y_low)
+        draw.line([(x, top), (x, top + plot_h)], fill=_GRID)
+        label = _format_tick(tick)
+        tw, _ = _text_size(label, font)
+        draw.text((x - tw / 2, top + plot_h + 4), label, fill=_INK, font=font)
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=_INK)
+
+    # data
+    colours = {label: _COLOURS[i % len(_COLOURS)] for i, label in enumerate(labels)}
+    for label, value in hlines.items():
+        if np.isfinite(value) and (value > 0 or not log_y):
+            _, y = point(x_low, value)
+            for x0 in range(left, left + plot_w, 8):
+                draw.line([(x0, y), (min(x0 + 4, left + plot_w), y)], fill=colours[label], width=2)
+    for label, (xs, ys) in series.items():
+        points = [
+            point(x, y)
+            for x, y in zip(xs, ys)
+            if np.isfinite(x) and np.isfinite(y) and (y > 0 or not log_y) and (x > 0 or not log_x)
+        ]
+        if len(points) > 1:
+            draw.line(points, fill=colours[label], width=2)
+        if markers:
+            for x, y in points:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[label])
+
+    # labels, title, legend
+    tw, _ = _text_size(title, _font(12))
+    draw.text(((width - tw) / 2, 6), title, fill=_INK, font=_font(12))
+    tw, _ = _text_size(xlabel, font)
+    draw.text((left + (plot_w - tw) / 2, top + plot_h + 18), xlabel, fill=_INK, font=font)
+    if ylabel:
+        tw, th = _text_size(ylabel, font)
+        text = PIL.Image.new("RGB", (tw + 4, th + 6), _BACKGROUND)
+        ImageDraw.Draw(text).text((2, 0), ylabel, fill=_INK, font=font)
+        text = text.rotate(90, expand=True)
+        canvas.paste(text, (2, top + (plot_h - text.height) // 2))
+    column_width = (width - left) // 3
+    for i, label in enumerate(labels):
+        x = left + (i % 3) * column_width
+        y = top + plot_h + 36 + 16 * (i // 3)
+        draw.line([(x, y + 6), (x + 18, y + 6)], fill=colours[label], width=3 if label in series else 1)
+        draw.text((x + 23, y), label, fill=_INK, font=font)
+    return canvas
+
+
+def colormap(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Values -> uint8 RGB through a viridis-like map (dark purple at `low` to yellow at `high`): (...) -> (..., 3)."""
+    position = np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0, 1) * (len(_VIRIDIS) - 1)
+    index = np.minimum(position.astype(int), len(_VIRIDIS) - 2)
+    frac = (position - index)[..., None]
+    return np.round(_VIRIDIS[index] * (1 - frac) + _VIRIDIS[index + 1] * frac).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pictures
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def class_grid(
+    pipe,
+    per_class: int = 8,
+    class_names: Sequence[str | int] | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    extra_noise: bool = True,
+    generator: torch.Generator | None = None,
+    scale: int = SCALE,
+) -> PIL.Image.Image:
+    """A sample grid with one row per class, each row labelled with its class name.
+
+    `class_names` picks the rows (names or indices); None = every class of the model (the first ten). An
+    unconditional model gets a plain, unlabelled grid of UNCONDITIONAL_ROWS rows instead (asking it for named
+    classes is a ValueError)."""
+    indices, labels = resolve_classes(pipe, class_names)
+    rows = len(indices) if indices is not None else UNCONDITIONAL_ROWS
+    images = pipe(
+        batch_size=rows * per_class,
+        class_labels=[k for k in indices for _ in range(per_class)] if indices is not None else None,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        extra_noise=extra_noise,
+        generator=generator,
+    ).images
+    images = upscale(images, scale)
+    return labelled_rows([images[r * per_class : (r + 1) * per_class] for r in range(rows)], labels)
+
+
+def sprite_image(class_name: str = "hero", seed: int = 0) -> torch.Tensor:
+    """One procedural sprite of `class_name` (an entry of SPRITE_CLASSES) as (3, 16, 16) in [-1, 1]."""
+    if class_name not in SPRITE_CLASSES:
+        raise ValueError(f"Unknown class name {class_name!r}; the procedural sprites have {list(SPRITE_CLASSES)}.")
+    images, labels = generate_sprites(len(SPRITE_CLASSES), seed=seed)  # one of each class
+    image = images[labels == SPRITE_CLASSES.index(class_name)][0]
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def default_forward_timesteps(num_train_timesteps: int) -> list[int]:
+    """0, 5%, 10%, 20%, 40%, 60%, 80% and 100% of the chain: where the image fades out, at a glance."""
+    return sorted({round(f * (num_train_timesteps - 1)) for f in (0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)})
+
+
+def forward_process(
+    image: torch.Tensor,
+    scheduler,
+    timesteps: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The clean image followed by x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4) at each t, all with the
+    same eps so that only t changes along the strip.
+
+    image: (C, H, W) or (1, C, H, W) in [-1, 1]. Returns (1 + len(timesteps), C, H, W): x_0, then x_t per t."""
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    timesteps = list(default_forward_timesteps(num_train_timesteps) if timesteps is None else timesteps)
+    bad = [t for t in timesteps if not 0 <= t < num_train_timesteps]
+    if bad:
+        raise ValueError(f"timesteps {bad} are outside 0..{num_train_timesteps - 1}, the scheduler's training steps.")
+    x0 = image[None] if image.ndim == 3 else image  # (1, C, H, W)
+    noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    count = len(timesteps)
+    noisy = scheduler.add_noise(
+        x0.expand(count, -1, -1, -1), noise.expand(count, -1, -1, -1), torch.tensor(timesteps, device=x0.device)
+    )
+    return torch.cat([x0, noisy])
+
+
+def forward_process_strip(
+    image: torch.Tensor | None = None,
+    scheduler=None,
+    timesteps: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    scale: int = SCALE * 2,
+) -> PIL.Image.Image:
+    """The forward (noising) process of one image as a labelled strip: "x_0", then "t = ..." panels.
+
+    image: (C, H, W) in [-1, 1]; None = a procedural hero. scheduler: None = SpriteDDPMScheduler's defaults."""
+    if scheduler is None:
+        from hfdiff.schedulers import SpriteDDPMScheduler
+
+        scheduler = SpriteDDPMScheduler()
+    image = sprite_image() if image is None else image
+    timesteps = default_forward_timesteps(scheduler.config.num_train_timesteps) if timesteps is None else timesteps
+    panels = forward_process(image, scheduler, timesteps, generator)
+    pil = upscale(_to_pil(panels), scale)
+    labelled = [titled(panel, label, "bottom") for panel, label in zip(pil, ["x_0"] + [f"t = {t}" for t in timesteps])]
+    return hstack(labelled, gap=6)
+
+
+def _to_pil(sample: torch.Tensor) -> list[PIL.Image.Image]:
+    """(B, C, H, W) in about [-1, 1] -> PIL images."""
+    array = ((sample.detach().float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    array = array.permute(0, 2, 3, 1).numpy()
+    return [PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
+
+
+def denoising_frames(
+    pipe,
+    class_labels: Sequence[str | int] | None = None,
+    every: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    extra_noise: bool = True,
+    generator: torch.Generator | None = None,
+    scale: int = SCALE,
+) -> list[PIL.Image.Image]:
+    """Frames of the denoising trajectory x_T -> x_0 (for `save_gif`): one image per class label side by side, a
+    frame every `every` steps plus the last, each captioned with its step.
+
+    class_labels: one image per entry; None = one per class of the model (five images for an unconditional one).
+    every: None = about 25 frames whatever the step count. Returns x_T, then steps 0, every, 2 every, ... and the
+    last of the N steps (1 + ceil(N / every) frames, one more when N - 1 is not a multiple of every)."""
+    from hfdiff.pipelines import TrajectoryRecorder
+
+    indices, _ = resolve_classes(pipe, class_labels)
+    batch_size = len(indices) if indices is not None else UNCONDITIONAL_ROWS
+    pipe.scheduler.set_timesteps(num_inference_steps or _default_steps(pipe))
+    steps = len(pipe.scheduler.timesteps)
+    every = every or max(1, steps // 25)
+    latents = draw_latents(pipe, batch_size, generator)
+    recorder = TrajectoryRecorder(every=every)
+    pipe(
+        batch_size=batch_size,
+        class_labels=indices,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        extra_noise=extra_noise,
+        generator=generator,
+        latents=latents,
+        callback_on_step_end=recorder,
+    )
+    recorded = [i for i in range(steps) if i % every == 0 or i == steps - 1]  # TrajectoryRecorder's rule
+    captions = ["x_T (pure noise)"] + [f"step {i + 1}/{steps}" for i in recorded]
+    recorder.samples.insert(0, (latents * pipe.scheduler.init_noise_sigma).float().cpu())
+    frames = [titled(frame, caption, "bottom") for frame, caption in zip(recorder.frames(scale=scale), captions)]
+    size = (max(frame.width for frame in frames), max(frame.height for frame in frames))
+    canvases = [PIL.Image.new("RGB", size, _BACKGROUND) for _ in frames]  # a GIF's frames share one size
+    for canvas, frame in zip(canvases, frames):
+        canvas.paste(frame, (0, 0))
+    return canvases
+
+
+def _default_steps(pipe) -> int:
+    """The pipeline's own default step count (every training step for DDPM, 50 for other schedulers)."""
+    from diffusers import DDPMScheduler
+
+    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+    return num_train_timesteps if isinstance(pipe.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
+
+
+def save_gif(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: int = 10, hold_s: float = 1.5) -> str:
+    """Write `frames` as a looping GIF, holding the last one `hold_s` seconds. Written with PIL rather than
+    diffusers' export_to_gif, which gives every frame the same duration: without the hold the finished sample
+    flashes by before the loop restarts from noise."""
+    if not frames:
+        raise ValueError("No frames to write; denoising_frames returns at least two.")
+    durations = [round(1000 / fps)] * (len(frames) - 1) + [round(1000 * hold_s)]
+    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=durations, loop=0, optimize=False)
+    return str(path)
+
+
+def _rows_of(pipe, per_class: int, class_names) -> tuple[list[int] | None, list[str], int]:
+    indices, labels = resolve_classes(pipe, class_names)
+    rows = len(indices) if indices is not None else UNCONDITIONAL_ROWS
+    return indices, labels, rows
+
+
+def _same_start_panels(pipe, variants, per_class, class_names, generator, scale, common) -> PIL.Image.Image:
+    """Sample every (title, pipeline, keywords) variant from the same x_T and step-noise generator state; the panels
+    (row-per-class grids) side by side under their titles."""
+    indices, labels, rows = _rows_of(pipe, per_class, class_names)
+    class_labels = [k for k in indices for _ in range(per_class)] if indices is not None else None
+    latents = draw_latents(pipe, rows * per_class, generator)
+    panels = []
+    for title, variant, kwargs in variants:
+        images = variant(
+            batch_size=rows * per_class,
+            class_labels=class_labels,
+            latents=latents,
+            generator=fork(generator),
+            **{**common, **kwargs},
+        ).images
+        images = upscale(images, scale)
+        grid = labelled_rows([images[r * per_class : (r + 1) * per_class] for r in range(rows)], labels)
+        panels.append(titled(grid, title))
+    return hstack(panels, gap=16)
+
+
+def extra_noise_comparison(
+    pipe,
+    per_class: int = 4,
+    class_names: Sequence[str | int] | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    scale: int = SCALE,
+) -> PIL.Image.Image:
+    """DDPM with the sigma_t z term (left) and without it (right, `extra_noise=False`), from the same x_T: without
+    the noise added back, samples collapse towards smooth, blurry averages. Uses SpriteDDPMScheduler with `pipe`'s
+    schedule, whatever scheduler `pipe` has."""
+    ddpm = with_sampler(pipe, "ddpm")
+    variants = [
+        ("DDPM, with extra noise", ddpm, {"extra_noise": True}),
+        ("DDPM, without extra noise", ddpm, {"extra_noise": False}),
+    ]
+    common = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+    return _same_start_panels(pipe, variants, per_class, class_names, generator, scale, common)
+
+
+def sampler_comparison(
+    pipe,
+    per_class: int = 4,
+    class_names: Sequence[str | int] | None = None,
+    num_inference_steps: int | None = None,
+    ddpm_steps: int | None = None,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    scale: int = SCALE,
+) -> PIL.Image.Image:
+    """DDPM (`ddpm_steps`, None = every training step) beside DDIM (`num_inference_steps`, None = 25 or T if fewer;
+    `eta`), from the same x_T.
+
+    With eta = 0 DDIM is a deterministic map of x_T, so where DDPM's extra noise lets a sample wander, DDIM's keeps
+    the layout its starting noise suggests."""
+    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+    ddpm_steps = ddpm_steps or num_train_timesteps
+    num_inference_steps = num_inference_steps or min(25, num_train_timesteps)
+    variants = [
+        (f"DDPM, {ddpm_steps} steps", with_sampler(pipe, "ddpm"), {"num_inference_steps": ddpm_steps}),
+        (
+            f"DDIM eta={eta:g}, {num_inference_steps} steps",
+            with_sampler(pipe, "ddim"),
+            {"num_inference_steps": num_inference_steps, "eta": eta},
+        ),
+    ]
+    return _same_start_panels(
+        pipe, variants, per_class, class_names, generator, scale, {"guidance_scale": guidance_scale}
+    )
+
+
+def mixture_contexts(pipe, mixtures: Mapping[str, Mapping[str, float]] = CLASSIC_MIXTURES) -> torch.Tensor:
+    """Mixtures {label: {class name: weight}} -> context vectors (M, context_dim) for `pipe`'s model. A model without
+    class names but with five context entries is read in the course's order (SPRITE_CLASSES)."""
+    context_dim = pipe.unet.config.context_dim
+    if context_dim is None:
+        raise ValueError(
+            "Context mixtures need a conditional model, but this one is unconditional (context_dim=None)."
+        )
+    names = pipe.class_names or (list(SPRITE_CLASSES) if context_dim == len(SPRITE_CLASSES) else None)
+    if names is None:
+        raise ValueError(
+            f"This model has {context_dim} unnamed context entries, so class names cannot be mapped to them; pass "
+            "contexts directly to the pipeline instead."
+        )
+    contexts = torch.zeros(len(mixtures), context_dim)
+    for row, (label, weights) in enumerate(mixtures.items()):
+        for name, weight in weights.items():
+            if name not in names:
+                raise ValueError(f"Mixture {label!r} uses unknown class name {name!r}; this model knows {names}.")
+            contexts[row, names.index(name)] = weight
+    return contexts
+
+
+def context_mixture_grid(
+    pipe,
+    mixtures: Mapping[str, Mapping[str, float]] = CLASSIC_MIXTURES,
+    per_mixture: int = 6,
+    num_inference_steps: int | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    extra_noise: bool = True,
+    generator: torch.Generator | None = None,
+    scale: int = SCALE,
+) -> PIL.Image.Image:
+    """A row per context mixture (default: the course's hero + 0.6 food, 0.6 food + 0.4 spell, hero + side-facing,
+    hero + non-hero, hero + spell), labelled. Column j starts from the same x_T in every row, so rows differ only by
+    their context."""
+    contexts = mixture_contexts(pipe, mixtures)  # (M, D)
+    count = len(mixtures)
+    latents = draw_latents(pipe, per_mixture, generator).repeat(count, 1, 1, 1)  # (M * per_mixture, C, H, W)
+    images = pipe(
+        batch_size=count * per_mixture,
+        context=contexts.repeat_interleave(per_mixture, dim=0),
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        extra_noise=extra_noise,
+        generator=generator,
+        latents=latents,
+    ).images
+    images = upscale(images, scale)
+    return labelled_rows([images[r * per_mixture : (r + 1) * per_mixture] for r in range(count)], list(mixtures))
+
+
+def schedule_data(scheduler=None, num_train_timesteps: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """betas and alphas_cumprod of the linear, cosine and sigmoid schedules, read from SpriteDDPMScheduler built
+    with each (beta_start/beta_end from `scheduler`'s config when given). Returns {label: {"betas", "alphas_cumprod"}}
+    with arrays of shape (T,)."""
+    from hfdiff.schedulers import SpriteDDPMScheduler
+
+    config = dict(scheduler.config) if scheduler is not None else {}
+    if num_train_timesteps is not None:
+        config["num_train_timesteps"] = num_train_timesteps
+    data = {}
+    for label, beta_schedule in SCHEDULES.items():
+        built = SpriteDDPMScheduler.from_config({**config, "beta_schedule": beta_schedule, "trained_betas": None})
+        data[label] = {"betas": built.betas.double().numpy(), "alphas_cumprod": built.alphas_cumprod.double().numpy()}
+    return data
+
+
+def schedule_curves(scheduler=None, num_train_timesteps: int | None = None) -> PIL.Image.Image:
+    """beta_t (log scale: the cosine schedule's last betas reach 0.999) and abar_t against t for the linear, cosine
+    and sigmoid schedules, side by side."""
+    data = schedule_data(scheduler, num_train_timesteps)
+    t = np.arange(len(next(iter(data.values()))["betas"]))
+    betas = line_plot(
+        {label: (t, d["betas"]) for label, d in data.items()},
+        title="beta_t (noise added at step t)",
+        xlabel="t",
+        ylabel="beta_t",
+        log_y=True,
+    )
+    abar = line_plot(
+        {label: (t, d["alphas_cumprod"]) for label, d in data.items()},
+        title="alphas_cumprod abar_t (signal kept at t)",
+        xlabel="t",
+        ylabel="abar_t",
+    )
+    return hstack([betas, abar], gap=8)
+
+
+def timestep_embedding(unet, num_train_timesteps: int = 500) -> np.ndarray:
+    """The UNet's own sinusoidal timestep projection (diffusers' Timesteps, `unet.time_proj`) at t = 0..T-1:
+    (T, block_out_channels[0]), before the learned time MLP."""
+    with torch.no_grad():
+        return unet.time_proj(torch.arange(num_train_timesteps, device=unet.device)).float().cpu().numpy()
+
+
+def timestep_embedding_heatmap(unet, num_train_timesteps: int = 500, cell_width: int = 10) -> PIL.Image.Image:
+    """The timestep embedding as a heat map: a row per t (top t = 0), a column per channel, colour = value in
+    [-1, 1]. The high-frequency channels change from row to row, the low-frequency ones over the whole chain."""
+    embedding = timestep_embedding(unet, num_train_timesteps)  # (T, D)
+    font = _font()
+    pixels = colormap(embedding, -1, 1).repeat(cell_width, axis=1)  # (T, D * cell_width, 3)
+    heat = PIL.Image.fromarray(pixels)
+    left, top, bottom, bar = 56, 26, 40, 40
+    canvas = PIL.Image.new("RGB", (left + heat.width + bar + 40, top + heat.height + bottom), _BACKGROUND)
+    canvas.paste(heat, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((left, 6), f"timestep embedding (unet.time_proj), T = {num_train_timesteps}", fill=_INK, font=_font(12))
+    for t in _nice_ticks(0, num_train_timesteps - 1):
+        tw, th = _text_size(f"{t:g}", font)
+        draw.line([(left - 4, top + t), (left, top + t)], fill=_INK)
+        draw.text((left - tw - 7, top + t - th / 2 - 1), f"{t:g}", fill=_INK, font=font)
+    draw.text((6, top + heat.height // 2), "t", fill=_INK, font=_font(12))
+    label = f"channel (0..{embedding.shape[1] - 1}): {'cos | sin' if unet.config.flip_sin_to_cos else 'sin | cos'}"
+    draw.text((left, top + heat.height + 8), label, fill=_INK, font=font)
+    # colour bar
+    bar_x = left + heat.width + 12
+    ramp = colormap(np.linspace(1, -1, heat.height)[:, None].repeat(12, axis=1), -1, 1)
+    canvas.paste(PIL.Image.fromarray(ramp), (bar_x, top))
+    for value, y in ((1, top), (0, top + heat.height // 2), (-1, top + heat.height - 10)):
+        draw.text((bar_x + 16, y), f"{value:+d}" if value else "0", fill=_INK, font=font)
+    return canvas

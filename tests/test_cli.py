@@ -1,0 +1,108 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import PIL.Image
+import pytest
+import torch
+
+from hfdiff import ContextUNet2DModel, SpriteDDPMScheduler, SpriteDiffusionPipeline
+from hfdiff.cli import PICTURES, main
+from hfdiff.data import SPRITE_CLASSES
+
+TINY = {
+    "block_out_channels": (8, 16),
+    "down_block_types": ("DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 4,
+    "layers_per_block": 1,
+}
+COMMANDS = ["sample", "visualize", "train-classifier", "evaluate", "report"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = ContextUNet2DModel(**TINY, context_dim=5, class_names=list(SPRITE_CLASSES))
+    folder = tmp_path_factory.mktemp("tiny-sprite-model")
+    SpriteDiffusionPipeline(unet=unet, scheduler=SpriteDDPMScheduler(num_train_timesteps=20)).save_pretrained(folder)
+    return folder
+
+
+def test_console_script_help():
+    command = [shutil.which("hfdiff")] if shutil.which("hfdiff") else [sys.executable, "-m", "hfdiff.cli"]
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert all(name in result.stdout for name in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: hfdiff {command}" in capsys.readouterr().out
+
+
+def test_sample_writes_a_grid(model_dir, tmp_path):
+    output = tmp_path / "out" / "grid.png"
+    assert main(["sample", str(model_dir), "--per_class", "3", "--output", str(output), "--device", "cpu"]) == 0
+    with PIL.Image.open(output) as image:
+        assert image.height == 5 * 64 + 4 * 2 and image.width > 3 * 64
+    subset = tmp_path / "subset.png"
+    args = ["sample", str(model_dir), "--class_names", "food", "--scheduler", "ddim", "--num_inference_steps", "5"]
+    assert main([*args, "--per_class", "2", "--output", str(subset)]) == 0
+    with PIL.Image.open(subset) as image:
+        assert image.height == 64
+
+
+def test_visualize_all(model_dir, tmp_path):
+    assert (
+        main(["visualize", "all", "--model", str(model_dir), "--output_dir", str(tmp_path), "--per_class", "2"]) == 0
+    )
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == sorted(file for file, _ in PICTURES.values())
+    with PIL.Image.open(tmp_path / "denoising.gif") as gif:
+        assert gif.n_frames == 1 + 20  # x_T and every one of the 20 steps
+    for path in tmp_path.iterdir():
+        assert path.stat().st_size < 1_000_000
+
+
+def test_visualize_without_model_draws_what_it_can(tmp_path, capsys):
+    assert main(["visualize", "all", "--output_dir", str(tmp_path)]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "forward_process.png",
+        "schedules.png",
+        "timestep_embedding.png",
+    ]
+    assert "skipped samples (needs --model)" in capsys.readouterr().out
+    assert main(["visualize", "samples", "--output_dir", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_errors_for_people(model_dir, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["sample", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert main(["sample", str(model_dir), "--class_names", "wizard", "--output", str(tmp_path / "x.png")]) == 2
+    assert "wizard" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert main(["report", str(model_dir), "--steps", "ten", "--output_dir", str(tmp_path)]) == 2
+
+
+def test_evaluate_trains_the_classifier_on_first_use_then_report(model_dir, tmp_path, capsys):
+    data = ["--num_train_images", "500", "--classifier_epochs", "1", "--device", "cpu"]
+    output = tmp_path / "metrics.json"
+    assert main(["evaluate", str(model_dir), "--per_class", "2", "--output", str(output), *data]) == 0
+    assert (model_dir / "classifier" / "classifier.safetensors").is_file()
+    metrics = json.loads(output.read_text())
+    assert metrics["images"] == 10 and "frechet_floor" in metrics and "fid_note" in metrics
+    assert "training one" in capsys.readouterr().out
+
+    report = tmp_path / "report"
+    args = ["report", str(model_dir), "--output_dir", str(report), "--per_class", "1", "--steps", "2", "full"]
+    assert main([*args, "--samplers", "DDPM", "DDIM eta=0", *data]) == 0
+    out = capsys.readouterr().out
+    assert "training one" not in out and "classifier:" in out  # the cached classifier is reused
+    assert sorted(path.name for path in report.iterdir()) == ["report.json", "report.md", "report.png"]
+    assert json.loads((report / "report.json").read_text())[1]["steps"] == 20  # "full" = T steps
