@@ -1,0 +1,333 @@
+"""hfdiff.fast_sampling: the precomputed-coefficient step against the schedulers, whole trajectories against the
+pipeline's loop (CPU), the fallback decision, graph keys, and on a GPU the recorded graphs against the eager loop."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from tiny import T, make_pipe, seed, tiny_unet
+
+from hfdiff import SpriteDDIMScheduler, SpriteDDPMScheduler, SpriteDiffusionPipeline
+from hfdiff.fast_sampling import FastSampler, step_coefficients, step_update
+
+HAS_HOOK = hasattr(SpriteDiffusionPipeline, "enable_fast_sampling")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+needs_hook = pytest.mark.skipif(not HAS_HOOK, reason="the pipeline hook is not applied")
+
+DDPM_CASES = [
+    {"variance_type": "fixed_large", "clip_sample": True},
+    {"variance_type": "fixed_small", "prediction_type": "v_prediction"},
+    {"variance_type": "fixed_small_log", "prediction_type": "sample", "clip_sample": False},
+    {"variance_type": "fixed_large_log", "timestep_spacing": "trailing"},
+    {"beta_schedule": "squaredcos_cap_v2", "clip_sample": True, "clip_sample_range": 0.5},
+]
+DDIM_CASES = [
+    {"clip_sample": True},
+    {"clip_sample": False},
+    {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+    {"prediction_type": "sample", "set_alpha_to_one": False, "clip_sample": False},
+    {"beta_schedule": "sigmoid", "timestep_spacing": "linspace"},
+]
+
+
+def eager_off(pipe):
+    """The pipeline's own step-by-step loop, also once the fast-sampling hook is applied."""
+    if HAS_HOOK:
+        pipe.enable_fast_sampling(False)
+    return pipe
+
+
+def fast_images(
+    pipe,
+    sampler,
+    batch_size=3,
+    class_labels=None,
+    guidance_scale=1.0,
+    num_inference_steps=None,
+    eta=0.0,
+    extra_noise=True,
+    generator=None,
+):
+    """The pipeline's steps 1-3 and 5 around sampler.sample: what the pipeline hook runs (images (B, C, H, W))."""
+    device, dtype = pipe._execution_device, pipe.unet.dtype
+    context = pipe.prepare_context(class_labels, None, batch_size, device, dtype)
+    if context is not None and guidance_scale != 1.0:
+        context = torch.cat([context, torch.zeros_like(context)])
+    pipe.scheduler.set_timesteps(num_inference_steps or pipe.scheduler.config.num_train_timesteps, device=device)
+    latents = randn_tensor((batch_size, 3, 16, 16), generator=generator, device=device, dtype=dtype)
+    x0 = sampler.sample(
+        latents, context, guidance_scale=guidance_scale, eta=eta, extra_noise=extra_noise, generator=generator
+    )
+    return pipe.postprocess(x0, "pt")
+
+
+# --- the step math: one precomputed-coefficient step equals the scheduler's step ---------------------------------
+
+
+@pytest.mark.parametrize("config", DDPM_CASES)
+@pytest.mark.parametrize("extra_noise", [True, False])
+def test_ddpm_step_equals_scheduler_step(config, extra_noise):
+    scheduler = SpriteDDPMScheduler(num_train_timesteps=50, **config)
+    scheduler.set_timesteps(10)
+    steps = step_coefficients(scheduler, extra_noise=extra_noise)
+    assert steps.timesteps.tolist() == scheduler.timesteps.tolist()
+    for i, t in enumerate(scheduler.timesteps):
+        x, m = torch.randn(2, 2, 3, 3, generator=seed(2 * i)), torch.randn(2, 2, 3, 3, generator=seed(2 * i + 1))
+        # The scheduler draws z from the generator only when it adds noise; otherwise z must not enter the update.
+        z = torch.randn(2, 2, 3, 3, generator=seed(100 + i))
+        expected = scheduler.step(m, t, x, generator=seed(100 + i), extra_noise=extra_noise).prev_sample
+        torch.testing.assert_close(step_update(x, m, z, steps.coefficients[i]), expected, rtol=1e-5, atol=1e-5)
+    assert steps.draws_noise == [extra_noise] * 9 + [False]  # Alg. 2: no noise on the step that lands on x_0
+
+
+@pytest.mark.parametrize("config", DDIM_CASES)
+@pytest.mark.parametrize("eta", [0.0, 0.6, 1.0])
+def test_ddim_step_equals_scheduler_step(config, eta):
+    scheduler = SpriteDDIMScheduler(num_train_timesteps=50, **config)
+    scheduler.set_timesteps(7)
+    steps = step_coefficients(scheduler, eta=eta)
+    for i, t in enumerate(scheduler.timesteps):
+        x, m = torch.randn(2, 2, 3, 3, generator=seed(2 * i)), torch.randn(2, 2, 3, 3, generator=seed(2 * i + 1))
+        z = torch.randn(2, 2, 3, 3, generator=seed(100 + i))
+        expected = scheduler.step(m, t, x, eta=eta, variance_noise=z).prev_sample
+        torch.testing.assert_close(step_update(x, m, z, steps.coefficients[i]), expected, rtol=1e-5, atol=1e-5)
+    assert steps.draws_noise == [eta > 0] * 7
+
+
+def test_coefficients_are_data_not_structure():
+    # DDPM's update has no eps_hat term, DDIM's no x_t term; deterministic DDIM has s = 0 on every step.
+    ddpm = SpriteDDPMScheduler(num_train_timesteps=T, clip_sample=True)
+    ddpm.set_timesteps(T)
+    ddim = SpriteDDIMScheduler(num_train_timesteps=T)
+    ddim.set_timesteps(5)
+    a, b = step_coefficients(ddpm).coefficients, step_coefficients(ddim, eta=0.0).coefficients
+    assert a.shape == (T, 10) and b.shape == (5, 10)
+    assert torch.all(a[:, 5] == 0) and torch.all(b[:, 6] == 0) and torch.all(b[:, 7] == 0)
+    assert torch.all(a[:, 8] == -1) and torch.all(a[:, 9] == 1)  # clip_sample=True, range 1
+    unclipped = SpriteDDPMScheduler(num_train_timesteps=T, clip_sample=False)
+    unclipped.set_timesteps(T)
+    assert torch.all(torch.isinf(step_coefficients(unclipped).coefficients[:, 8:]))
+
+
+def test_step_coefficients_refuses_what_it_cannot_express():
+    for scheduler in (
+        DDPMScheduler(num_train_timesteps=T),  # diffusers' own step draws noise by another rule (t > 0)
+        SpriteDDPMScheduler(num_train_timesteps=T, variance_type="learned_range"),
+        SpriteDDIMScheduler(num_train_timesteps=T, thresholding=True),
+    ):
+        scheduler.set_timesteps(4)
+        with pytest.raises(ValueError, match="cannot express"):
+            step_coefficients(scheduler)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        step_coefficients(SpriteDDPMScheduler(num_train_timesteps=T))
+
+
+# --- whole trajectories on the CPU: FastSampler's loop (no graph) against the pipeline's loop ---------------------
+
+
+@pytest.mark.parametrize(
+    "scheduler, kwargs",
+    [
+        (None, {}),  # full DDPM with noise: the same noise stream as the pipeline's loop
+        (None, {"class_labels": ["hero", "food", 2], "guidance_scale": 3.0}),
+        (None, {"extra_noise": False, "num_inference_steps": 7}),
+        (SpriteDDPMScheduler(num_train_timesteps=T, clip_sample=True), {"num_inference_steps": 10}),
+        (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="fixed_small", prediction_type="v_prediction"), {}),
+        (SpriteDDIMScheduler(num_train_timesteps=T), {"num_inference_steps": 5}),  # deterministic DDIM
+        (
+            SpriteDDIMScheduler(num_train_timesteps=T),
+            {"num_inference_steps": 6, "eta": 0.5, "guidance_scale": 2.0, "class_labels": "hero"},
+        ),
+    ],
+)
+def test_cpu_trajectory_equals_pipeline_loop(scheduler, kwargs):
+    pipe = eager_off(make_pipe(scheduler=scheduler))
+    expected = pipe(batch_size=3, generator=seed(0), output_type="pt", **kwargs).images
+    got = fast_images(pipe, FastSampler(pipe), generator=seed(0), **kwargs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+
+
+def test_cpu_unconditional_model_and_reuse_between_calls():
+    pipe = eager_off(make_pipe(context_dim=None))
+    sampler = FastSampler(pipe)
+    first = fast_images(pipe, sampler, generator=seed(1))
+    torch.testing.assert_close(
+        first, pipe(batch_size=3, generator=seed(1), output_type="pt").images, rtol=0, atol=2e-5
+    )
+    pipe.scheduler = SpriteDDIMScheduler.from_config(pipe.scheduler.config)  # swapped scheduler, same buffers
+    ddim = fast_images(pipe, sampler, generator=seed(1), num_inference_steps=4)
+    expected = pipe(batch_size=3, generator=seed(1), output_type="pt", num_inference_steps=4).images
+    torch.testing.assert_close(ddim, expected, rtol=0, atol=2e-5)
+    assert len(sampler._buffers) == 1 and sampler.stats["captures"] == 0  # CPU: one set of buffers, no graph
+
+
+def test_sample_rejects_what_the_pipeline_must_run():
+    pipe = make_pipe()
+    pipe.scheduler.set_timesteps(T)
+    sampler = FastSampler(pipe)
+    latents = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="one generator"):
+        sampler.sample(latents, generator=[seed(0), seed(1)])
+    with pytest.raises(ValueError, match="rows"):
+        sampler.sample(latents, torch.zeros(2, 5), guidance_scale=2.0)  # guidance needs conditional + null rows
+    pipe.scheduler = DDIMScheduler(num_train_timesteps=T)
+    pipe.scheduler.set_timesteps(4)
+    with pytest.raises(ValueError, match="DDIMScheduler"):
+        sampler.sample(latents)
+
+
+# --- the fallback decision and the graph keys (decisions only: no GPU needed) ------------------------------------
+
+
+def test_fallback_reason():
+    pipe = make_pipe()
+    sampler = FastSampler(pipe)
+    assert sampler.fallback_reason(device="cuda") is None
+    assert sampler.fallback_reason(device="cuda", generator=seed(0)) is None
+    assert "cpu" in sampler.fallback_reason(device="cpu")
+    assert "callback_on_step_end" in sampler.fallback_reason(device="cuda", callback_on_step_end=lambda *a: {})
+    assert "one generator per image" in sampler.fallback_reason(device="cuda", generator=[seed(0), seed(1)])
+    pipe.unet._hf_hook = object()  # what accelerate's enable_model_cpu_offload attaches
+    assert "hooks" in sampler.fallback_reason(device="cuda")
+    del pipe.unet._hf_hook
+
+    for scheduler, expected in (
+        (DDPMScheduler(num_train_timesteps=T), "DDPMScheduler"),
+        (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="learned"), "learned"),
+        (SpriteDDPMScheduler(num_train_timesteps=T, thresholding=True), "thresholding"),
+    ):
+        pipe.scheduler = scheduler
+        scheduler.set_timesteps(4)
+        assert expected in sampler.fallback_reason(device="cuda")
+    pipe.scheduler = SpriteDDIMScheduler(num_train_timesteps=T)
+    pipe.scheduler.set_timesteps(4)
+    assert sampler.fallback_reason(device="cuda") is None
+
+    dropout_pipe = make_pipe()
+    dropout_pipe.unet = tiny_unet(dropout=0.1).train()
+    assert "training mode" in FastSampler(dropout_pipe).fallback_reason(device="cuda")
+
+
+def test_graph_keys():
+    pipe = make_pipe()
+    sampler = FastSampler(pipe)
+    latents, context = torch.zeros(4, 3, 16, 16), torch.zeros(4, 5)
+    key = sampler.graph_key(latents, context, guidance=False)
+    # Schedulers, step counts, eta, extra_noise and guidance scales are data: they never enter the key.
+    pipe.scheduler = SpriteDDIMScheduler.from_config(pipe.scheduler.config)
+    assert sampler.graph_key(latents, context, guidance=False) == key
+    assert sampler.graph_key(latents, torch.zeros(8, 5), guidance=True) != key  # both guidance halves: 2B rows
+    assert sampler.graph_key(torch.zeros(5, 3, 16, 16), torch.zeros(5, 5), guidance=False) != key
+    assert sampler.graph_key(latents.half(), context, guidance=False) != key
+    assert sampler.graph_key(latents, None, guidance=False) != key
+    pipe.scheduler = SpriteDDPMScheduler(num_train_timesteps=2 * T)  # the buffers hold T rows of coefficients
+    assert sampler.graph_key(latents, context, guidance=False) != key
+
+
+@needs_hook
+def test_pipeline_hook_decision():
+    pipe = make_pipe()
+    cuda = torch.device("cuda")
+    sampler = pipe._fast_sampler_for(cuda, None, None)
+    assert isinstance(sampler, FastSampler)
+    assert pipe._fast_sampler_for(cuda, None, None) is sampler  # made once, kept with its graphs
+    assert pipe._fast_sampler_for(torch.device("cpu"), None, None) is None
+    assert pipe._fast_sampler_for(cuda, None, lambda *a: {}) is None
+    pipe.enable_fast_sampling(False)
+    assert pipe._fast_sampler_for(cuda, None, None) is None
+    pipe.enable_fast_sampling(compile=False, max_graphs=2)
+    assert pipe._fast_sampler_for(cuda, None, None).max_graphs == 2
+
+
+# --- GPU: recorded graphs against the eager loop -------------------------------------------------------------------
+
+
+def cuda_pipe(scheduler=None, context_dim=5):
+    pipe = eager_off(make_pipe(scheduler=scheduler, context_dim=context_dim))
+    return pipe.to("cuda")
+
+
+def bf16_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Images in [0, 1] from bf16 and float32 runs of the same trajectory: bf16 keeps ~3 significant digits."""
+    difference = (got.float() - expected.float()).abs()
+    print(f"bf16 vs float32 images: max {difference.max():.4f}, mean {difference.mean():.5f}")
+    assert difference.mean() < 5e-3 and difference.max() < 5e-2, (difference.mean(), difference.max())
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "scheduler, kwargs",
+    [
+        (SpriteDDIMScheduler(num_train_timesteps=T), {"num_inference_steps": 10}),  # deterministic
+        (None, {"extra_noise": False}),  # deterministic DDPM
+        (None, {}),  # DDPM with noise: a CUDA generator gives the fast path the eager loop's noise
+        (
+            SpriteDDIMScheduler(num_train_timesteps=T),
+            {"num_inference_steps": 8, "eta": 0.5, "guidance_scale": 3.0, "class_labels": [0, 1, 2, 3] * 16},
+        ),
+    ],
+)
+def test_gpu_fast_matches_eager_within_bf16(scheduler, kwargs):
+    pipe = cuda_pipe(scheduler)
+    generator = lambda: torch.Generator("cuda").manual_seed(0)  # noqa: E731
+    expected = pipe(batch_size=64, generator=generator(), output_type="pt", **kwargs).images
+    sampler = FastSampler(pipe)
+    got = fast_images(pipe, sampler, batch_size=64, generator=generator(), **kwargs)
+    bf16_close(got, expected)
+    assert sampler.stats["captures"] == 1
+    float32_sampler = FastSampler(pipe, dtype=None, channels_last=False)  # the pipeline's UNet, cuDNN's heuristics
+    fp32 = fast_images(pipe, float32_sampler, batch_size=64, generator=generator(), **kwargs)
+    # float32 graphs: the eager loop's numbers up to float32/TF32 rounding, which w = 3 amplifies (2.3e-4 seen on an
+    # H200 with DDIM eta = 0.5)
+    torch.testing.assert_close(fp32, expected, rtol=0, atol=1e-3)
+
+
+@needs_cuda
+def test_gpu_graph_cache_and_reproducibility():
+    pipe = cuda_pipe()
+    sampler = FastSampler(pipe)
+    cuda_generator = lambda: torch.Generator("cuda").manual_seed(3)  # noqa: E731
+    first = fast_images(pipe, sampler, batch_size=8, generator=cuda_generator())
+    again = fast_images(pipe, sampler, batch_size=8, generator=cuda_generator())
+    torch.testing.assert_close(first, again, rtol=0, atol=0)  # same generator -> same images
+    fast_images(pipe, sampler, batch_size=8, generator=cuda_generator(), num_inference_steps=5, extra_noise=False)
+    pipe.scheduler = SpriteDDIMScheduler.from_config(pipe.scheduler.config)
+    fast_images(pipe, sampler, batch_size=8, generator=cuda_generator(), num_inference_steps=5, eta=0.3)
+    fast_images(pipe, sampler, batch_size=8, class_labels=1, guidance_scale=1.0, generator=cuda_generator())
+    assert sampler.stats["captures"] == 1  # schedulers, steps, eta, extra_noise are data
+    fast_images(pipe, sampler, batch_size=8, class_labels=1, guidance_scale=4.0, generator=cuda_generator())
+    fast_images(pipe, sampler, batch_size=8, class_labels=1, guidance_scale=2.0, generator=cuda_generator())
+    assert sampler.stats["captures"] == 2  # guidance on: 2B images per forward pass, one more graph
+
+    # A CPU generator seeds a CUDA generator: reproducible, though not the eager loop's noise.
+    pipe.scheduler = SpriteDDPMScheduler(num_train_timesteps=T)
+    one = fast_images(pipe, sampler, batch_size=8, generator=seed(5))
+    two = fast_images(pipe, sampler, batch_size=8, generator=seed(5))
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
+@needs_cuda
+def test_gpu_new_weights_reach_the_recorded_graph():
+    pipe = cuda_pipe(SpriteDDIMScheduler(num_train_timesteps=T))
+    sampler = FastSampler(pipe)
+    fast_images(pipe, sampler, batch_size=8, generator=seed(0), num_inference_steps=6)
+    pipe.unet.load_state_dict(tiny_unet(init_seed=7).state_dict())  # new values, same tensors
+    generator = lambda: torch.Generator("cuda").manual_seed(0)  # noqa: E731
+    expected = pipe(batch_size=8, generator=generator(), output_type="pt", num_inference_steps=6).images
+    bf16_close(fast_images(pipe, sampler, batch_size=8, generator=generator(), num_inference_steps=6), expected)
+    assert sampler.stats["captures"] == 1
+
+
+@needs_cuda
+@needs_hook
+def test_gpu_pipeline_hook_runs_fast_path_and_falls_back():
+    pipe = make_pipe(scheduler=SpriteDDIMScheduler(num_train_timesteps=T)).to("cuda")
+    generator = lambda: torch.Generator("cuda").manual_seed(0)  # noqa: E731
+    kwargs = {"batch_size": 16, "num_inference_steps": 6, "output_type": "pt", "class_labels": "hero"}
+    fast = pipe(generator=generator(), **kwargs).images
+    assert pipe._fast_sampler.stats["captures"] == 1
+    recorded = []
+    pipe(generator=generator(), callback_on_step_end=lambda p, i, t, kw: recorded.append(i) or {}, **kwargs)
+    assert recorded == list(range(6)) and pipe._fast_sampler.stats["captures"] == 1  # ran the eager loop
+    pipe.enable_fast_sampling(False)
+    bf16_close(fast, pipe(generator=generator(), **kwargs).images)
