@@ -278,6 +278,30 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 "swap it in with SpriteDDPMScheduler.from_config(pipe.scheduler.config)."
             )
 
+    def enable_fast_sampling(self, enabled: bool = True, **options) -> None:
+        """Turn hfdiff's CUDA-graph sampler on (the default where hfdiff is installed) or off.
+
+        On: calls on CUDA run their denoising loop as replays of one recorded step through
+        `hfdiff.fast_sampling.FastSampler(self, **options)` (bf16 by default, so images match the step-by-step loop
+        to bf16 rounding), except calls it cannot run exactly (see `FastSampler.fallback_reason`). Off: always the
+        step-by-step loop, in the UNet's own dtype.
+        """
+        self._fast_sampling_options = dict(options) if enabled else None
+        self._fast_sampler = None
+
+    def _fast_sampler_for(self, device, generator, callback_on_step_end):
+        """The FastSampler to run this call, or None: turned off, hfdiff not installed (the pipeline travelling as
+        code next to a saved model), or an option it declines (its fallback_reason says which)."""
+        options = getattr(self, "_fast_sampling_options", {})
+        if options is None or importlib.util.find_spec("hfdiff") is None:
+            return None
+        if getattr(self, "_fast_sampler", None) is None:
+            self._fast_sampler = importlib.import_module("hfdiff.fast_sampling").FastSampler(self, **options)
+        reason = self._fast_sampler.fallback_reason(
+            device=device, generator=generator, callback_on_step_end=callback_on_step_end
+        )
+        return self._fast_sampler if reason is None else None
+
     def prepare_context(self, class_labels, context, batch_size, device, dtype) -> torch.Tensor | None:
         """The context for each image (B, context_dim), the null context (zeros) when neither input is given, or
         None for an unconditional model."""
@@ -373,22 +397,29 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         if "extra_noise" in step_params:
             step_kwargs["extra_noise"] = extra_noise
 
-        # 4. denoising loop: x_T -> x_0
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = torch.cat([latents, latents]) if do_guidance else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            model_output = self.unet(model_input, t, context=context).sample
-            if do_guidance:
-                # classifier-free guidance (Ho & Salimans 2022, eq. 6)
-                cond, null = model_output.chunk(2)
-                model_output = null + guidance_scale * (cond - null)
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+        # 4. denoising loop: x_T -> x_0. On CUDA, hfdiff's FastSampler replays one recorded step (the same math in
+        #    bf16; the same noise stream for a CUDA generator) unless the call needs this step-by-step loop.
+        fast_sampler = self._fast_sampler_for(device, generator, callback_on_step_end)
+        if fast_sampler is not None:
+            latents = fast_sampler.sample(
+                latents, context, guidance_scale=guidance_scale, eta=eta, extra_noise=extra_noise, generator=generator
+            )
+        else:
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                model_input = torch.cat([latents, latents]) if do_guidance else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                model_output = self.unet(model_input, t, context=context).sample
+                if do_guidance:
+                    # classifier-free guidance (Ho & Salimans 2022, eq. 6)
+                    cond, null = model_output.chunk(2)
+                    model_output = null + guidance_scale * (cond - null)
+                latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
-            if callback_on_step_end is not None:
-                available = {"latents": latents}
-                callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                latents = callback_outputs.get("latents", latents)
+                if callback_on_step_end is not None:
+                    available = {"latents": latents}
+                    callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = callback_outputs.get("latents", latents)
 
         # 5. [-1, 1] -> [0, 1] images
         images = self.postprocess(latents, output_type)
