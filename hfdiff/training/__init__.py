@@ -1,0 +1,15 @@
+"""Training: one Accelerate loop (`train`) and its config (`TrainingConfig`), shared by both training scripts."""
+
+from .config import TrainingConfig, parse_config, resolve_defaults
+from .data import TrainingData, load_training_data
+from .loop import TrainingResult, train
+
+__all__ = [
+    "TrainingConfig",
+    "TrainingData",
+    "TrainingResult",
+    "load_training_data",
+    "parse_config",
+    "resolve_defaults",
+    "train",
+]

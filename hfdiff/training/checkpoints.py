@@ -1,0 +1,106 @@
+"""Crash-safe training checkpoints: `<output_dir>/checkpoint-<step>/`, written whole or not at all.
+
+A checkpoint is written to `checkpoint-<step>.tmp` and renamed to `checkpoint-<step>` only when every process has
+finished writing, so a run killed at any moment (even with kill -9) leaves only complete `checkpoint-<int>` folders,
+plus perhaps a `.tmp` one that `latest` never picks and the next save removes. Old checkpoints are pruned after the
+new one exists, never before: with a limit of 1, pruning first would leave no checkpoint at all if the save died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+from accelerate import Accelerator
+
+STATE_FILE = "training_state.json"  # written last, inside the .tmp folder: {"global_step": ..., ...}
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints in `output_dir` as (step, path), oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT.match(name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isfile(os.path.join(path, STATE_FILE)):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> str | None:
+    """--resume_from_checkpoint -> a checkpoint folder: 'latest' gives the newest complete one in `output_dir` (None
+    when there is none, so that a restarted job can always pass 'latest'); anything else is a path that must exist."""
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1][1] if checkpoints else None
+    path = resume_from_checkpoint
+    if not os.path.isdir(path) and os.path.isdir(os.path.join(output_dir, path)):
+        path = os.path.join(output_dir, path)  # a bare "checkpoint-500" means the one in --output_dir
+    if not os.path.isfile(os.path.join(path, STATE_FILE)):
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {resume_from_checkpoint}: no complete checkpoint there (expected a folder with "
+            f"{STATE_FILE}, such as {os.path.join(output_dir, 'checkpoint-500')}); pass 'latest' or a checkpoint folder."
+        )
+    return path
+
+
+def read_training_state(path: str) -> dict:
+    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, state: dict, total_limit: int | None) -> str:
+    """Every process calls this: `accelerator.save_state` (model, optimizer, LR schedule, EMA, RNG states) into a
+    .tmp folder, then the main process adds `state` as JSON, renames the folder into place and prunes old ones."""
+    step = state["global_step"]
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp = final + ".tmp"
+    if accelerator.is_main_process:
+        _remove_stale_temporaries(output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2)
+        replace_dir(tmp, final)
+        prune_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Move folder `src` to `dst`, replacing an existing `dst`. rename(2) cannot replace a non-empty folder, so an old
+    `dst` is first renamed aside; each rename is atomic, so `dst` is always either the old or the new folder, or (for
+    an instant, between the two renames) absent."""
+    if os.path.exists(dst):
+        old = dst + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, dst)
+
+
+def prune_checkpoints(output_dir: str, total_limit: int | None) -> None:
+    """Delete the oldest complete checkpoints beyond `total_limit`."""
+    if total_limit is None:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    for _, path in checkpoints[: max(0, len(checkpoints) - total_limit)]:
+        shutil.rmtree(path)
+
+
+def _remove_stale_temporaries(output_dir: str) -> None:
+    """Half-written checkpoints of a killed run."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        if name.startswith("checkpoint-") and name.endswith((".tmp", ".old")):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)

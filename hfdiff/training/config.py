@@ -1,0 +1,391 @@
+"""The training configuration: one dataclass whose fields are the command-line flags of both training scripts.
+
+Flag names follow diffusers' examples/unconditional_image_generation/train_unconditional.py where the concept is the
+same. Fields whose best value depends on the machine default to `None` ("auto") and are filled in by
+`resolve_defaults`, the one place where CPU and GPU defaults are written down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+# Device-dependent defaults, applied by `resolve_defaults` to the fields left at None.
+# GPU: the course's scale (89,400 sprites, 32 epochs). Batches of 1,024: sprite-small is launch-bound on a GPU (on an
+# H100, a step of 1,024 images took 33 ms and one of 256 took 35 ms: 31k vs 7k images/s). channels_last and
+# torch.compile measured no faster there (35 -> 39 ms at 256 images each), so they stay opt-in flags.
+# CPU: sized so that `accelerate launch train_conditional.py` trains and samples in about 6 minutes on 2 idle cores
+# (sprite-small: about 290 images/s in fp32, 360 with bf16), which is enough for five recognisable classes.
+# Mixed precision is auto as well (bf16 where the hardware runs it natively), see `_auto_mixed_precision`.
+GPU_DEFAULTS = {
+    "num_train_images": 89_400,
+    "num_epochs": 32,
+    "train_batch_size": 1024,
+}
+CPU_DEFAULTS = {
+    "num_train_images": 24_000,
+    "num_epochs": 4,
+    "train_batch_size": 64,
+}
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs; each field is a `--flag` of train_conditional.py and train_unconditional.py."""
+
+    # ---- output and feedback
+    output_dir: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Where the pipeline, samples.png, checkpoints, validation grids and logs go "
+            "(default: sprite-conditional or sprite-unconditional)."
+        ),
+    )
+    logging_dir: str = field(default="logs", metadata=_help("Tracker logs, relative to --output_dir."))
+    logger: Literal["tensorboard", "wandb"] = field(
+        default="tensorboard", metadata=_help("Experiment tracker (wandb must be installed to use it).")
+    )
+    logging_steps: int = field(
+        default=50,
+        metadata=_help(
+            "Log loss, learning rate and images/s every N optimizer steps (reading the loss syncs the GPU)."
+        ),
+    )
+    validation_steps: int = field(
+        default=500,
+        metadata=_help("Sample a validation grid (EMA weights, fixed seed) every N optimizer steps and at the end."),
+    )
+    num_validation_images: int = field(
+        default=8,
+        metadata=_help("Images per row of the validation grids and samples.png: one row per class (conditional)."),
+    )
+    validation_inference_steps: int = field(
+        default=50, metadata=_help("DDIM steps of the validation grids (samples.png uses the full DDPM schedule).")
+    )
+
+    # ---- data (default: the embedded procedural sprites)
+    num_train_images: Optional[int] = field(
+        default=None,
+        metadata=_help("Size of the procedural sprite set (auto: 89,400 on GPU, 24,000 on CPU)."),
+    )
+    sprites_npy: Optional[str] = field(
+        default=None, metadata=_help("The course's sprites .npy file: (N, 16, 16, 3) uint8 images.")
+    )
+    labels_npy: Optional[str] = field(
+        default=None, metadata=_help("The course's labels .npy file: (N, 5) one-hot labels (conditional training).")
+    )
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata=_help("A `datasets` Hub id, or a local folder written by Dataset.save_to_disk."),
+    )
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata=_help("Config name of the Hub dataset, if it has several.")
+    )
+    train_data_dir: Optional[str] = field(
+        default=None, metadata=_help("An image folder with one sub-folder per class (the class is the folder name).")
+    )
+    image_column: str = field(default="image", metadata=_help("Column of --dataset_name holding the images."))
+    label_column: str = field(
+        default="label", metadata=_help("Column of --dataset_name holding the class labels (conditional training).")
+    )
+    resolution: Optional[int] = field(
+        default=None,
+        metadata=_help("Resize every image to this square size once at load time; needed when image sizes differ."),
+    )
+
+    # ---- model and noise schedule
+    preset: Literal["sprite-small", "sprite-base"] = field(
+        default="sprite-small", metadata=_help("ContextUNet2DModel architecture.")
+    )
+    model_config_overrides: Optional[str] = field(
+        default=None,
+        metadata=_help("JSON object overriding UNet config entries, e.g. '{\"block_out_channels\": [16, 32]}'."),
+    )
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = field(
+        default="epsilon", metadata=_help("What the UNet predicts: the noise, x_0, or v.")
+    )
+    ddpm_num_steps: int = field(default=500, metadata=_help("Diffusion steps T of the noise schedule."))
+    ddpm_beta_schedule: Literal[BETA_SCHEDULES] = field(
+        default="linear", metadata=_help("Noise schedule (squaredcos_cap_v2 is the cosine schedule).")
+    )
+    p_uncond: float = field(
+        default=0.1,
+        metadata=_help("Conditional only: probability of replacing an image's context by the null context (CFG)."),
+    )
+
+    # ---- optimisation
+    train_batch_size: Optional[int] = field(
+        default=None, metadata=_help("Images per process per micro-batch (auto: 1,024 on GPU, 64 on CPU).")
+    )
+    num_epochs: Optional[int] = field(default=None, metadata=_help("Passes over the data (auto: 32 GPU, 4 CPU)."))
+    max_train_steps: Optional[int] = field(
+        default=None, metadata=_help("Total optimizer steps; overrides --num_epochs when set.")
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata=_help("Micro-batches per optimizer step (effective batch = batch x processes x this).")
+    )
+    learning_rate: float = field(default=1e-3, metadata=_help("Peak learning rate of AdamW."))
+    lr_scheduler: Literal[LR_SCHEDULERS] = field(
+        default="cosine", metadata=_help("Learning-rate schedule after the warmup.")
+    )
+    lr_warmup_steps: int = field(default=100, metadata=_help("Linear warmup, in optimizer steps."))
+    adam_beta1: float = field(default=0.95, metadata=_help("AdamW beta1."))
+    adam_beta2: float = field(default=0.999, metadata=_help("AdamW beta2."))
+    adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon."))
+    adam_weight_decay: float = field(default=1e-6, metadata=_help("AdamW weight decay."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this value (0 disables)."))
+    use_ema: bool = field(default=True, metadata=_help("Keep an exponential moving average of the weights."))
+    ema_max_decay: float = field(default=0.9999, metadata=_help("Largest EMA decay."))
+    ema_inv_gamma: float = field(
+        default=1.0, metadata=_help("EMA warmup: decay = 1 - (1 + step / inv_gamma) ** -power, capped at max decay.")
+    )
+    ema_power: float = field(default=0.75, metadata=_help("EMA warmup power (3/4 suits short runs)."))
+    seed: int = field(default=0, metadata=_help("Seed of the initial weights, the data order and every noise draw."))
+
+    # ---- speed
+    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = field(
+        default=None,
+        metadata=_help(
+            "Autocast dtype (auto: bf16 on GPUs that support it and on CPUs with native bf16, else no; a value other "
+            "than 'no' given to accelerate launch/config is respected)."
+        ),
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata=_help("channels_last memory format for the UNet and its inputs (measured slower for sprite-small)."),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_help("torch.compile the UNet (about a minute to compile on a GPU, minutes on CPU)."),
+    )
+    num_cpu_threads: Optional[int] = field(
+        default=None,
+        metadata=_help(
+            "CPU only: torch threads per process (auto: physical cores / processes on this machine under accelerate "
+            "launch, which would otherwise pin CPU runs to one thread; under plain python, torch's own choice)."
+        ),
+    )
+
+    # ---- checkpoints and the Hub
+    checkpointing_steps: int = field(
+        default=500, metadata=_help("Save the full training state every N optimizer steps (0 disables).")
+    )
+    checkpoints_total_limit: Optional[int] = field(
+        default=2, metadata=_help("Keep at most this many checkpoints (None keeps all).")
+    )
+    resume_from_checkpoint: Optional[str] = field(
+        default=None,
+        metadata=_help("'latest' (the newest complete checkpoint in --output_dir; a fresh start if none) or a path."),
+    )
+    push_to_hub: bool = field(default=False, metadata=_help("Upload the final pipeline to the Hub."))
+    hub_model_id: Optional[str] = field(
+        default=None, metadata=_help("Hub repo id for --push_to_hub (default: the name of --output_dir).")
+    )
+    hub_private_repo: bool = field(default=False, metadata=_help("Create the Hub repo as private."))
+
+    # ---- testing aid
+    debug_dump_dir: Optional[str] = field(
+        default=None,
+        metadata=_help("Testing aid: each process writes the image indices it trained on and its final weights here."),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dataclass -> argparse
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _unwrap_optional(annotation) -> tuple[object, bool]:
+    """Optional[X] -> (X, True); X -> (X, False)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def _parse_optional(parse):
+    """Let an Optional field take the word 'none' on the command line."""
+
+    def parse_or_none(text: str):
+        return None if text.lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in its error messages
+    return parse_or_none
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse.ArgumentParser:
+    """One `--name` flag per field of dataclass `cls`: bools become --flag/--no-flag, Literals become choices,
+    Optional fields accept 'none'. Help texts come from each field's metadata["help"]."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        annotation, optional = _unwrap_optional(hints[f.name])
+        kwargs = {"default": f.default, "help": f.metadata.get("help", "")}
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(annotation) is Literal:
+            kwargs["choices"] = list(typing.get_args(annotation)) + ([None] if optional else [])
+            kwargs["type"] = _parse_optional(str) if optional else str
+        elif annotation in (int, float, str):
+            kwargs["type"] = _parse_optional(annotation) if optional else annotation
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: flags of type {annotation} are not supported")
+        if kwargs["default"] is not None and "action" not in kwargs:
+            kwargs["help"] += f" (default: {kwargs['default']})"
+        parser.add_argument(f"--{f.name}", **kwargs)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, description: str | None = None) -> TrainingConfig:
+    """Command-line flags -> TrainingConfig (auto fields stay None until `resolve_defaults`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(parser, TrainingConfig)
+    return TrainingConfig(**vars(parser.parse_args(argv)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# auto defaults and checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 convolutions then run about 1.3x faster than fp32 (measured on a 2-core AMD EPYC);
+    without them bf16 is emulated and slower, so the auto setting stays fp32. Linux only (reads /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _auto_mixed_precision(device: torch.device) -> str:
+    # `accelerate launch` always exports ACCELERATE_MIXED_PRECISION ("no" unless told otherwise), so only a value other
+    # than "no" can be told apart from the launcher's default; such a value is the user's choice and wins.
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher != "no":
+        return launcher
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def cpu_threads(config: TrainingConfig, local_processes: int) -> int | None:
+    """Threads for a CPU run, or None to keep torch's choice.
+
+    Without --cpu, `accelerate launch` exports OMP_NUM_THREADS=1 to every process when no GPU is found (it splits the
+    cores between processes only when told --cpu), which halves the speed of a 2-core CPU run. Under the launcher
+    (recognised by the ACCELERATE_DYNAMO_BACKEND it always exports) auto therefore splits the physical cores between
+    this machine's processes, as accelerate's own --cpu path does."""
+    if config.num_cpu_threads is not None:
+        return config.num_cpu_threads
+    if "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
+        return None
+    import psutil
+
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, cores // max(1, local_processes))
+
+
+def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditional: bool) -> TrainingConfig:
+    """Fill the auto (None) fields for `device` and check the values; returns a new config.
+
+    | field            | CUDA GPU                     | CPU                                    |
+    | num_train_images | 89,400                       | 24,000                                 |
+    | num_epochs       | 32                           | 4                                      |
+    | train_batch_size | 1,024                        | 64                                     |
+    | mixed_precision  | bf16 (no where unsupported)  | bf16 with AVX512-BF16 or AMX, else no  |
+    """
+    device = torch.device(device)
+    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    updates = {name: value for name, value in defaults.items() if getattr(config, name) is None}
+    if config.mixed_precision is None:
+        updates["mixed_precision"] = _auto_mixed_precision(device)
+    if config.output_dir is None:
+        updates["output_dir"] = "sprite-conditional" if conditional else "sprite-unconditional"
+    resolved = dataclasses.replace(config, **updates)
+    check_config(resolved)
+    return resolved
+
+
+def _check_positive(config: TrainingConfig, names: tuple[str, ...], allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (value < 0 if allow_zero else value <= 0):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"--{name} must be {bound}, got {value}.")
+
+
+def check_config(config: TrainingConfig) -> None:
+    """Reject values that cannot work, with a message that says which flag to change."""
+    _check_positive(
+        config,
+        (
+            "train_batch_size",
+            "num_epochs",
+            "max_train_steps",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "logging_steps",
+            "validation_steps",
+            "num_validation_images",
+            "validation_inference_steps",
+            "num_train_images",
+            "num_cpu_threads",
+            "resolution",
+            "ddpm_num_steps",
+            "checkpoints_total_limit",
+        ),
+    )
+    _check_positive(config, ("lr_warmup_steps", "max_grad_norm", "checkpointing_steps"), allow_zero=True)
+    if not 0.0 <= config.p_uncond < 1.0:
+        raise ValueError(f"--p_uncond is a probability in [0, 1), got {config.p_uncond}.")
+    if config.validation_inference_steps > config.ddpm_num_steps:
+        raise ValueError(
+            f"--validation_inference_steps ({config.validation_inference_steps}) exceeds --ddpm_num_steps "
+            f"({config.ddpm_num_steps}); lower it."
+        )
+    if config.sprites_npy is None and config.labels_npy is not None:
+        raise ValueError("--labels_npy was given without --sprites_npy; pass both course files.")
+    sources = [name for name in ("sprites_npy", "dataset_name", "train_data_dir") if getattr(config, name)]
+    if len(sources) > 1:
+        raise ValueError(f"Choose one data source; got {', '.join('--' + s for s in sources)}.")
+    model_config_overrides(config)  # raises on malformed JSON
+
+
+def model_config_overrides(config: TrainingConfig) -> dict:
+    """--model_config_overrides as a dict (JSON lists become tuples, as UNet configs store them)."""
+    if not config.model_config_overrides:
+        return {}
+    try:
+        overrides = json.loads(config.model_config_overrides)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"--model_config_overrides is not valid JSON ({err}); give an object such as "
+            '\'{"block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "DownBlock2D"]}\'.'
+        ) from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--model_config_overrides must be a JSON object, got {config.model_config_overrides!r}.")
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}

@@ -1,0 +1,305 @@
+"""Training data sources -> one uint8 image tensor and int64 labels, built once at load time.
+
+Sources, in the order `load_training_data` checks the flags:
+- `--sprites_npy` / `--labels_npy`: the course's two .npy files;
+- `--dataset_name`: a local `Dataset.save_to_disk` folder, or a `datasets` Hub id;
+- `--train_data_dir`: an image folder with one sub-folder per class (datasets' "imagefolder" builder);
+- none of them: the embedded procedural sprites, `--num_train_images` of them.
+
+Every per-image step (decoding, mode conversion, resizing) happens here, once; the training loop only indexes the
+resulting tensor. Grayscale sets stay one channel; anything else becomes RGB, transparency composited on white.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+from .config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+_GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+@dataclass
+class TrainingData:
+    """A whole training set, ready to move to the device."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor | None  # (N,) int64 in 0..K-1; None for unconditional training
+    class_names: list[str] | None  # K names, in label order; None for unconditional training
+    description: str  # where the data came from, for logs
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
+
+
+def load_training_data(config: TrainingConfig, conditional: bool) -> TrainingData:
+    """Load the source the flags of `config` choose; labels are kept (and required) only when `conditional`."""
+    if config.sprites_npy:
+        images, labels, class_names, description = _load_npy(config, conditional)
+    elif config.dataset_name:
+        dataset = _load_named_dataset(config.dataset_name, config.dataset_config_name)
+        images, labels, class_names = _from_dataset(dataset, config, conditional, "--dataset_name")
+        description = f"dataset {config.dataset_name}"
+    elif config.train_data_dir:
+        dataset = _load_image_folder(config.train_data_dir)
+        images, labels, class_names = _from_dataset(dataset, config, conditional, "--train_data_dir")
+        description = f"image folder {config.train_data_dir}"
+    else:
+        from hfdiff.data import SPRITE_CLASSES, generate_sprites
+
+        array, label_array = generate_sprites(config.num_train_images, seed=config.seed)
+        images, labels, class_names = _nhwc_to_tensor(array), torch.from_numpy(label_array), list(SPRITE_CLASSES)
+        description = f"{config.num_train_images} procedural sprites (seed {config.seed})"
+
+    if config.resolution is not None and images.shape[2:] != (config.resolution, config.resolution):
+        images = resize_images(images, config.resolution)
+    if not conditional:
+        labels, class_names = None, None
+    return TrainingData(images=images, labels=labels, class_names=class_names, description=description)
+
+
+def check_image_size(size: tuple[int, int], block_out_channels, source: str) -> None:
+    """The UNet halves the image len(block_out_channels) - 1 times; both sides must survive that exactly."""
+    factor = 2 ** (len(block_out_channels) - 1)
+    if any(side % factor for side in size):
+        multiple = max(factor, -(-max(size) // factor) * factor)
+        raise ValueError(
+            f"{source} images are {size[0]}x{size[1]}, but this UNet downsamples {len(block_out_channels) - 1} times, "
+            f"so both sides must be multiples of {factor}; pass e.g. --resolution {multiple}."
+        )
+
+
+def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, C, resolution, resolution) uint8: centre crop to a square, then resize.
+
+    Whole-number upscaling repeats pixels (pixel art stays crisp); anything else is antialiased bilinear."""
+    height, width = images.shape[2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    images = images[:, :, top : top + side, left : left + side]
+    if side == resolution:
+        return images.contiguous()
+    if resolution % side == 0:
+        return images.repeat_interleave(resolution // side, dim=2).repeat_interleave(resolution // side, dim=3)
+    resized = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sources
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _nhwc_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) or (N, H, W) uint8 array -> (N, C, H, W) uint8 tensor."""
+    if array.ndim == 3:
+        array = array[..., None]
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+
+
+def _load_npy(config: TrainingConfig, conditional: bool):
+    from hfdiff.data import SPRITE_CLASSES, load_npy_sprites
+
+    if conditional and not config.labels_npy:
+        raise ValueError(
+            f"Conditional training needs labels: --sprites_npy {config.sprites_npy} was given without --labels_npy. "
+            "Pass the course's labels file (e.g. --labels_npy sprite_labels_nc_1788_16x16.npy), or train without "
+            "labels with train_unconditional.py."
+        )
+    if config.labels_npy:
+        array, label_array = load_npy_sprites(config.sprites_npy, config.labels_npy)
+    else:
+        if not os.path.isfile(config.sprites_npy):
+            raise FileNotFoundError(f"--sprites_npy {config.sprites_npy} does not exist; check the path.")
+        array, label_array = np.load(config.sprites_npy, allow_pickle=False), None
+        if array.dtype != np.uint8 or array.ndim not in (3, 4):
+            raise ValueError(
+                f"--sprites_npy {config.sprites_npy} holds a {array.dtype} array of shape {array.shape}; expected "
+                "uint8 images of shape (N, H, W, C) or (N, H, W)."
+            )
+    labels = None if label_array is None else torch.from_numpy(np.asarray(label_array, dtype=np.int64))
+    num_classes = 0 if labels is None else int(labels.max()) + 1
+    class_names = list(SPRITE_CLASSES) if num_classes <= len(SPRITE_CLASSES) else [str(k) for k in range(num_classes)]
+    return _nhwc_to_tensor(array), labels, class_names, f"course files {config.sprites_npy}"
+
+
+def _is_saved_dataset(path: str) -> bool:
+    names = set(os.listdir(path))
+    return "dataset_dict.json" in names or {"dataset_info.json", "state.json"} <= names
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are "name" or "owner/name"; anything else is meant as a local path."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _load_named_dataset(name: str, config_name: str | None):
+    """A save_to_disk folder (loaded with load_from_disk), any other local folder, or a Hub id -> a Dataset."""
+    import datasets
+
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        dataset = datasets.load_from_disk(path) if _is_saved_dataset(path) else datasets.load_dataset(path)
+    elif _looks_like_path(name):
+        raise FileNotFoundError(f"--dataset_name {name} looks like a local path but does not exist; check the path.")
+    else:
+        try:
+            dataset = datasets.load_dataset(name, config_name)
+        except Exception as err:  # datasets raises many types here (offline, not found, gated); all need the same fix
+            raise FileNotFoundError(
+                f"--dataset_name {name}: not a local folder, and loading it from the Hub failed ({err}). Check the "
+                "id, your network (HF_HUB_OFFLINE), or pass a save_to_disk folder."
+            ) from err
+    return _train_split(dataset, name)
+
+
+def _train_split(dataset, name: str):
+    import datasets
+
+    if not isinstance(dataset, datasets.DatasetDict):
+        return dataset
+    if "train" in dataset:
+        return dataset["train"]
+    if len(dataset) == 1:
+        return next(iter(dataset.values()))
+    raise ValueError(
+        f"{name} has splits {sorted(dataset)} and none is called 'train'; save the one to train on alone."
+    )
+
+
+def _load_image_folder(path: str):
+    import datasets
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--train_data_dir {path} does not exist; check the path.")
+    if not os.path.isdir(path):
+        raise ValueError(f"--train_data_dir {path} is a file; pass a folder with one sub-folder of images per class.")
+    extensions = {ext for ext, _ in PIL.Image.registered_extensions().items()}
+    has_images = any(
+        os.path.splitext(file)[1].lower() in extensions for _, _, files in os.walk(path) for file in files
+    )
+    if not has_images:
+        raise ValueError(
+            f"--train_data_dir {path} holds no image files (.png, .jpg, ...); put the images in one sub-folder per "
+            f"class, e.g. {path}/hero/0001.png."
+        )
+    return _train_split(datasets.load_dataset("imagefolder", data_dir=path), path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# datasets.Dataset -> tensors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _image_column(dataset, config: TrainingConfig, flag: str) -> str:
+    import datasets
+
+    columns = dataset.column_names
+    if config.image_column in columns:
+        return config.image_column
+    image_columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+    if config.image_column == "image" and len(image_columns) == 1:  # the default name, e.g. cifar10's "img"
+        logger.info("No 'image' column in %s; using its image column %r.", flag, image_columns[0])
+        return image_columns[0]
+    raise ValueError(
+        f"--image_column {config.image_column!r} is not a column of {flag}, whose columns are {columns}; "
+        "choose one with --image_column."
+    )
+
+
+def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str):
+    """A datasets.Dataset -> (images (N, C, H, W) uint8, labels (N,) int64 or None, class names or None)."""
+    if len(dataset) == 0:
+        raise ValueError(f"{flag} has no rows; check the source.")
+    image_column = _image_column(dataset, config, flag)
+    labels, class_names = None, None
+    if conditional:
+        if config.label_column not in dataset.column_names:
+            raise ValueError(
+                f"Conditional training needs labels, but --label_column {config.label_column!r} is not a column of "
+                f"{flag} (columns: {dataset.column_names}). Choose one with --label_column, put the images of an "
+                "image folder in one sub-folder per class (two classes at least), or train without labels with "
+                "train_unconditional.py."
+            )
+        labels, class_names = _labels(dataset, config.label_column, flag)
+    images = _images(dataset.select_columns([image_column]), image_column, config.resolution, flag)
+    return images, labels, class_names
+
+
+def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
+    """ClassLabel -> its names; other ints -> "0".."K-1"; strings -> the sorted distinct strings."""
+    import datasets
+
+    feature = dataset.features[column]
+    values = list(dataset[column])
+    if isinstance(feature, datasets.ClassLabel):
+        return torch.tensor(values, dtype=torch.int64), list(feature.names)
+    if all(isinstance(value, str) for value in values):
+        names = sorted(set(values))
+        index = {name: k for k, name in enumerate(names)}
+        return torch.tensor([index[value] for value in values], dtype=torch.int64), names
+    if all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+        labels = torch.tensor(values, dtype=torch.int64)
+        if labels.min() < 0:
+            raise ValueError(f"--label_column {column!r} of {flag} has negative labels; expected 0..K-1.")
+        return labels, [str(k) for k in range(int(labels.max()) + 1)]
+    raise ValueError(
+        f"--label_column {column!r} of {flag} holds {feature}; expected class indices (ints or a ClassLabel) or "
+        "class names (strings)."
+    )
+
+
+def _to_pil(value, flag: str) -> PIL.Image.Image:
+    if isinstance(value, PIL.Image.Image):
+        return value
+    array = np.asarray(value)
+    if array.dtype.kind in "iu" and array.size and array.min() >= 0 and array.max() <= 255:
+        array = array.astype(np.uint8)  # arrays stored as lists come back as int64
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+        raise ValueError(
+            f"{flag} has an image of dtype {array.dtype} and shape {array.shape}; expected PIL images or arrays of "
+            "integers in 0..255 of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)."
+        )
+    return PIL.Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+
+
+def _convert(image: PIL.Image.Image, mode: str) -> np.ndarray:
+    """PIL image -> (H, W) or (H, W, 3) uint8 in `mode` ("L" or "RGB"), transparent pixels composited on white."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(image.convert(mode))
+
+
+def _images(dataset, column: str, resolution: int | None, flag: str) -> torch.Tensor:
+    """Decode every image once: one channel if all are grayscale, RGB otherwise; one size, or --resolution."""
+    pils = [_to_pil(value, flag) for batch in dataset.iter(batch_size=1024) for value in batch[column]]
+    mode = "L" if all(image.mode in _GRAYSCALE_MODES for image in pils) else "RGB"
+    sizes = {image.size for image in pils}
+    if len(sizes) > 1 and resolution is None:
+        (w0, h0), (w1, h1) = sorted(sizes)[:2]
+        raise ValueError(
+            f"{flag} has images of {len(sizes)} different sizes (e.g. {w0}x{h0} and {w1}x{h1}); pass --resolution to "
+            "resize them all to one square size at load time."
+        )
+    if len(sizes) == 1:
+        return _nhwc_to_tensor(np.stack([_convert(image, mode) for image in pils]))
+    # Mixed sizes: bring each image to the target size on its own before stacking.
+    return torch.cat([resize_images(_nhwc_to_tensor(_convert(image, mode)[None]), resolution) for image in pils])

@@ -1,0 +1,489 @@
+"""The one training loop behind train_conditional.py and train_unconditional.py.
+
+`train(config, conditional)` reads top to bottom: resolve the auto defaults, build the Accelerator, load the whole data
+set onto the device, build the UNet, noise schedule, optimizer, LR schedule and EMA, resume if asked, then loop:
+
+    for each optimizer step (epoch, micro-batch):
+        x_0, c   <- images[indices] gathered on the device, scaled to [-1, 1]; c one-hot, zeroed with prob. p_uncond
+        t, eps   ~ U{0..T-1}, N(0, I) from a generator seeded by (seed, rank, epoch, micro-batch)
+        x_t      =  sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                         (DDPM eq. 4)
+        loss     =  ||target - model(x_t, t, c)||^2, target = eps | x_0 | v          (DDPM Alg. 1)
+        backward, clip, AdamW, LR schedule, EMA; now and then: log, checkpoint, validation grid
+
+and finally saves the EMA pipeline and samples.png to --output_dir.
+
+Data order and noise are pure functions of (seed, epoch, micro-batch, rank), never of how long the process has been
+running: that is what makes --resume_from_checkpoint exact without saving any generator state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .checkpoints import find_checkpoint, read_training_state, save_checkpoint
+from .config import TrainingConfig, cpu_threads, model_config_overrides, resolve_defaults
+from .data import TrainingData, check_image_size, load_training_data
+from .sampling import log_image, sample_grid, save_pipeline, weights_copy
+
+logger = get_logger(__name__)
+
+# UNet config entries that the data decides; --model_config_overrides may not set them.
+_DATA_DECIDES = ("sample_size", "in_channels", "out_channels", "context_dim", "class_names")
+
+
+@dataclass
+class TrainingResult:
+    output_dir: str  # the saved pipeline
+    global_step: int  # optimizer steps done, resumed ones included
+    images_per_second: float | None  # all processes together, after the first logging interval (warm-up, compile)
+
+
+def stream_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers, e.g. (seed, rank, epoch, micro-batch); about 10 microseconds."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class EpochBatches:
+    """Which images each process trains on, without a DataLoader.
+
+    Every epoch draws a permutation of all N images from a generator seeded by (seed, epoch), the same on every
+    process; process r of W takes positions r, r + W, r + 2W, ... of it, so the processes see disjoint images. The tail
+    that would give processes unequal numbers of steps, or end an epoch inside an accumulation group, is dropped.
+    Nothing is stored: resuming at (epoch, micro-batch) draws the same permutation again.
+    """
+
+    def __init__(self, num_images, batch_size, accumulation_steps, seed, rank, world_size, device):
+        self.num_images, self.batch_size, self.accumulation_steps = num_images, batch_size, accumulation_steps
+        self.seed, self.rank, self.world_size, self.device = seed, rank, world_size, device
+        per_process = num_images // world_size
+        self.updates_per_epoch = per_process // (batch_size * accumulation_steps)
+        self.micro_batches_per_epoch = self.updates_per_epoch * accumulation_steps
+        if self.updates_per_epoch == 0:
+            needed = batch_size * accumulation_steps * world_size
+            raise ValueError(
+                f"The data set has {num_images} images, fewer than one optimizer step takes ({batch_size} images x "
+                f"{accumulation_steps} accumulation steps x {world_size} processes = {needed}); lower "
+                "--train_batch_size or --gradient_accumulation_steps, or use more images."
+            )
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """(micro_batches_per_epoch, batch_size) int64 image indices of this process, on the device."""
+        # The permutation is drawn on the CPU so that it is the same whatever the device; one randperm per epoch.
+        permutation = torch.randperm(
+            self.num_images, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch))
+        )
+        mine = permutation[self.rank :: self.world_size][: self.micro_batches_per_epoch * self.batch_size]
+        return mine.view(self.micro_batches_per_epoch, self.batch_size).to(self.device)
+
+    def iterate(self, start_step: int, num_epochs: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(epoch, micro-batch, indices (B,)) from optimizer step `start_step` to the end of epoch `num_epochs` - 1."""
+        first_epoch, first_update = divmod(start_step, self.updates_per_epoch)
+        for epoch in range(first_epoch, num_epochs):
+            indices = self.epoch_indices(epoch)
+            start = first_update * self.accumulation_steps if epoch == first_epoch else 0
+            for micro in range(start, self.micro_batches_per_epoch):
+                yield epoch, micro, indices[micro]
+
+
+def get_batch(images, labels, class_contexts, indices, p_uncond, generator, memory_format):
+    """Gather a batch on the device: x_0 (B, C, H, W) float in [-1, 1], and the context (B, K) one-hot, each row zeroed
+    (the null context) with probability p_uncond, or None for unconditional training.
+
+    class_contexts is the (K, K) identity: a row lookup gives the one-hot vectors without F.one_hot, which checks its
+    input's range on the host and so waits for the GPU at every step."""
+    x0 = images[indices].float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)  # uint8 -> [-1, 1]
+    if labels is None:
+        return x0, None
+    context = class_contexts[labels[indices]]  # (B, K)
+    keep = torch.rand(indices.shape[0], generator=generator, device=indices.device) >= p_uncond  # (B,)
+    return x0, context * keep[:, None]
+
+
+def diffusion_loss(model, noise_scheduler, x0, context, generator, memory_format) -> torch.Tensor:
+    """DDPM Algorithm 1 for one batch: t ~ U{0..T-1} and eps ~ N(0, I) per image, loss = ||target - model(x_t, t, c)||^2
+    with target eps ("epsilon"), x_0 ("sample") or v = sqrt(abar) eps - sqrt(1 - abar) x_0 ("v_prediction")."""
+    batch_size = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)  # eps: (B, C, H, W)
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=x0.device)  # (B,)
+    noisy = noise_scheduler.add_noise(x0, noise, timesteps).contiguous(memory_format=memory_format)  # x_t, eq. 4
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "sample":
+        target = x0
+    else:
+        target = noise_scheduler.get_velocity(x0, noise, timesteps)
+    prediction = model(noisy, timesteps, context=context).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building the pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_accelerator(config: TrainingConfig) -> Accelerator:
+    if config.logger == "wandb":
+        from accelerate.utils import is_wandb_available
+
+        if not is_wandb_available():
+            raise ValueError(
+                "--logger wandb needs the wandb package: pip install wandb (or use --logger tensorboard)."
+            )
+    project_config = ProjectConfiguration(
+        project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
+    )
+    return Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=config.logger,
+        project_config=project_config,
+    )
+
+
+def build_unet(config: TrainingConfig, data: TrainingData, conditional: bool):
+    """The preset's ContextUNet2DModel, shaped by the data: image size and channels, one context entry per class."""
+    from hfdiff.models import UNET_PRESETS, ContextUNet2DModel
+
+    overrides = model_config_overrides(config)
+    known = set(inspect.signature(ContextUNet2DModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"--model_config_overrides has unknown keys {unknown}; ContextUNet2DModel takes {sorted(known)}."
+        )
+    fixed = sorted(set(overrides) & set(_DATA_DECIDES))
+    if fixed:
+        raise ValueError(
+            f"--model_config_overrides sets {fixed}, which the data decides (image size and channels, number of "
+            "classes); use --resolution, or change the data."
+        )
+    height, width = data.size
+    shape = {
+        "sample_size": height if height == width else (height, width),
+        "in_channels": data.channels,
+        "out_channels": data.channels,
+        "context_dim": len(data.class_names) if conditional else None,
+        "class_names": list(data.class_names) if conditional else None,
+    }
+    block_out_channels = overrides.get("block_out_channels", UNET_PRESETS[config.preset]["block_out_channels"])
+    check_image_size((height, width), block_out_channels, data.description)
+    torch.manual_seed(config.seed)  # the same initial weights on every process and every run
+    return ContextUNet2DModel.from_preset(config.preset, **shape, **overrides)
+
+
+def build_noise_scheduler(config: TrainingConfig):
+    from hfdiff.schedulers import SpriteDDPMScheduler
+
+    return SpriteDDPMScheduler(
+        num_train_timesteps=config.ddpm_num_steps,
+        beta_schedule=config.ddpm_beta_schedule,
+        prediction_type=config.prediction_type,
+    )
+
+
+def build_optimizer(config: TrainingConfig, unet, device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        unet.parameters(),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+        # One kernel for all parameters on CUDA; on CPU the multi-tensor path, several times faster than per-tensor.
+        fused=device.type == "cuda",
+        foreach=device.type != "cuda",
+    )
+
+
+def build_ema(config: TrainingConfig, unet) -> EMAModel | None:
+    if not config.use_ema:
+        return None
+    # Warmup: decay = 1 - (1 + step / inv_gamma) ** -power, so that early, poor weights fade quickly; with power 3/4
+    # the decay is 0.993 after 800 steps and 0.999 after 10k.
+    return EMAModel(
+        unet.parameters(),
+        decay=config.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=config.ema_inv_gamma,
+        power=config.ema_power,
+        foreach=True,
+        model_cls=type(unet),
+        model_config=unet.config,
+    )
+
+
+def schedule_length(config: TrainingConfig, batches: EpochBatches) -> tuple[int, int]:
+    """(max_train_steps, num_epochs): --max_train_steps wins over --num_epochs when both are set."""
+    if config.max_train_steps is not None:
+        return config.max_train_steps, math.ceil(config.max_train_steps / batches.updates_per_epoch)
+    return config.num_epochs * batches.updates_per_epoch, config.num_epochs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resume, feedback, the end
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resume(accelerator: Accelerator, config: TrainingConfig, ema: EMAModel | None, expected: dict) -> int:
+    """Load the checkpoint --resume_from_checkpoint names; returns its optimizer step (0 for a fresh start)."""
+    if not config.resume_from_checkpoint:
+        return 0
+    path = find_checkpoint(config.output_dir, config.resume_from_checkpoint)
+    if path is None:
+        logger.info(
+            f"No checkpoint in {config.output_dir} to resume from; starting a new run.", main_process_only=True
+        )
+        return 0
+    accelerator.load_state(path)
+    if ema is not None:
+        ema.to(accelerator.device)  # EMAModel.load_state_dict keeps the loaded tensors where they were (CPU)
+    state = read_training_state(path)
+    changed = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
+    if changed:
+        logger.warning(
+            f"Resuming {path} with different {changed} (saved, now): training continues, but the data order differs "
+            "from an uninterrupted run.",
+            main_process_only=True,
+        )
+    logger.info(f"Resumed from {path} at step {state['global_step']}.", main_process_only=True)
+    return state["global_step"]
+
+
+class Meter:
+    """Loss and throughput between logging steps. The loss stays on the device until it is read, because reading it
+    (.item()) waits for the GPU to finish every queued step; doing that every step would stall the pipeline."""
+
+    def __init__(self, images_per_step: int):
+        self.images_per_step = images_per_step
+        self.loss_sum, self.micro_batches, self.steps = 0.0, 0, 0
+        self.start = time.perf_counter()
+        self.steady_images, self.steady_seconds, self.intervals = 0, 0.0, 0
+
+    def add(self, loss: torch.Tensor, finished_step: bool) -> None:
+        self.loss_sum = self.loss_sum + loss.detach()
+        self.micro_batches += 1
+        self.steps += int(finished_step)
+
+    def read(self, accelerator: Accelerator) -> dict:
+        """Mean loss over all processes and images/s since the last read; every process must call it."""
+        loss = accelerator.reduce(torch.as_tensor(self.loss_sum, device=accelerator.device), "mean").item()
+        seconds = time.perf_counter() - self.start  # after .item(), so the GPU's work is included
+        images_per_second = self.steps * self.images_per_step / seconds
+        if self.intervals > 0:  # the first interval includes warm-up (and torch.compile)
+            self.steady_images += self.steps * self.images_per_step
+            self.steady_seconds += seconds
+        self.intervals += 1
+        logs = {"loss": loss / max(self.micro_batches, 1), "images_per_second": images_per_second}
+        self.loss_sum, self.micro_batches, self.steps = 0.0, 0, 0
+        self.start = time.perf_counter()
+        return logs
+
+    def steady_images_per_second(self) -> float | None:
+        return self.steady_images / self.steady_seconds if self.steady_seconds > 0 else None
+
+
+def validate(accelerator, config, unet, ema, noise_scheduler, step: int) -> None:
+    """A grid from the EMA weights, fixed seed, DDIM: output_dir/validation/step-XXXXXX.png and the trackers."""
+    from hfdiff import SpriteDDIMScheduler, SpriteDiffusionPipeline
+
+    scheduler = SpriteDDIMScheduler.from_config(noise_scheduler.config)
+    pipe = SpriteDiffusionPipeline(unet=weights_copy(unet, ema), scheduler=scheduler)
+    grid = sample_grid(pipe, config.num_validation_images, config.seed, config.validation_inference_steps)
+    os.makedirs(os.path.join(config.output_dir, "validation"), exist_ok=True)
+    grid.save(os.path.join(config.output_dir, "validation", f"step-{step:06d}.png"))
+    log_image(accelerator, "validation", grid, step)
+
+
+def save_final(accelerator, config, unet, ema, noise_scheduler, step: int) -> None:
+    """The EMA pipeline (fp32, full DDPM scheduler of training) and samples.png beside it, in --output_dir."""
+    from hfdiff import SpriteDDPMScheduler, SpriteDiffusionPipeline
+
+    pipe = SpriteDiffusionPipeline(
+        unet=weights_copy(unet, ema), scheduler=SpriteDDPMScheduler.from_config(noise_scheduler.config)
+    )
+    samples = sample_grid(pipe, config.num_validation_images, config.seed)  # every DDPM step, what users get
+    save_pipeline(pipe, config.output_dir, samples)
+    log_image(accelerator, "samples", samples, step)
+    logger.info(f"Saved the pipeline and samples.png to {config.output_dir}.", main_process_only=True)
+    if config.push_to_hub:
+        push_to_hub(config)
+
+
+def push_to_hub(config: TrainingConfig) -> None:
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = config.hub_model_id or os.path.basename(os.path.abspath(config.output_dir))
+    repo_id = create_repo(repo_id, exist_ok=True, private=config.hub_private_repo).repo_id
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=config.output_dir,
+        commit_message="End of training",
+        ignore_patterns=["checkpoint-*", ".pipeline-*"],
+    )
+    logger.info(f"Pushed {config.output_dir} to https://huggingface.co/{repo_id}.", main_process_only=True)
+
+
+def dump_debug(config: TrainingConfig, rank: int, indices: list[torch.Tensor], unet) -> None:
+    """Testing aid (--debug_dump_dir): the image indices this process trained on, in order, and its final weights."""
+    from safetensors.torch import save_file
+
+    os.makedirs(config.debug_dump_dir, exist_ok=True)
+    tensors = {"indices": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)}
+    tensors.update({f"unet.{name}": value.detach().cpu().contiguous() for name, value in unet.state_dict().items()})
+    save_file(tensors, os.path.join(config.debug_dump_dir, f"rank-{rank}.safetensors"))
+
+
+def tracker_config(config: TrainingConfig, data: TrainingData, max_train_steps: int) -> dict:
+    """The config as trackers take it: scalars and strings only (tensorboard's hparams refuse None)."""
+    values = {**dataclasses.asdict(config), "data": data.description, "num_images": len(data)}
+    values["max_train_steps"] = max_train_steps
+    return {key: "None" if value is None else value for key, value in values.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
+    """Train a ContextUNet2DModel as `config` says; one context entry per class of the data when `conditional`."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("hfdiff").setLevel(logging.INFO)  # our progress messages, without every library's INFO lines
+    # The device picks the auto defaults, and must be known before the Accelerator exists (mixed precision is one).
+    # ACCELERATE_USE_CPU is read by the Accelerator, not by PartialState: pass it on, or a CPU DDP run (accelerate
+    # launch --multi_gpu with ACCELERATE_USE_CPU=1) would come up as independent single processes.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    config = resolve_defaults(config, state.device, conditional)
+    if state.device.type == "cpu":
+        threads = cpu_threads(config, int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)))
+        if threads is not None:
+            torch.set_num_threads(threads)
+    accelerator = make_accelerator(config)
+    device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs for whatever autocast leaves in fp32
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest conv kernels once
+
+    with accelerator.main_process_first():  # the first process fills the datasets cache, the others then read it
+        data = load_training_data(config, conditional)
+    unet = build_unet(config, data, conditional)
+    noise_scheduler = build_noise_scheduler(config)
+
+    # The whole data set lives on the device as uint8 (89,400 sprites = 69 MB); batches are gathered there.
+    images = data.images.to(device)
+    labels = data.labels.to(device) if data.labels is not None else None
+    class_contexts = torch.eye(len(data.class_names), device=device) if conditional else None  # one-hot rows
+    batches = EpochBatches(
+        len(data), config.train_batch_size, config.gradient_accumulation_steps, config.seed, rank, world_size, device
+    )
+    max_train_steps, num_epochs = schedule_length(config, batches)
+
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    unet.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(config, unet, device)
+    # The prepared LR scheduler steps once per process at each optimizer step, so its lengths count in those units.
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * world_size,
+        num_training_steps=max_train_steps * world_size,
+    )
+    ema = build_ema(config, unet)
+    model = torch.compile(unet) if config.compile else unet
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)  # save_state/load_state then carry the EMA weights too
+
+    run_shape = {
+        "world_size": world_size,
+        "train_batch_size": config.train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "seed": config.seed,
+    }
+    global_step = resume(accelerator, config, ema, run_shape)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(
+            "train_conditional" if conditional else "train_unconditional",
+            config=tracker_config(config, data, max_train_steps),
+        )
+    images_per_step = config.train_batch_size * world_size * config.gradient_accumulation_steps
+    logger.info(
+        f"{data.description}: {len(data)} images {tuple(data.images.shape[1:])}, "
+        f"{len(data.class_names) if conditional else 'no'} classes; {sum(p.numel() for p in unet.parameters()):,} "
+        f"parameters; {max_train_steps} steps of {images_per_step} images ({num_epochs} epochs) on {world_size} "
+        f"process(es), {device}, mixed precision {config.mixed_precision}.",
+        main_process_only=True,
+    )
+
+    progress = tqdm(
+        total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
+    generator = torch.Generator(device=device)
+    meter = Meter(images_per_step)
+    trained_indices = []
+    for epoch, micro, indices in batches.iterate(global_step, num_epochs):
+        if global_step >= max_train_steps:
+            break
+        # Noise, timesteps and context dropout of this micro-batch depend only on where it is in the run.
+        generator.manual_seed(stream_seed(config.seed, rank, epoch, micro))
+        x0, context = get_batch(images, labels, class_contexts, indices, config.p_uncond, generator, memory_format)
+        with accelerator.accumulate(model):
+            loss = diffusion_loss(model, noise_scheduler, x0, context, generator, memory_format)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()  # these three do nothing until the last micro-batch of an accumulation group
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        meter.add(loss, accelerator.sync_gradients)
+        if config.debug_dump_dir:
+            trained_indices.append(indices.cpu())
+        if not accelerator.sync_gradients:
+            continue
+
+        global_step += 1
+        if ema is not None:
+            ema.step(unet.parameters())
+        progress.update(1)
+        if global_step % config.logging_steps == 0 or global_step == max_train_steps:
+            logs = {**meter.read(accelerator), "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch}
+            if ema is not None:
+                logs["ema_decay"] = ema.cur_decay_value
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_second']:.0f}")
+            accelerator.log(logs, step=global_step)
+        if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
+            state = {"global_step": global_step, "epoch": epoch, **run_shape}
+            save_checkpoint(accelerator, config.output_dir, state, config.checkpoints_total_limit)
+        if accelerator.is_main_process and (
+            global_step % config.validation_steps == 0 or global_step == max_train_steps
+        ):
+            validate(accelerator, config, unet, ema, noise_scheduler, global_step)
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final(accelerator, config, unet, ema, noise_scheduler, global_step)
+    if config.debug_dump_dir:
+        dump_debug(config, rank, trained_indices, unet)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainingResult(config.output_dir, global_step, meter.steady_images_per_second())

@@ -1,0 +1,81 @@
+"""What training shows and leaves behind: validation grids from the EMA weights, and the final pipeline folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import PIL.Image
+import torch
+from diffusers.utils import make_image_grid
+
+from .checkpoints import replace_dir
+
+UNCONDITIONAL_ROWS = 5  # rows of an unconditional grid (a conditional one has a row per class)
+MAX_CLASS_ROWS = 10  # datasets with more classes show their first ten
+GRID_CELL = 64  # small images are upscaled (nearest neighbour) to at least this many pixels a side
+
+
+def weights_copy(unet: torch.nn.Module, ema=None) -> torch.nn.Module:
+    """A fresh fp32 copy of `unet` (same config) holding the EMA weights, or `unet`'s own when `ema` is None.
+
+    A copy rather than ema.store/copy_to/restore: the training model stays untouched (its autocast wrapper, memory
+    format, compiled graph and DDP buckets included), and the copy can be saved as it is."""
+    copy = type(unet).from_config(unet.config)
+    copy.load_state_dict({name: tensor.float() for name, tensor in unet.state_dict().items()})
+    if ema is not None:
+        ema.copy_to(copy.parameters())
+    return copy.to(next(unet.parameters()).device).eval()
+
+
+def sample_grid(pipe, per_row: int, seed: int, num_inference_steps: int | None = None) -> PIL.Image.Image:
+    """A grid of samples from a fixed seed: a row per class (names from the UNet's config) or UNCONDITIONAL_ROWS rows."""
+    num_classes = pipe.unet.config.context_dim
+    if num_classes is not None:
+        rows = min(num_classes, MAX_CLASS_ROWS)
+        class_labels = [k for k in range(rows) for _ in range(per_row)]
+    else:
+        rows, class_labels = UNCONDITIONAL_ROWS, None
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=rows * per_row,
+        class_labels=class_labels,
+        num_inference_steps=num_inference_steps,
+        generator=torch.Generator("cpu").manual_seed(seed),  # CPU: the same grid on every device
+    ).images
+    scale = max(1, GRID_CELL // max(images[0].size))
+    if scale > 1:
+        images = [image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST) for image in images]
+    return make_image_grid(images, rows=rows, cols=per_row)
+
+
+def save_pipeline(pipe, output_dir: str, samples: PIL.Image.Image) -> None:
+    """pipe.save_pretrained(output_dir) plus samples.png, without ever leaving a half-written pipeline there.
+
+    Everything is written to a temporary folder inside `output_dir` first, then moved into place entry by entry with
+    atomic renames, model_index.json last: a reader sees the previous pipeline or the new one per component."""
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".pipeline-", dir=output_dir)
+    try:
+        pipe.save_pretrained(tmp)
+        samples.save(os.path.join(tmp, "samples.png"))
+        for name in sorted(os.listdir(tmp), key=lambda entry: entry == "model_index.json"):
+            src, dst = os.path.join(tmp, name), os.path.join(output_dir, name)
+            if os.path.isdir(src):
+                replace_dir(src, dst)
+            else:
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def log_image(accelerator, name: str, image: PIL.Image.Image, step: int) -> None:
+    """Send one image to every tracker that takes images (tensorboard, wandb)."""
+    import numpy as np
+
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({name: np.asarray(image)[None]}, step=step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            tracker.log_images({name: [image]}, step=step)

@@ -1,0 +1,261 @@
+"""hfdiff.training: config flags, data order, targets, checkpoints; both scripts end to end; real 2-process DDP; exact
+resume. The end-to-end runs use a tiny UNet and a few steps, on one CPU thread per process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hfdiff import SpriteDiffusionPipeline
+from hfdiff.data import SPRITE_CLASSES
+from hfdiff.training import TrainingConfig, parse_config, resolve_defaults, train
+from hfdiff.training.checkpoints import find_checkpoint, list_checkpoints, prune_checkpoints
+from hfdiff.training.config import CPU_DEFAULTS, GPU_DEFAULTS
+from hfdiff.training.loop import EpochBatches, diffusion_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_UNET = json.dumps(
+    {
+        "block_out_channels": [8, 16],
+        "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 4,
+    }
+)
+# A run of a few seconds: 64 sprites, batches of 16, 20-step noise schedule, 2-image validation rows.
+TINY_RUN = [
+    "--model_config_overrides", TINY_UNET,
+    "--num_train_images", "64",
+    "--train_batch_size", "16",
+    "--ddpm_num_steps", "20",
+    "--validation_inference_steps", "4",
+    "--num_validation_images", "2",
+    "--lr_warmup_steps", "2",
+    "--logging_steps", "2",
+]  # fmt: skip
+
+
+def run_script(args, launcher=(), **env):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    result = subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """In-process runs share Accelerate's process-wide state; reset it after each so other tests start clean."""
+    from accelerate.state import AcceleratorState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # exact equality needs the same reduction order in both runs
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.set_num_threads(threads)
+
+
+# ---- config
+
+
+def test_flags_from_the_dataclass():
+    config = parse_config(
+        ["--no-use_ema", "--mixed_precision", "bf16", "--max_train_steps", "5", "--checkpoints_total_limit", "none"]
+    )
+    assert config.use_ema is False and config.mixed_precision == "bf16" and config.max_train_steps == 5
+    assert config.checkpoints_total_limit is None and config.train_batch_size is None  # auto until resolved
+    with pytest.raises(SystemExit):
+        parse_config(["--prediction_type", "noise"])
+
+
+def test_auto_defaults_by_device(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    cpu = resolve_defaults(TrainingConfig(), "cpu", conditional=True)
+    assert {name: getattr(cpu, name) for name in CPU_DEFAULTS} == CPU_DEFAULTS
+    assert cpu.output_dir == "sprite-conditional"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    gpu = resolve_defaults(TrainingConfig(train_batch_size=32), "cuda", conditional=False)
+    assert {name: getattr(gpu, name) for name in GPU_DEFAULTS if name != "train_batch_size"} == {
+        name: value for name, value in GPU_DEFAULTS.items() if name != "train_batch_size"
+    }
+    assert gpu.mixed_precision == "bf16"
+    assert gpu.train_batch_size == 32 and gpu.output_dir == "sprite-unconditional"  # given values win
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"p_uncond": 1.5}, "--p_uncond"),
+        ({"train_batch_size": 0}, "--train_batch_size"),
+        ({"sprites_npy": "a.npy", "train_data_dir": "imgs"}, "one data source"),
+        ({"labels_npy": "l.npy"}, "without --sprites_npy"),
+        ({"model_config_overrides": "{block_out_channels: 3}"}, "not valid JSON"),
+        ({"validation_inference_steps": 600}, "--ddpm_num_steps"),
+    ],
+)
+def test_config_errors(flags, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_defaults(TrainingConfig(**flags), "cpu", conditional=True)
+
+
+# ---- data order and targets
+
+
+def test_epoch_batches_shard_and_resume():
+    ranks = [EpochBatches(50, 4, 2, seed=3, rank=r, world_size=2, device="cpu") for r in range(2)]
+    assert ranks[0].updates_per_epoch == 3 and ranks[0].micro_batches_per_epoch == 6  # 25 per rank -> 24 used
+    epoch0 = [b.epoch_indices(0) for b in ranks]
+    assert not set(epoch0[0].flatten().tolist()) & set(epoch0[1].flatten().tolist())  # disjoint shards
+    assert not torch.equal(ranks[0].epoch_indices(1), epoch0[0])  # a new order every epoch
+    full = [(e, m, i.tolist()) for e, m, i in ranks[0].iterate(0, num_epochs=3)]
+    assert full[8:] == [(e, m, i.tolist()) for e, m, i in ranks[0].iterate(4, num_epochs=3)]  # step 4 = micro 8
+    with pytest.raises(ValueError, match="fewer than one optimizer step"):
+        EpochBatches(10, 8, 1, seed=0, rank=0, world_size=2, device="cpu")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_diffusion_loss_targets(prediction_type):
+    from hfdiff import SpriteDDPMScheduler
+
+    scheduler = SpriteDDPMScheduler(num_train_timesteps=50, prediction_type=prediction_type)
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+
+    def zero_model(sample, timestep, context=None):
+        return type("Output", (), {"sample": torch.zeros_like(sample)})
+
+    loss = diffusion_loss(zero_model, scheduler, x0, None, torch.Generator().manual_seed(0), torch.contiguous_format)
+    generator = torch.Generator().manual_seed(0)  # the same draws, written out: eps, then t
+    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, 50, (4,), generator=generator)
+    abar = scheduler.alphas_cumprod[t].view(4, 1, 1, 1)
+    target = {"epsilon": eps, "sample": x0, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * x0}
+    torch.testing.assert_close(loss, target[prediction_type].pow(2).mean())
+
+
+# ---- checkpoints
+
+
+def test_latest_takes_only_complete_checkpoints(tmp_path):
+    for name, complete in [
+        ("checkpoint-2", True),
+        ("checkpoint-10", True),
+        ("checkpoint-12.tmp", True),
+        ("checkpoint-14", False),
+    ]:
+        (tmp_path / name).mkdir()
+        if complete:
+            (tmp_path / name / "training_state.json").write_text("{}")
+    assert [step for step, _ in list_checkpoints(str(tmp_path))] == [2, 10]
+    assert find_checkpoint(str(tmp_path), "latest") == str(tmp_path / "checkpoint-10")
+    assert find_checkpoint(str(tmp_path), "checkpoint-2") == str(tmp_path / "checkpoint-2")
+    assert find_checkpoint(str(tmp_path / "empty"), "latest") is None
+    with pytest.raises(FileNotFoundError, match="checkpoint-14"):
+        find_checkpoint(str(tmp_path), "checkpoint-14")
+    prune_checkpoints(str(tmp_path), 1)
+    assert [step for step, _ in list_checkpoints(str(tmp_path))] == [10]
+
+
+# ---- end to end
+
+
+def test_train_conditional_script(tmp_path):
+    out = tmp_path / "run"
+    args = ["--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2"]
+    run_script([sys.executable, "train_conditional.py", *TINY_RUN, *args, "--checkpoints_total_limit", "1"])
+
+    assert [path.name for path in out.glob("checkpoint-*")] == ["checkpoint-4"]
+    assert (out / "samples.png").is_file() and PIL.Image.open(out / "samples.png").size == (2 * 64, 5 * 64)
+    assert (out / "validation" / "step-000004.png").is_file()
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    pipe = SpriteDiffusionPipeline.from_pretrained(out)
+    assert pipe.class_names == list(SPRITE_CLASSES) and pipe.unet.config.context_dim == 5
+    images = pipe(batch_size=2, class_labels=["hero", "food"], num_inference_steps=3, output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+
+
+def test_train_unconditional_script_on_a_grayscale_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(32):
+        os.makedirs(tmp_path / "imgs" / "any", exist_ok=True)
+        PIL.Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), mode="L").save(
+            tmp_path / "imgs" / "any" / f"{i}.png"
+        )
+    out = tmp_path / "run"
+    args = ["--output_dir", str(out), "--train_data_dir", str(tmp_path / "imgs"), "--resolution", "8"]
+    run_script([sys.executable, "train_unconditional.py", *TINY_RUN, *args, "--max_train_steps", "2"])
+
+    pipe = SpriteDiffusionPipeline.from_pretrained(out)
+    assert pipe.unet.config.context_dim is None and pipe.unet.config.in_channels == 1
+    assert pipe(batch_size=2, num_inference_steps=2, output_type="np").images.shape == (2, 8, 8, 1)
+    assert (out / "samples.png").is_file()
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
+    args = [
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "3",
+        "--train_batch_size",
+        "8",
+        "--debug_dump_dir",
+        str(dump),
+        "--mixed_precision",
+        "no",
+    ]
+    run_script(["train_conditional.py", *TINY_RUN, *args], launcher=launcher, ACCELERATE_USE_CPU="1")
+
+    ranks = [load_file(dump / f"rank-{r}.safetensors") for r in range(2)]
+    indices = [rank.pop("indices") for rank in ranks]
+    assert [len(i) for i in indices] == [24, 24]  # 3 steps of 8 images on each process
+    assert not set(indices[0].tolist()) & set(indices[1].tolist())  # one epoch of 64: the shards are disjoint
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])  # DDP kept the weights in sync
+    assert (out / "samples.png").is_file()
+
+
+def test_resume_is_exact(tmp_path, fresh_accelerate_state):
+    """6 steps straight vs. the same run resumed from its step-3 checkpoint (mid-epoch, inside an LR warmup, with
+    gradient accumulation and EMA): the final EMA pipeline weights and the raw weights are bit-identical."""
+
+    def config(output_dir, **flags):
+        cli = [*TINY_RUN, "--output_dir", str(output_dir), "--train_batch_size", "8", "--max_train_steps", "6"]
+        cli += [
+            "--gradient_accumulation_steps",
+            "2",
+            "--checkpointing_steps",
+            "3",
+            "--checkpoints_total_limit",
+            "none",
+        ]
+        cli += [
+            "--lr_warmup_steps",
+            "4",
+            "--validation_steps",
+            "100",
+            "--num_cpu_threads",
+            "1",
+            "--mixed_precision",
+            "no",
+        ]
+        return parse_config(cli + [item for key, value in flags.items() for item in (f"--{key}", value)])
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(config(straight), conditional=True)
+    os.makedirs(resumed)
+    os.rename(straight / "checkpoint-3", resumed / "checkpoint-3")  # as if the run had died after step 3
+    result = train(config(resumed, resume_from_checkpoint="latest"), conditional=True)
+
+    assert result.global_step == 6
+    for weights in ["unet/diffusion_pytorch_model.safetensors", "checkpoint-6/model.safetensors"]:
+        a, b = load_file(straight / weights), load_file(resumed / weights)
+        assert all(torch.equal(a[name], b[name]) for name in a), weights
