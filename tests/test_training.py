@@ -259,3 +259,31 @@ def test_resume_is_exact(tmp_path, fresh_accelerate_state):
     for weights in ["unet/diffusion_pytorch_model.safetensors", "checkpoint-6/model.safetensors"]:
         a, b = load_file(straight / weights), load_file(resumed / weights)
         assert all(torch.equal(a[name], b[name]) for name in a), weights
+
+
+def test_push_to_hub_sends_the_pipeline_without_checkpoints_or_logs(tmp_path, fresh_accelerate_state, fake_hub):
+    out = tmp_path / "run"
+    cli = [*TINY_RUN, "--output_dir", str(out), "--train_batch_size", "8", "--max_train_steps", "2"]
+    cli += [
+        "--checkpointing_steps",
+        "1",
+        "--validation_steps",
+        "1",
+        "--num_cpu_threads",
+        "1",
+        "--mixed_precision",
+        "no",
+    ]
+    cli += ["--push_to_hub", "--hub_model_id", "me/tiny-sprites", "--hub_private_repo"]
+    train(parse_config(cli), conditional=True)
+
+    assert fake_hub["create_repo"] == [{"repo_id": "me/tiny-sprites", "private": True, "token": None}]
+    (upload,) = fake_hub["uploads"]
+    sent = set(upload["files"])
+    assert {"model_index.json", "README.md", "samples.png", "unet/diffusion_pytorch_model.safetensors"} <= sent
+    assert not [name for name in sent if name.startswith(("checkpoint-", "logs", "validation", "."))], sent
+    assert (out / "checkpoint-2").is_dir() and (out / "validation").is_dir()  # kept locally
+    card = (upload["copy"] / "README.md").read_text()
+    assert "![samples](samples.png)" in card and '"max_train_steps": 2' in card
+    loaded = SpriteDiffusionPipeline.from_pretrained(upload["copy"])
+    assert loaded.class_names == list(SPRITE_CLASSES)

@@ -320,7 +320,7 @@ def save_final(accelerator, config, unet, ema, noise_scheduler, step: int) -> No
         unet=weights_copy(unet, ema), scheduler=SpriteDDPMScheduler.from_config(noise_scheduler.config)
     )
     samples = sample_grid(pipe, config.num_validation_images, config.seed)  # every DDPM step, what users get
-    save_pipeline(pipe, config.output_dir, samples)
+    save_pipeline(pipe, config.output_dir, samples, training_config=dataclasses.asdict(config))
     log_image(accelerator, "samples", samples, step)
     logger.info(f"Saved the pipeline and samples.png to {config.output_dir}.", main_process_only=True)
     if config.push_to_hub:
@@ -328,17 +328,15 @@ def save_final(accelerator, config, unet, ema, noise_scheduler, step: int) -> No
 
 
 def push_to_hub(config: TrainingConfig) -> None:
-    from huggingface_hub import create_repo, upload_folder
+    """Upload the saved pipeline folder (model_index.json, components, code, model card, samples.png) to the Hub;
+    checkpoints, logs and validation grids that training keeps beside it stay local."""
+    from hfdiff.hub import push_pipeline_folder
 
     repo_id = config.hub_model_id or os.path.basename(os.path.abspath(config.output_dir))
-    repo_id = create_repo(repo_id, exist_ok=True, private=config.hub_private_repo).repo_id
-    upload_folder(
-        repo_id=repo_id,
-        folder_path=config.output_dir,
-        commit_message="End of training",
-        ignore_patterns=["checkpoint-*", ".pipeline-*"],
+    url = push_pipeline_folder(
+        config.output_dir, repo_id, private=config.hub_private_repo, commit_message="End of training"
     )
-    logger.info(f"Pushed {config.output_dir} to https://huggingface.co/{repo_id}.", main_process_only=True)
+    logger.info(f"Pushed {config.output_dir} to the Hub: {url}", main_process_only=True)
 
 
 def dump_debug(config: TrainingConfig, rank: int, indices: list[torch.Tensor], unet) -> None:

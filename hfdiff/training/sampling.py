@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import PIL.Image
 import torch
 from diffusers.utils import make_image_grid
-
-from .checkpoints import replace_dir
 
 UNCONDITIONAL_ROWS = 5  # rows of an unconditional grid (a conditional one has a row per class)
 MAX_CLASS_ROWS = 10  # datasets with more classes show their first ten
@@ -50,24 +46,19 @@ def sample_grid(pipe, per_row: int, seed: int, num_inference_steps: int | None =
     return make_image_grid(images, rows=rows, cols=per_row)
 
 
-def save_pipeline(pipe, output_dir: str, samples: PIL.Image.Image) -> None:
-    """pipe.save_pretrained(output_dir) plus samples.png, without ever leaving a half-written pipeline there.
+def save_pipeline(pipe, output_dir: str, samples: PIL.Image.Image, training_config: dict | None = None) -> None:
+    """samples.png, then the pipeline with a model card that shows it and the training configuration.
 
-    Everything is written to a temporary folder inside `output_dir` first, then moved into place entry by entry with
-    atomic renames, model_index.json last: a reader sees the previous pipeline or the new one per component."""
+    pipe.save_pretrained stages the folder and moves it in entry by entry, model_index.json last, so a reader sees
+    the previous pipeline or the new one per component; samples.png is replaced atomically on its own."""
+    from hfdiff.hub import build_model_card
+
     os.makedirs(output_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".pipeline-", dir=output_dir)
-    try:
-        pipe.save_pretrained(tmp)
-        samples.save(os.path.join(tmp, "samples.png"))
-        for name in sorted(os.listdir(tmp), key=lambda entry: entry == "model_index.json"):
-            src, dst = os.path.join(tmp, name), os.path.join(output_dir, name)
-            if os.path.isdir(src):
-                replace_dir(src, dst)
-            else:
-                os.replace(src, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    staged = os.path.join(output_dir, ".samples.png.tmp")
+    samples.save(staged, format="PNG")
+    os.replace(staged, os.path.join(output_dir, "samples.png"))
+    card = build_model_card(pipe, training_config=training_config, samples_file="samples.png")
+    pipe.save_pretrained(output_dir, model_card=card)
 
 
 def log_image(accelerator, name: str, image: PIL.Image.Image, step: int) -> None:
