@@ -6,18 +6,12 @@ import sys
 import PIL.Image
 import pytest
 import torch
+from tiny import TINY_UNET as TINY
 
 from hfdiff import ContextUNet2DModel, SpriteDDPMScheduler, SpriteDiffusionPipeline
 from hfdiff.cli import PICTURES, main
 from hfdiff.data import SPRITE_CLASSES
 
-TINY = {
-    "block_out_channels": (8, 16),
-    "down_block_types": ("DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 4,
-    "layers_per_block": 1,
-}
 COMMANDS = ["sample", "visualize", "train-classifier", "evaluate", "report"]
 
 

@@ -3,18 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_UNET as TINY
 
 from hfdiff import ContextUNet2DModel, SpriteDDPMScheduler, SpriteDiffusionPipeline
 from hfdiff import evaluate as ev
 from hfdiff.data import SPRITE_CLASSES
-
-TINY = {
-    "block_out_channels": (8, 16),
-    "down_block_types": ("DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 4,
-    "layers_per_block": 1,
-}
 
 
 def make_pipe(class_names=tuple(SPRITE_CLASSES)) -> SpriteDiffusionPipeline:

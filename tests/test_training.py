@@ -287,3 +287,27 @@ def test_push_to_hub_sends_the_pipeline_without_checkpoints_or_logs(tmp_path, fr
     assert "![samples](samples.png)" in card and '"max_train_steps": 2' in card
     loaded = SpriteDiffusionPipeline.from_pretrained(upload["copy"])
     assert loaded.class_names == list(SPRITE_CLASSES)
+
+
+def test_model_config_overrides_are_checked():
+    from hfdiff.training.data import load_training_data
+    from hfdiff.training.loop import build_unet
+
+    data = load_training_data(TrainingConfig(num_train_images=5), conditional=True)
+    with pytest.raises(ValueError, match="unknown keys \\['channels'\\]"):
+        build_unet(TrainingConfig(model_config_overrides='{"channels": 4}'), data, conditional=True)
+    with pytest.raises(ValueError, match="which the data decides"):
+        build_unet(TrainingConfig(model_config_overrides='{"in_channels": 1}'), data, conditional=True)
+    unet = build_unet(TrainingConfig(model_config_overrides=TINY_UNET), data, conditional=True)
+    assert unet.config.block_out_channels == (8, 16) and unet.config.class_names == list(SPRITE_CLASSES)
+
+
+def test_wandb_chosen_but_missing(tmp_path):
+    from accelerate.utils import is_wandb_available
+
+    from hfdiff.training.loop import make_accelerator
+
+    if is_wandb_available():
+        pytest.skip("wandb is installed")
+    with pytest.raises(ValueError, match="pip install wandb"):
+        make_accelerator(TrainingConfig(logger="wandb", output_dir=str(tmp_path)))

@@ -3,34 +3,18 @@ import math
 import numpy as np
 import PIL.Image
 import pytest
+import tiny
 import torch
 
-from hfdiff import ContextUNet2DModel, SpriteDDIMScheduler, SpriteDDPMScheduler, SpriteDiffusionPipeline
+from hfdiff import SpriteDDIMScheduler, SpriteDDPMScheduler, SpriteDiffusionPipeline
 from hfdiff import visualize as vis
-from hfdiff.data import SPRITE_CLASSES
 
-TINY = {
-    "block_out_channels": (8, 16),
-    "down_block_types": ("DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 4,
-    "layers_per_block": 1,
-}
-T = 20  # training steps of the test scheduler: full DDPM loops stay fast
+T = tiny.T
 CELL = 16 * vis.SCALE
 
 
 def make_pipe(conditional=True, scheduler=None) -> SpriteDiffusionPipeline:
-    torch.manual_seed(0)
-    context = {"context_dim": 5, "class_names": list(SPRITE_CLASSES)} if conditional else {"context_dim": None}
-    unet = ContextUNet2DModel(**TINY, **context)
-    with torch.no_grad():  # move the conditioning off its identity initialisation so that context matters
-        mlps = list(unet.time_mlps) + (list(unet.context_mlps) if unet.context_mlps is not None else [])
-        for mlp in mlps:
-            mlp[2].weight.normal_(std=0.5)
-    pipe = SpriteDiffusionPipeline(unet=unet.eval(), scheduler=scheduler or SpriteDDPMScheduler(num_train_timesteps=T))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny.make_pipe(context_dim=5 if conditional else None, scheduler=scheduler)
 
 
 def cell(grid: PIL.Image.Image, row: int, col: int, per_row: int, gap: int = 2) -> np.ndarray:
@@ -168,7 +152,7 @@ def test_schedule_curves_read_from_the_scheduler():
 
 def test_timestep_embedding_is_the_unets_own(pipe):
     embedding = vis.timestep_embedding(pipe.unet, T)
-    assert embedding.shape == (T, TINY["block_out_channels"][0])
+    assert embedding.shape == (T, tiny.TINY_UNET["block_out_channels"][0])
     expected = pipe.unet.time_proj(torch.arange(T)).numpy()
     np.testing.assert_array_equal(embedding, expected)
     half = embedding.shape[1] // 2
