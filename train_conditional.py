@@ -1,6 +1,6 @@
 """Train a class-conditional sprite diffusion model (one-hot class context, context dropout for guidance).
 
-    # the embedded procedural sprites, defaults sized for the machine (CPU: ~7 min on 2 cores; GPU: course scale)
+    # the embedded procedural sprites, defaults sized for the machine (CPU: ~5 min on 2 cores; GPU: course scale)
     accelerate launch train_conditional.py --output_dir sprite-model
     python train_conditional.py --output_dir sprite-model                    # the same, without the launcher
 

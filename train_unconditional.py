@@ -1,6 +1,6 @@
 """Train an unconditional diffusion model (no context; labels, if the data has any, are ignored).
 
-    # the embedded procedural sprites, defaults sized for the machine (CPU: ~7 min on 2 cores; GPU: course scale)
+    # the embedded procedural sprites, defaults sized for the machine (CPU: ~5 min on 2 cores; GPU: course scale)
     accelerate launch train_unconditional.py --output_dir sprite-model-uncond
     python train_unconditional.py --output_dir sprite-model-uncond           # the same, without the launcher
 

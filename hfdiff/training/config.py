@@ -32,8 +32,9 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 # GPU: the course's scale (89,400 sprites, 32 epochs). Batches of 1,024: sprite-small is launch-bound on a GPU (on an
 # H100, a step of 1,024 images took 33 ms and one of 256 took 35 ms: 31k vs 7k images/s). channels_last and
 # torch.compile measured no faster there (35 -> 39 ms at 256 images each), so they stay opt-in flags.
-# CPU: sized so that `accelerate launch train_conditional.py` trains and samples in about 6 minutes on 2 idle cores
-# (sprite-small: about 290 images/s in fp32, 360 with bf16), which is enough for five recognisable classes.
+# CPU: sized so that `accelerate launch train_conditional.py` trains and samples in 5 minutes on 2 idle AMD EPYC cores
+# with bf16 (about 370 images/s; about 6 minutes in fp32 at 290), enough for five recognisable classes, with room
+# for a machine shared with other work.
 # Mixed precision is auto as well (bf16 where the hardware runs it natively), see `_auto_mixed_precision`.
 GPU_DEFAULTS = {
     "num_train_images": 89_400,

@@ -111,7 +111,10 @@ def _nhwc_to_tensor(array: np.ndarray) -> torch.Tensor:
     """(N, H, W, C) or (N, H, W) uint8 array -> (N, C, H, W) uint8 tensor."""
     if array.ndim == 3:
         array = array[..., None]
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # e.g. a read-only memory map; torch wants memory it may write
+        array = array.copy()
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
 def _load_npy(config: TrainingConfig, conditional: bool):
