@@ -18,7 +18,8 @@ from hfdiff.data import SPRITE_CLASSES
 from hfdiff.training import TrainingConfig, parse_config, resolve_defaults, train
 from hfdiff.training.checkpoints import find_checkpoint, list_checkpoints, prune_checkpoints
 from hfdiff.training.config import CPU_DEFAULTS, GPU_DEFAULTS
-from hfdiff.training.loop import EpochBatches, diffusion_loss
+from hfdiff.training.loop import EpochBatches
+from hfdiff.training.step import diffusion_loss, draw_step_noise
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = json.dumps(
@@ -129,7 +130,8 @@ def test_diffusion_loss_targets(prediction_type):
     def zero_model(sample, timestep, context=None):
         return type("Output", (), {"sample": torch.zeros_like(sample)})
 
-    loss = diffusion_loss(zero_model, scheduler, x0, None, torch.Generator().manual_seed(0), torch.contiguous_format)
+    draws = draw_step_noise(torch.Generator().manual_seed(0), 4, (3, 8, 8), 50, conditional=False)
+    loss = diffusion_loss(zero_model, scheduler, x0, None, draws.noise, draws.timesteps, torch.contiguous_format)
     generator = torch.Generator().manual_seed(0)  # the same draws, written out: eps, then t
     eps = torch.randn(x0.shape, generator=generator)
     t = torch.randint(0, 50, (4,), generator=generator)
@@ -311,3 +313,107 @@ def test_wandb_chosen_but_missing(tmp_path):
         pytest.skip("wandb is installed")
     with pytest.raises(ValueError, match="pip install wandb"):
         make_accelerator(TrainingConfig(logger="wandb", output_dir=str(tmp_path)))
+
+
+# ---- divergence, and the CUDA-graph step
+
+
+def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, fresh_accelerate_state, monkeypatch):
+    """A loss that turns NaN at step 5 (injected into the real loss) stops the run at step 5, names checkpoint-4,
+    leaves it loadable, and writes neither a later checkpoint nor a pipeline."""
+    from hfdiff.training import step as step_module
+    from hfdiff.training.loop import NonFiniteLossError
+
+    real_loss, calls = step_module.diffusion_loss, []
+
+    def diverging_loss(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 5 else loss
+
+    monkeypatch.setattr(step_module, "diffusion_loss", diverging_loss)
+    out = tmp_path / "run"
+    flags = [
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "8",
+        "--checkpointing_steps",
+        "2",
+        "--num_cpu_threads",
+        "1",
+    ]
+    with pytest.raises(NonFiniteLossError, match=r"at step 5\b.*checkpoint-4 \(step 4\)"):
+        train(parse_config([*TINY_RUN, *flags, "--validation_steps", "100"]), conditional=True)
+    assert [step for step, _ in list_checkpoints(out)] == [2, 4] and len(calls) == 5
+    assert not (out / "model_index.json").exists()
+    weights = load_file(out / "checkpoint-4" / "model.safetensors")
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+def test_loss_watch_reports_the_first_bad_step(fresh_accelerate_state):
+    from accelerate import Accelerator
+
+    from hfdiff.training.step import LossWatch
+
+    watch = LossWatch(Accelerator(cpu=True))
+    assert watch.push(torch.tensor(0.5), 1) is None
+    assert watch.push(torch.tensor(float("inf")), 2) == 2
+    assert watch.flush() is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_cuda_graph_step_follows_the_eager_step(tmp_path, fresh_accelerate_state, mixed_precision):
+    """The same 12 steps (LR warmup, EMA, clipping, context dropout), eager and replayed from a CUDA graph: the raw and
+    EMA weights agree within rounding, and the graphed run really used the graph."""
+    from accelerate.state import AcceleratorState
+
+    results = {}
+    for mode in ["--no-cuda_graphs", "--cuda_graphs"]:
+        out = tmp_path / mode.strip("-")
+        flags = ["--output_dir", str(out), "--max_train_steps", "12", "--checkpointing_steps", "12"]
+        flags += ["--mixed_precision", mixed_precision, "--validation_steps", "100", mode]
+        result = train(parse_config([*TINY_RUN, *flags]), conditional=True)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        assert result.global_step == 12
+        results[mode] = {
+            "raw": load_file(out / "checkpoint-12" / "model.safetensors"),
+            "ema": load_file(out / "unet" / "diffusion_pytorch_model.safetensors"),
+        }
+    tolerance = {"no": 1e-4, "bf16": 2e-2}[mixed_precision]
+    for kind in ["raw", "ema"]:
+        eager, graphed = results["--no-cuda_graphs"][kind], results["--cuda_graphs"][kind]
+        for name in eager:
+            error = (eager[name] - graphed[name]).norm() / eager[name].norm().clamp_min(1e-12)
+            assert error < tolerance, (kind, name, float(error))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_step_resumes_exactly(tmp_path, fresh_accelerate_state):
+    """Straight 6 graphed steps vs. resumed from the step-3 checkpoint (the capture happens after the load)."""
+    from accelerate.state import AcceleratorState
+
+    def run(output_dir, *extra):
+        flags = ["--output_dir", str(output_dir), "--max_train_steps", "6", "--checkpointing_steps", "3"]
+        flags += ["--checkpoints_total_limit", "none", "--mixed_precision", "no", "--validation_steps", "100"]
+        train(parse_config([*TINY_RUN, *flags, "--cuda_graphs", *extra]), conditional=True)
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(straight)
+    os.makedirs(resumed)
+    os.rename(straight / "checkpoint-3", resumed / "checkpoint-3")
+    run(resumed, "--resume_from_checkpoint", "latest")
+    for weights in ["unet/diffusion_pytorch_model.safetensors", "checkpoint-6/model.safetensors"]:
+        a, b = load_file(straight / weights), load_file(resumed / weights)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=weights)
+
+
+def test_cuda_graphs_flag_refused_where_it_cannot_run(tmp_path, fresh_accelerate_state):
+    flags = ["--output_dir", str(tmp_path), "--max_train_steps", "2", "--cuda_graphs"]
+    if torch.cuda.is_available():
+        flags += ["--gradient_accumulation_steps", "2"]
+    with pytest.raises(ValueError, match="--cuda_graphs cannot be used with"):
+        train(parse_config([*TINY_RUN, *flags]), conditional=True)

@@ -181,6 +181,13 @@ class TrainingConfig:
         default=False,
         metadata=_help("torch.compile the UNet (about a minute to compile on a GPU, minutes on CPU)."),
     )
+    cuda_graphs: Optional[bool] = field(
+        default=None,
+        metadata=_help(
+            "Replay each optimizer step from a CUDA graph (auto: on for one CUDA process without gradient accumulation "
+            "or fp16; DDP, accumulation and fp16 loss scaling run the eager step)."
+        ),
+    )
     num_cpu_threads: Optional[int] = field(
         default=None,
         metadata=_help(
@@ -374,6 +381,30 @@ def check_config(config: TrainingConfig) -> None:
     if len(sources) > 1:
         raise ValueError(f"Choose one data source; got {', '.join('--' + s for s in sources)}.")
     model_config_overrides(config)  # raises on malformed JSON
+    if config.output_dir is not None:
+        check_output_dir(config.output_dir)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Refuse an --output_dir that cannot be written before training starts, not at the first checkpoint. Nothing is
+    created here: the nearest existing ancestor must be a folder this process may write to (os.access also reports
+    read-only file systems, where permission bits do not stop root)."""
+    path = os.path.abspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output_dir {output_dir} is a file; pass a folder (it is created if needed).")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(
+            f"--output_dir {output_dir} cannot be created: {existing} is a file, not a folder. Pass a path whose "
+            "parents are folders."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"--output_dir {output_dir} cannot be written: no write permission in {existing} (or a read-only file "
+            "system). Pass a folder you can write to, e.g. one under your home directory."
+        )
 
 
 def model_config_overrides(config: TrainingConfig) -> dict:

@@ -10,7 +10,9 @@ set onto the device, build the UNet, noise schedule, optimizer, LR schedule and 
         loss     =  ||target - model(x_t, t, c)||^2, target = eps | x_0 | v          (DDPM Alg. 1)
         backward, clip, AdamW, LR schedule, EMA; now and then: log, checkpoint, validation grid
 
-and finally saves the EMA pipeline and samples.png to --output_dir.
+and finally saves the EMA pipeline and samples.png to --output_dir. The step itself lives in step.py: on one CUDA GPU
+it is replayed from a CUDA graph (`GraphedStep`), elsewhere Accelerate runs it op by op (`EagerStep`). A NaN or
+infinite loss stops the run at once (`NonFiniteLossError`), before any checkpoint of the diverged weights is written.
 
 Data order and noise are pure functions of (seed, epoch, micro-batch, rank), never of how long the process has been
 running: that is what makes --resume_from_checkpoint exact without saving any generator state.
@@ -29,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, parse_flag_from_env
@@ -41,6 +42,7 @@ from .checkpoints import find_checkpoint, read_training_state, save_checkpoint
 from .config import TrainingConfig, cpu_threads, model_config_overrides, resolve_defaults
 from .data import TrainingData, check_image_size, load_training_data
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
+from .step import EagerStep, GraphedStep, LossWatch, StepInputs, graphed_step_unsupported
 
 logger = get_logger(__name__)
 
@@ -53,6 +55,8 @@ class TrainingResult:
     output_dir: str  # the saved pipeline
     global_step: int  # optimizer steps done, resumed ones included
     images_per_second: float | None  # all processes together, after the first logging interval (warm-up, compile)
+    final_loss: float | None = None  # mean training loss over the last logging interval
+    step_setup_seconds: float = 0.0  # building the step: for the CUDA-graph step, warm-up, compile and capture
 
 
 def stream_seed(*parts: int) -> int:
@@ -100,39 +104,6 @@ class EpochBatches:
             start = first_update * self.accumulation_steps if epoch == first_epoch else 0
             for micro in range(start, self.micro_batches_per_epoch):
                 yield epoch, micro, indices[micro]
-
-
-def get_batch(images, labels, class_contexts, indices, p_uncond, generator, memory_format):
-    """Gather a batch on the device: x_0 (B, C, H, W) float in [-1, 1], and the context (B, K) one-hot, each row zeroed
-    (the null context) with probability p_uncond, or None for unconditional training.
-
-    class_contexts is the (K, K) identity: a row lookup gives the one-hot vectors without F.one_hot, which checks its
-    input's range on the host and so waits for the GPU at every step."""
-    x0 = images[indices].float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)  # uint8 -> [-1, 1]
-    if labels is None:
-        return x0, None
-    context = class_contexts[labels[indices]]  # (B, K)
-    keep = torch.rand(indices.shape[0], generator=generator, device=indices.device) >= p_uncond  # (B,)
-    return x0, context * keep[:, None]
-
-
-def diffusion_loss(model, noise_scheduler, x0, context, generator, memory_format) -> torch.Tensor:
-    """DDPM Algorithm 1 for one batch: t ~ U{0..T-1} and eps ~ N(0, I) per image, loss = ||target - model(x_t, t, c)||^2
-    with target eps ("epsilon"), x_0 ("sample") or v = sqrt(abar) eps - sqrt(1 - abar) x_0 ("v_prediction")."""
-    batch_size = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)  # eps: (B, C, H, W)
-    num_train_timesteps = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=x0.device)  # (B,)
-    noisy = noise_scheduler.add_noise(x0, noise, timesteps).contiguous(memory_format=memory_format)  # x_t, eq. 4
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "sample":
-        target = x0
-    else:
-        target = noise_scheduler.get_velocity(x0, noise, timesteps)
-    prediction = model(noisy, timesteps, context=context).sample
-    return F.mse_loss(prediction.float(), target.float())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -356,6 +327,41 @@ def tracker_config(config: TrainingConfig, data: TrainingData, max_train_steps: 
     return {key: "None" if value is None else value for key, value in values.items()}
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: the loss became NaN or infinite."""
+
+
+def check_loss(config: TrainingConfig, bad_step: int | None) -> None:
+    """Stop at the first non-finite loss, naming the step and the checkpoint to go back to (which is kept)."""
+    if bad_step is None:
+        return
+    from .checkpoints import list_checkpoints
+
+    checkpoints = list_checkpoints(config.output_dir)
+    if checkpoints:
+        last_good = (
+            f"The last good checkpoint is {checkpoints[-1][1]} (step {checkpoints[-1][0]}); continue from it with "
+            "--resume_from_checkpoint latest"
+        )
+    else:
+        last_good = "No checkpoint was saved before it; start again"
+    raise NonFiniteLossError(
+        f"The training loss became NaN or infinite at step {bad_step}; training stopped there and saved nothing "
+        f"after it. {last_good}, after lowering --learning_rate (now {config.learning_rate}), keeping "
+        f"--max_grad_norm above 0 (now {config.max_grad_norm}), or training in fp32 with --mixed_precision no."
+    )
+
+
+def make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs):
+    """The CUDA-graph step where it can run (and --cuda_graphs is not off), else the eager one."""
+    reason = graphed_step_unsupported(accelerator, config)
+    if config.cuda_graphs and reason is not None:
+        raise ValueError(f"--cuda_graphs cannot be used with {reason}; drop the flag to train with the eager step.")
+    if config.cuda_graphs is None and reason is None or config.cuda_graphs:
+        return GraphedStep(model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs, config.train_batch_size)
+    return EagerStep(accelerator, model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------
@@ -424,11 +430,16 @@ def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
             config=tracker_config(config, data, max_train_steps),
         )
     images_per_step = config.train_batch_size * world_size * config.gradient_accumulation_steps
+    inputs = StepInputs(images, labels, class_contexts, config.p_uncond, config.max_grad_norm, memory_format)
+    setup_start = time.perf_counter()
+    step = make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs)
+    step_setup_seconds = time.perf_counter() - setup_start
     logger.info(
         f"{data.description}: {len(data)} images {tuple(data.images.shape[1:])}, "
         f"{len(data.class_names) if conditional else 'no'} classes; {sum(p.numel() for p in unet.parameters()):,} "
         f"parameters; {max_train_steps} steps of {images_per_step} images ({num_epochs} epochs) on {world_size} "
-        f"process(es), {device}, mixed precision {config.mixed_precision}.",
+        f"process(es), {device}, mixed precision {config.mixed_precision}, {type(step).__name__} "
+        f"(built in {step_setup_seconds:.1f} s).",
         main_process_only=True,
     )
 
@@ -437,45 +448,39 @@ def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
     )
     generator = torch.Generator(device=device)
     meter = Meter(images_per_step)
-    trained_indices = []
+    watch = LossWatch(accelerator)
+    trained_indices, logs = [], {}
     for epoch, micro, indices in batches.iterate(global_step, num_epochs):
         if global_step >= max_train_steps:
             break
         # Noise, timesteps and context dropout of this micro-batch depend only on where it is in the run.
         generator.manual_seed(stream_seed(config.seed, rank, epoch, micro))
-        x0, context = get_batch(images, labels, class_contexts, indices, config.p_uncond, generator, memory_format)
-        with accelerator.accumulate(model):
-            loss = diffusion_loss(model, noise_scheduler, x0, context, generator, memory_format)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()  # these three do nothing until the last micro-batch of an accumulation group
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        meter.add(loss, accelerator.sync_gradients)
+        loss, finished_step = step(indices, generator)
+        meter.add(loss, finished_step)
         if config.debug_dump_dir:
             trained_indices.append(indices.cpu())
-        if not accelerator.sync_gradients:
+        if not finished_step:
             continue
 
         global_step += 1
-        if ema is not None:
-            ema.step(unet.parameters())
         progress.update(1)
+        check_loss(config, watch.push(loss, global_step))
         if global_step % config.logging_steps == 0 or global_step == max_train_steps:
-            logs = {**meter.read(accelerator), "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch}
+            logs = {**meter.read(accelerator), "lr": float(lr_scheduler.get_last_lr()[0]), "epoch": epoch}
             if ema is not None:
                 logs["ema_decay"] = ema.cur_decay_value
             progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_second']:.0f}")
             accelerator.log(logs, step=global_step)
         if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
+            check_loss(config, watch.flush())  # never a checkpoint of diverged weights
             state = {"global_step": global_step, "epoch": epoch, **run_shape}
             save_checkpoint(accelerator, config.output_dir, state, config.checkpoints_total_limit)
-        if accelerator.is_main_process and (
-            global_step % config.validation_steps == 0 or global_step == max_train_steps
-        ):
-            validate(accelerator, config, unet, ema, noise_scheduler, global_step)
+        if global_step % config.validation_steps == 0 or global_step == max_train_steps:
+            check_loss(config, watch.flush())
+            if accelerator.is_main_process:
+                validate(accelerator, config, unet, ema, noise_scheduler, global_step)
     progress.close()
+    check_loss(config, watch.flush())
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -484,4 +489,6 @@ def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
         dump_debug(config, rank, trained_indices, unet)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainingResult(config.output_dir, global_step, meter.steady_images_per_second())
+    return TrainingResult(
+        config.output_dir, global_step, meter.steady_images_per_second(), logs.get("loss"), step_setup_seconds
+    )

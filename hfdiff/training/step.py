@@ -1,0 +1,309 @@
+"""One optimizer step of the training loop, two ways: `EagerStep` (any device, DDP, gradient accumulation, fp16) and
+`GraphedStep` (one CUDA GPU: the whole step replayed from a CUDA graph).
+
+A step of sprite-small is hundreds of small kernels: launched one by one from Python, the host needs more time to
+launch them than the GPU needs to run them (an H100 took ~24 ms per step at any batch size up to 1,024). A CUDA
+graph records the launches once and replays them with one call, so the host's share shrinks to the few launches
+that draw the step's random numbers and move the LR schedule and the EMA decay along.
+
+Both ways compute the same function of the same draws: the random numbers of a micro-batch come from
+`draw_step_noise` with a generator the loop seeds from (seed, rank, epoch, micro-batch), in the same order, so
+resuming stays exact and a graphed run follows an eager one within floating-point rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class StepNoise:
+    """The random numbers of one micro-batch."""
+
+    keep_draw: torch.Tensor | None  # (B,) U[0, 1): the context is kept where keep_draw >= p_uncond (conditional only)
+    noise: torch.Tensor  # (B, C, H, W) eps ~ N(0, I)
+    timesteps: torch.Tensor  # (B,) t ~ U{0..T-1}
+
+
+def draw_step_noise(generator, batch_size, image_shape, num_train_timesteps, conditional, out=None) -> StepNoise:
+    """Draw a micro-batch's random numbers in a fixed order (context dropout, eps, t); `out` (a StepNoise) receives
+    them in place, as a CUDA graph's static inputs must."""
+    device = generator.device
+    keep_draw = None
+    if conditional:
+        keep_out = None if out is None else out.keep_draw
+        keep_draw = torch.rand(batch_size, generator=generator, device=device, out=keep_out)
+    noise = torch.randn(
+        (batch_size, *image_shape), generator=generator, device=device, out=None if out is None else out.noise
+    )
+    timesteps = torch.randint(
+        0,
+        num_train_timesteps,
+        (batch_size,),
+        generator=generator,
+        device=device,
+        out=None if out is None else out.timesteps,
+    )
+    return StepNoise(keep_draw, noise, timesteps)
+
+
+def get_batch(images, labels, class_contexts, indices, keep_draw, p_uncond, memory_format):
+    """Gather a batch on the device: x_0 (B, C, H, W) float in [-1, 1], and the context (B, K) one-hot, each row zeroed
+    (the null context) where keep_draw < p_uncond, or None for unconditional training.
+
+    class_contexts is the (K, K) identity: a row lookup gives the one-hot vectors without F.one_hot, which checks its
+    input's range on the host and so waits for the GPU at every step."""
+    x0 = images[indices].float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)  # uint8 -> [-1, 1]
+    if labels is None:
+        return x0, None
+    context = class_contexts[labels[indices]]  # (B, K)
+    return x0, context * (keep_draw >= p_uncond).to(context.dtype)[:, None]
+
+
+def diffusion_loss(model, noise_scheduler, x0, context, noise, timesteps, memory_format) -> torch.Tensor:
+    """DDPM Algorithm 1 for one batch, given eps and t per image: loss = ||target - model(x_t, t, c)||^2 with target
+    eps ("epsilon"), x_0 ("sample") or v = sqrt(abar) eps - sqrt(1 - abar) x_0 ("v_prediction")."""
+    noisy = noise_scheduler.add_noise(x0, noise, timesteps).contiguous(memory_format=memory_format)  # x_t, eq. 4
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "sample":
+        target = x0
+    else:
+        target = noise_scheduler.get_velocity(x0, noise, timesteps)
+    prediction = model(noisy, timesteps, context=context).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+@dataclass
+class StepInputs:
+    """What every step reads and nothing changes: the data on the device and how to turn it into a batch."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8, on the device
+    labels: torch.Tensor | None  # (N,) int64, or None when unconditional
+    class_contexts: torch.Tensor | None  # (K, K) identity
+    p_uncond: float
+    max_grad_norm: float
+    memory_format: torch.memory_format
+
+    def batch_and_loss(self, model, noise_scheduler, indices, draws: StepNoise) -> torch.Tensor:
+        x0, context = get_batch(
+            self.images, self.labels, self.class_contexts, indices, draws.keep_draw, self.p_uncond, self.memory_format
+        )
+        return diffusion_loss(model, noise_scheduler, x0, context, draws.noise, draws.timesteps, self.memory_format)
+
+
+class EagerStep:
+    """The step as Accelerate runs it anywhere: accumulate, backward (with fp16 loss scaling), clip, AdamW, LR
+    schedule, then the EMA once the accumulation group is complete. Returns (loss, finished an optimizer step)."""
+
+    def __init__(self, accelerator, model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs: StepInputs):
+        self.accelerator, self.model, self.unet = accelerator, model, unet
+        self.optimizer, self.lr_scheduler, self.ema = optimizer, lr_scheduler, ema
+        self.noise_scheduler, self.inputs = noise_scheduler, inputs
+        self.image_shape = tuple(inputs.images.shape[1:])
+
+    def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+        accelerator = self.accelerator
+        draws = draw_step_noise(
+            generator,
+            indices.shape[0],
+            self.image_shape,
+            self.noise_scheduler.config.num_train_timesteps,
+            conditional=self.inputs.labels is not None,
+        )
+        with accelerator.accumulate(self.model):
+            loss = self.inputs.batch_and_loss(self.model, self.noise_scheduler, indices, draws)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.inputs.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(self.model.parameters(), self.inputs.max_grad_norm)
+            self.optimizer.step()  # these three do nothing until the last micro-batch of an accumulation group
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients and self.ema is not None:
+            self.ema.step(self.unet.parameters())
+        return loss, accelerator.sync_gradients
+
+
+def graphed_step_unsupported(accelerator, config) -> str | None:
+    """Why the CUDA-graph step cannot run this configuration (None when it can)."""
+    if accelerator.device.type != "cuda":
+        return "not a CUDA device"
+    if accelerator.num_processes > 1:
+        return "several processes (DDP's gradient all-reduce runs outside the graph)"
+    if config.gradient_accumulation_steps > 1:
+        return "gradient accumulation"
+    if config.mixed_precision == "fp16":
+        return "fp16 loss scaling (it reads the gradients' finiteness on the host every step)"
+    return None
+
+
+def make_optimizer_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """A CUDA graph replays the optimizer's kernels with the values they had when captured, so the learning rate must
+    be a device tensor that the LR schedule fills in place (torch's schedulers do so when the lr is a tensor), and
+    the step counts must live on the device (capturable)."""
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        if not (isinstance(lr, torch.Tensor) and lr.device == device):
+            group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
+        group["capturable"] = True
+    for state in optimizer.state.values():  # a resumed state: make sure its step counts are on the device
+        if "step" in state and state["step"].device != device:
+            state["step"] = state["step"].to(device=device, dtype=torch.float32)
+
+
+class GraphedStep:
+    """The whole optimizer step (gather, forward, backward, clip, AdamW, EMA) captured once in a CUDA graph and
+    replayed every step; only the random draws, the LR schedule and the EMA decay run from Python.
+
+    Capturing needs every kernel to have run once (torch.compile, cuDNN autotuning, the optimizer's state), so a few
+    warm-up steps run first; they change the weights, the optimizer state and the EMA, which are then put back, so
+    the run is as if they had not happened. The graph's inputs are static buffers: each call copies the step's image
+    indices and draws the step's random numbers into them. Nothing may replace the captured tensors afterwards (a
+    checkpoint is loaded before the capture, never after).
+    """
+
+    warmup_steps = 3
+
+    def __init__(
+        self, model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs: StepInputs, batch_size: int
+    ):
+        self.model, self.unet, self.optimizer = model, unet, optimizer
+        self.lr_scheduler, self.ema, self.noise_scheduler, self.inputs = lr_scheduler, ema, noise_scheduler, inputs
+        self.image_shape = tuple(inputs.images.shape[1:])
+        self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
+        self.conditional = inputs.labels is not None
+        device = inputs.images.device
+        self.params = [p for p in unet.parameters() if p.requires_grad]
+        # Static inputs of the graph.
+        self.indices = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.draws = draw_step_noise(
+            torch.Generator(device=device).manual_seed(0),
+            batch_size,
+            self.image_shape,
+            self.num_train_timesteps,
+            self.conditional,
+        )
+        self.one_minus_decay = torch.zeros((), dtype=torch.float32, device=device)
+        raw_optimizer = getattr(optimizer, "optimizer", optimizer)  # past Accelerate's wrapper: no host bookkeeping
+        make_optimizer_capturable(raw_optimizer, device)
+        self.raw_optimizer = raw_optimizer
+        self.graph = torch.cuda.CUDAGraph()
+        self.loss = self._warm_up_and_capture()
+
+    def _step(self) -> torch.Tensor:
+        """The captured work: everything of a step that runs on the GPU."""
+        loss = self.inputs.batch_and_loss(self.model, self.noise_scheduler, self.indices, self.draws)
+        loss.backward()
+        if self.inputs.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.inputs.max_grad_norm, foreach=True)
+        self.raw_optimizer.step()
+        if self.ema is not None:
+            # shadow <- shadow - (1 - decay) (shadow - param), as EMAModel.step, with the decay read from the device.
+            shadow = [s for s, p in zip(self.ema.shadow_params, self.unet.parameters()) if p.requires_grad]
+            difference = torch._foreach_sub(shadow, self.params)
+            torch._foreach_mul_(difference, self.one_minus_decay)
+            torch._foreach_sub_(shadow, difference)
+        return loss.detach()
+
+    def _warm_up_and_capture(self) -> torch.Tensor:
+        saved = self._training_state()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup_steps):
+                self.raw_optimizer.zero_grad(set_to_none=True)
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self._restore(saved)
+        # Gradients are allocated inside the graph, from its private memory pool, and stay there between replays:
+        # backward writes them, the optimizer reads them; nothing zeroes them outside.
+        self.raw_optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            loss = self._step()
+        return loss
+
+    def _training_state(self) -> dict:
+        """Copies of everything the warm-up changes (the state of a fresh optimizer does not exist yet)."""
+        optimizer_state = {
+            id(p): {key: value.clone() for key, value in self.raw_optimizer.state[p].items()}
+            for p in self.params
+            if p in self.raw_optimizer.state
+        }
+        shadow = [s.clone() for s in self.ema.shadow_params] if self.ema is not None else []
+        return {"params": [p.detach().clone() for p in self.params], "optimizer": optimizer_state, "ema": shadow}
+
+    @torch.no_grad()
+    def _restore(self, saved: dict) -> None:
+        for param, value in zip(self.params, saved["params"]):
+            param.copy_(value)
+        for param in self.params:
+            state = self.raw_optimizer.state.get(param, {})
+            before = saved["optimizer"].get(id(param))
+            for key, value in state.items():
+                if before is None:
+                    value.zero_()  # a fresh Adam state: zero moments, zero steps taken
+                else:
+                    value.copy_(before[key])
+        if self.ema is not None:
+            for shadow, value in zip(self.ema.shadow_params, saved["ema"]):
+                shadow.copy_(value)
+
+    def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+        self.indices.copy_(indices)
+        draw_step_noise(
+            generator, indices.shape[0], self.image_shape, self.num_train_timesteps, self.conditional, out=self.draws
+        )
+        if self.ema is not None:  # EMAModel.step's bookkeeping; the update itself is in the graph
+            self.ema.optimization_step += 1
+            decay = self.ema.get_decay(self.ema.optimization_step)
+            self.ema.cur_decay_value = decay
+            self.one_minus_decay.fill_(1.0 - decay)
+        self.graph.replay()
+        self.lr_scheduler.step()  # fills the lr tensor in place for the next replay
+        return self.loss, True
+
+
+class LossWatch:
+    """Notices a non-finite loss without making the host wait for the GPU every step.
+
+    The finiteness of step k's loss is copied to pinned host memory as soon as it is computed, and read one step later,
+    when step k + 1 is already queued: the GPU never idles for the check. With several processes the flags are
+    summed across them first, so every process stops at the same step. `flush` reads the newest flag at once (before
+    a checkpoint is written, so that a checkpoint never holds weights from a diverged step)."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.cuda = accelerator.device.type == "cuda"
+        self.pending: list[tuple[int, torch.Tensor, torch.cuda.Event | None]] = []
+        if self.cuda:
+            self.host_flags = [torch.zeros((), dtype=torch.float32).pin_memory() for _ in range(2)]
+
+    def push(self, loss: torch.Tensor, step: int) -> int | None:
+        """Record step `step`'s loss; returns the step whose loss was not finite, if one is known by now."""
+        flag = (~torch.isfinite(loss.detach())).float()
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, "sum")
+        if not self.cuda:
+            return step if flag.item() > 0 else None
+        host = self.host_flags[step % 2]
+        host.copy_(flag, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((step, host, event))
+        return self._read(keep=1)
+
+    def flush(self) -> int | None:
+        return self._read(keep=0) if self.cuda else None
+
+    def _read(self, keep: int) -> int | None:
+        while len(self.pending) > keep:
+            step, host, event = self.pending.pop(0)
+            event.synchronize()
+            if host.item() > 0:
+                self.pending.clear()
+                return step
+        return None
