@@ -341,16 +341,13 @@ def main(argv=None):
     }
     if cuda:  # compiling takes minutes on a CPU
         rows["tuned loop (data on GPU, bf16, channels_last, compile)"] = lambda: tuned_loop(args, device)
-    rows["hfdiff eager fp32"] = lambda: hfdiff_loop(args, ["--mixed_precision", "no", "--no-cuda_graphs"])
-    rows["hfdiff eager bf16"] = lambda: hfdiff_loop(args, ["--mixed_precision", "bf16", "--no-cuda_graphs"])
+    eager = ["--no-cuda_graphs", "--no-compile", "--no-channels_last"]
+    rows["hfdiff eager fp32"] = lambda: hfdiff_loop(args, ["--mixed_precision", "no", *eager])
+    rows["hfdiff eager bf16"] = lambda: hfdiff_loop(args, ["--mixed_precision", "bf16", *eager])
     if cuda:
-        rows["hfdiff CUDA graph bf16 (default)"] = lambda: hfdiff_loop(args, ["--mixed_precision", "bf16"])
-        rows["hfdiff CUDA graph bf16 + compile"] = lambda: hfdiff_loop(
-            args, ["--mixed_precision", "bf16", "--compile"]
-        )
-        rows["hfdiff CUDA graph bf16 + compile + channels_last"] = lambda: hfdiff_loop(
-            args, ["--mixed_precision", "bf16", "--compile", "--channels_last"]
-        )
+        rows["hfdiff CUDA graph bf16"] = lambda: hfdiff_loop(args, ["--no-compile", "--no-channels_last"])
+        rows["hfdiff CUDA graph bf16 + compile"] = lambda: hfdiff_loop(args, ["--no-channels_last"])
+        rows["hfdiff default (CUDA graph, bf16, compile, channels_last)"] = lambda: hfdiff_loop(args, [])
     if args.only:
         rows = {name: run for name, run in rows.items() if args.only in name}
 

@@ -333,16 +333,8 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, fre
 
     monkeypatch.setattr(step_module, "diffusion_loss", diverging_loss)
     out = tmp_path / "run"
-    flags = [
-        "--output_dir",
-        str(out),
-        "--max_train_steps",
-        "8",
-        "--checkpointing_steps",
-        "2",
-        "--num_cpu_threads",
-        "1",
-    ]
+    flags = ["--output_dir", str(out), "--max_train_steps", "8", "--checkpointing_steps", "2"]
+    flags += ["--num_cpu_threads", "1", "--no-cuda_graphs"]  # a replayed CUDA graph never calls the Python loss
     with pytest.raises(NonFiniteLossError, match=r"at step 5\b.*checkpoint-4 \(step 4\)"):
         train(parse_config([*TINY_RUN, *flags, "--validation_steps", "100"]), conditional=True)
     assert [step for step, _ in list_checkpoints(out)] == [2, 4] and len(calls) == 5
@@ -352,14 +344,19 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, fre
 
 
 def test_loss_watch_reports_the_first_bad_step(fresh_accelerate_state):
+    """On a GPU the flag of step k is read once step k + 1 is queued, and flush() reads the newest at once."""
     from accelerate import Accelerator
 
     from hfdiff.training.step import LossWatch
 
-    watch = LossWatch(Accelerator(cpu=True))
-    assert watch.push(torch.tensor(0.5), 1) is None
-    assert watch.push(torch.tensor(float("inf")), 2) == 2
-    assert watch.flush() is None
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    watch, device = LossWatch(accelerator), accelerator.device
+    assert watch.push(torch.tensor(0.5, device=device), 1) is None
+    assert (watch.push(torch.tensor(float("inf"), device=device), 2) or watch.flush()) == 2
+    assert watch.push(torch.tensor(0.1, device=device), 3) is None
+    assert (
+        watch.push(torch.tensor(float("nan"), device=device), 4) or watch.push(torch.ones((), device=device), 5)
+    ) == 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")

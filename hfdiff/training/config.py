@@ -29,9 +29,10 @@ LR_SCHEDULERS = (
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
 # Device-dependent defaults, applied by `resolve_defaults` to the fields left at None.
-# GPU: the course's scale (89,400 sprites, 32 epochs). Batches of 1,024: sprite-small is launch-bound on a GPU (on an
-# H100, a step of 1,024 images took 33 ms and one of 256 took 35 ms: 31k vs 7k images/s). channels_last and
-# torch.compile measured no faster there (35 -> 39 ms at 256 images each), so they stay opt-in flags.
+# GPU: the course's scale (89,400 sprites, 32 epochs) in batches of 1,024, each step replayed from a CUDA graph of
+# the compiled, channels_last UNet: sprite-small's step is hundreds of small kernels, and launched one by one from
+# Python they kept an H100 at ~23k images/s whatever the batch; the graph and compile lifted it to ~109k
+# (benchmarks/results/training-cuda.md).
 # CPU: sized so that `accelerate launch train_conditional.py` trains and samples in 5 minutes on 2 idle AMD EPYC cores
 # with bf16 (about 370 images/s; about 6 minutes in fp32 at 290), enough for five recognisable classes, with room
 # for a machine shared with other work.
@@ -173,13 +174,19 @@ class TrainingConfig:
             "than 'no' given to accelerate launch/config is respected)."
         ),
     )
-    channels_last: bool = field(
-        default=False,
-        metadata=_help("channels_last memory format for the UNet and its inputs (measured slower for sprite-small)."),
+    channels_last: Optional[bool] = field(
+        default=None,
+        metadata=_help(
+            "channels_last memory format for the UNet and its inputs (auto: with --compile on a GPU, where it is 5%% "
+            "faster; eager, it is slower)."
+        ),
     )
-    compile: bool = field(
-        default=False,
-        metadata=_help("torch.compile the UNet (about a minute to compile on a GPU, minutes on CPU)."),
+    compile: Optional[bool] = field(
+        default=None,
+        metadata=_help(
+            "torch.compile the UNet (auto: on a GPU; about 45 s the first time, seconds once torch's compile cache "
+            "holds it; off on CPU, where it takes minutes)."
+        ),
     )
     cuda_graphs: Optional[bool] = field(
         default=None,
@@ -325,12 +332,19 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
     | num_epochs       | 32                           | 4                                      |
     | train_batch_size | 1,024                        | 64                                     |
     | mixed_precision  | bf16 (no where unsupported)  | bf16 with AVX512-BF16 or AMX, else no  |
+    | compile          | yes                          | no                                     |
+    | channels_last    | with compile                 | no                                     |
+    | cuda_graphs      | yes, on one GPU (in `train`) | -                                      |
     """
     device = torch.device(device)
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     updates = {name: value for name, value in defaults.items() if getattr(config, name) is None}
     if config.mixed_precision is None:
         updates["mixed_precision"] = _auto_mixed_precision(device)
+    if config.compile is None:
+        updates["compile"] = device.type == "cuda"
+    if config.channels_last is None:
+        updates["channels_last"] = device.type == "cuda" and updates.get("compile", config.compile)
     if config.output_dir is None:
         updates["output_dir"] = "sprite-conditional" if conditional else "sprite-unconditional"
     resolved = dataclasses.replace(config, **updates)

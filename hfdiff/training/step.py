@@ -222,7 +222,7 @@ class GraphedStep:
         # Gradients are allocated inside the graph, from its private memory pool, and stay there between replays:
         # backward writes them, the optimizer reads them; nothing zeroes them outside.
         self.raw_optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=stream):  # the warm-up's stream, where autograd met the parameters
             loss = self._step()
         return loss
 
