@@ -6,12 +6,14 @@ This module imports only torch, numpy and diffusers, so it can travel next to a 
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import inspect
 import json
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -86,12 +88,17 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             folder = snapshot_download(folder, **download_kwargs)
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
+            if any(os.path.isdir(os.path.join(folder, name)) for name in ("unet", "scheduler")):
+                raise FileNotFoundError(
+                    f"{index_path} does not exist, but {folder} has pipeline components: a save that was cut short "
+                    "(model_index.json is written last). Save the pipeline again with pipe.save_pretrained(path), "
+                    "or rerun the training with --resume_from_checkpoint latest, which saves it at the end."
+                )
             raise FileNotFoundError(
                 f"{index_path} does not exist: {pretrained_model_name_or_path} is not a saved pipeline folder "
                 "(save one with pipe.save_pretrained(path))."
             )
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = _read_json(index_path)
         for name in ("unet", "scheduler"):
             if name in components:
                 continue
@@ -110,6 +117,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                     f"{index_path} names a {name!r} component but {component_folder} does not exist; the folder is "
                     "incomplete: save it again with pipe.save_pretrained(path)."
                 )
+            _check_config(component_cls, component_folder, name)
             if name == "unet":
                 _check_weights(component_folder)
                 components[name] = component_cls.from_pretrained(
@@ -133,9 +141,11 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             SpriteDiffusionPipeline.from_pretrained(folder)                            # where hfdiff is installed
             DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)          # with diffusers alone
 
-        The folder is written beside the target first and then moved in entry by entry, model_index.json last, so
-        an interrupted save never leaves a half-written component in place of a good one. Other files already in
-        `save_directory` (checkpoints, logs, samples) are left alone.
+        The folder is written beside the target first and then moved in: the old model_index.json is removed first
+        and the new one moved in last, so a save killed at any moment leaves the previous complete pipeline or no
+        pipeline (no model_index.json, which `from_pretrained` reports), never a mix of old and new components. A
+        save that fails while writing (a full disk) raises an OSError naming the folder and leaves it unchanged.
+        Other files already in `save_directory` (checkpoints, logs, samples) are left alone.
 
         Args:
             model_card: a `huggingface_hub.ModelCard` to write as README.md; None builds one from the pipeline
@@ -148,16 +158,37 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             )
         if kwargs.pop("push_to_hub", False):
             raise ValueError("Use pipe.push_to_hub(repo_id) to upload; save_pretrained only writes the folder.")
-        target = Path(save_directory)
-        target.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+        target = Path(save_directory).absolute()
         try:
-            super().save_pretrained(staging, safe_serialization=True, variant=variant)
-            self.export_code(staging)
-            if model_card is None and importlib.util.find_spec("hfdiff") is not None:
-                model_card = importlib.import_module("hfdiff.hub").build_model_card(self)
-            if model_card is not None:
-                model_card.save(staging / "README.md")
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OSError(
+                f"Cannot save the pipeline to {target}: the folder cannot be created ({error}). Choose a folder you "
+                "can write to."
+            ) from error
+        prefix = f".{target.name}.saving-"
+        # Staging folders of saves that were killed (two saves into one folder at once are not supported anyway).
+        for stale in target.parent.glob(glob.escape(prefix) + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        try:
+            try:
+                super().save_pretrained(staging, safe_serialization=True, variant=variant)
+                self.export_code(staging)
+                if model_card is None and importlib.util.find_spec("hfdiff") is not None:
+                    model_card = importlib.import_module("hfdiff.hub").build_model_card(self)
+                if model_card is not None:
+                    model_card.save(staging / "README.md")
+            except Exception as error:  # OSError, or safetensors' SafetensorError, for the same full disk
+                try:
+                    free = f"{shutil.disk_usage(target.parent).free / 2**20:,.0f} MiB free there"
+                except OSError:
+                    free = "free space unknown"
+                raise OSError(
+                    f"Could not save the pipeline to {target} ({type(error).__name__}: {error}); {free}. A full disk "
+                    "(or a file size limit) is the usual cause: free space, or save to another folder. Nothing in "
+                    "the folder was changed."
+                ) from error
             _move_entries(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -296,7 +327,11 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         if options is None or importlib.util.find_spec("hfdiff") is None:
             return None
         if getattr(self, "_fast_sampler", None) is None:
-            self._fast_sampler = importlib.import_module("hfdiff.fast_sampling").FastSampler(self, **options)
+            # A weak proxy: a sampler holding the pipeline that holds it would be a reference cycle, kept alive (with
+            # its CUDA graphs, their memory pools and a UNet copy) until Python's cycle collector happens to run; a
+            # training run that samples a validation grid now and then grew by ~40 MB of GPU memory per grid.
+            fast_sampling = importlib.import_module("hfdiff.fast_sampling")
+            self._fast_sampler = fast_sampling.FastSampler(weakref.proxy(self), **options)
         reason = self._fast_sampler.fallback_reason(
             device=device, generator=generator, callback_on_step_end=callback_on_step_end
         )
@@ -489,6 +524,57 @@ def _copy_class_source(cls: type, folder: Path) -> list[str] | None:
     return [source.stem, cls.__name__]
 
 
+# Config entries without which a component would be built from defaults that differ from the saved model, silently
+# (a missing num_train_timesteps would sample a 20-step model with a 500-step schedule); checked where the class
+# takes them. Others may be missing: their defaults are what older versions of the classes did.
+_REQUIRED_CONFIG = {
+    "unet": (
+        "architecture",
+        ("sample_size", "in_channels", "out_channels", "block_out_channels", "down_block_types", "up_block_types")
+        + ("layers_per_block", "context_dim"),
+    ),
+    "scheduler": (
+        "noise schedule",
+        ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "variance_type"),
+    ),
+}
+
+
+def _read_json(path: str | os.PathLike) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}): the file is damaged. Save the pipeline again with "
+            "pipe.save_pretrained(path), or download it again."
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds {type(value).__name__}, not a JSON object; save the pipeline again.")
+    return value
+
+
+def _check_config(component_cls: type, component_folder: Path, name: str) -> None:
+    """The component's config file exists, is JSON, and has every entry of _REQUIRED_CONFIG that its class takes."""
+    config_path = component_folder / component_cls.config_name
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} does not exist: the {name!r} component of {component_folder.parent} is incomplete. Save "
+            "the pipeline again with pipe.save_pretrained(path)."
+        )
+    config = _read_json(config_path)
+    what, keys = _REQUIRED_CONFIG[name]
+    takes = inspect.signature(component_cls.__init__).parameters
+    missing = [key for key in keys if key in takes and key not in config]
+    if missing:
+        them = "it" if len(missing) == 1 else "them"
+        raise ValueError(
+            f"{config_path} lacks {', '.join(missing)}: without {them}, {component_cls.__name__}'s defaults would give "
+            f"a different {what} from the saved one. Add {them} with the values the model was trained with, or save "
+            "the pipeline again with pipe.save_pretrained(path)."
+        )
+
+
 def _check_weights(component_folder: Path) -> None:
     """Refuse pickled weights, and safetensors files that are truncated or corrupted, with an error naming the file."""
     from safetensors import SafetensorError, safe_open
@@ -519,9 +605,14 @@ def _check_weights(component_folder: Path) -> None:
 
 
 def _move_entries(staging: Path, target: Path) -> None:
-    """Move every entry of `staging` into `target`, replacing what is there; model_index.json goes last, so a folder
-    with an index always has the components that index names. Files are replaced atomically (os.replace); a
-    folder is swapped by two renames, the old one deleted only after the new one is in place."""
+    """Move every entry of `staging` into `target`, replacing what is there. The old model_index.json is deleted
+    first and the new one moved in last (each atomic), so whenever `target` has an index, every component it names
+    is the one saved with it: the previous pipeline until the first deletion, the new one after the last move, no
+    pipeline in between. Files are replaced with os.replace; a folder is swapped by two renames, the old one deleted
+    only after the new one is in place."""
+    index = target / "model_index.json"
+    if index.exists():
+        index.unlink()
     entries = sorted(staging.iterdir(), key=lambda path: path.name == "model_index.json")
     for entry in entries:
         destination = target / entry.name

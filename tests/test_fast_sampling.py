@@ -239,6 +239,28 @@ def test_pipeline_hook_decision():
     assert pipe._fast_sampler_for(cuda, None, None).max_graphs == 2
 
 
+def test_pipeline_and_its_sampler_are_freed_without_the_cycle_collector():
+    """Nothing may keep a dropped sampler alive but Python's cycle collector: with the collector off, dropping the
+    last reference to a pipeline whose sampler has sampled (buffers and step function made; on a GPU also graphs,
+    memory pools and a UNet copy) frees the pipeline, the sampler and the buffers at once."""
+    import gc
+    import weakref
+
+    pipe = make_pipe()
+    sampler = pipe._fast_sampler_for(torch.device("cuda"), None, None)  # made as on a GPU; sampled with below
+    assert sampler.pipe.unet is pipe.unet  # the sampler sees the pipeline's current components
+    fast_images(pipe, sampler, generator=seed(1))
+    refs = [weakref.ref(pipe), weakref.ref(sampler), *(weakref.ref(b) for b in sampler._buffers.values())]
+    assert len(refs) == 3
+    del sampler
+    gc.disable()
+    try:
+        del pipe
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()
+
+
 # --- GPU: recorded graphs against the eager loop -------------------------------------------------------------------
 
 

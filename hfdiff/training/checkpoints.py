@@ -2,8 +2,12 @@
 
 A checkpoint is written to `checkpoint-<step>.tmp` and renamed to `checkpoint-<step>` only when every process has
 finished writing, so a run killed at any moment (even with kill -9) leaves only complete `checkpoint-<int>` folders,
-plus perhaps a `.tmp` one that `latest` never picks and the next save removes. Old checkpoints are pruned after the
-new one exists, never before: with a limit of 1, pruning first would leave no checkpoint at all if the save died.
+plus perhaps a `.tmp` or `.old` one that `latest` never picks and the next save removes. Old checkpoints are pruned
+after the new one exists, never before (with a limit of 1, pruning first would leave no checkpoint at all if the save
+died), and each is renamed to `.old` before it is deleted, so a kill in the middle of a deletion never leaves a
+half-deleted `checkpoint-<int>` that still looks complete. A save that fails (a full disk) removes what it wrote and
+raises an OSError naming the checkpoint, the free space and the fix; the checkpoints already saved are untouched.
+No fsync: this protects against the process dying, not against the machine losing power.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from accelerate import Accelerator
 
 STATE_FILE = "training_state.json"  # written last, inside the .tmp folder: {"global_step": ..., ...}
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_FEWER = " (a lower --checkpoints_total_limit keeps fewer checkpoints)"
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -63,15 +68,39 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: dict, tota
     if accelerator.is_main_process:
         _remove_stale_temporaries(output_dir)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
+    try:
+        accelerator.save_state(tmp)
+    except Exception as error:  # OSError, torch's RuntimeError or safetensors' error for the same full disk
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the older checkpoints were never touched
+        raise save_error(f"checkpoint {final}", output_dir, error, _FEWER) from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2)
+        try:
+            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(state, f, indent=2)
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise save_error(f"checkpoint {final}", output_dir, error, _FEWER) from error
         replace_dir(tmp, final)
         prune_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_error(what: str, output_dir: str, error: BaseException, hint: str = "") -> OSError:
+    """The error for a save that failed while writing, usually a full disk: what was being saved, where, the space
+    left there, and the fix. Writing raises many types for the same cause (OSError, torch's RuntimeError "file write
+    failed", safetensors' SafetensorError), so the original error is quoted rather than relied on."""
+    folder = os.path.abspath(output_dir)
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return OSError(
+        f"Could not write the {what} ({type(error).__name__}: {error}); {free}. A full disk (or a file size limit) "
+        f"is the usual cause: free space on the disk of {folder}, or pass another --output_dir{hint}. What was "
+        "saved before is unchanged; continue with --resume_from_checkpoint latest."
+    )
 
 
 def replace_dir(src: str, dst: str) -> None:
@@ -89,16 +118,20 @@ def replace_dir(src: str, dst: str) -> None:
 
 
 def prune_checkpoints(output_dir: str, total_limit: int | None) -> None:
-    """Delete the oldest complete checkpoints beyond `total_limit`."""
+    """Delete the oldest complete checkpoints beyond `total_limit`: each is renamed to `.old` first (atomic), so that
+    a deletion cut short leaves a `.old` folder for the next save to remove, not a half-deleted checkpoint."""
     if total_limit is None:
         return
     checkpoints = list_checkpoints(output_dir)
     for _, path in checkpoints[: max(0, len(checkpoints) - total_limit)]:
-        shutil.rmtree(path)
+        retired = path + ".old"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(path, retired)
+        shutil.rmtree(retired)
 
 
 def _remove_stale_temporaries(output_dir: str) -> None:
-    """Half-written checkpoints of a killed run."""
+    """Half-written (.tmp) and half-deleted (.old) checkpoints of a killed or failed run."""
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):

@@ -8,12 +8,20 @@ Sources, in the order `load_training_data` checks the flags:
 
 Every per-image step (decoding, mode conversion, resizing) happens here, once; the training loop only indexes the
 resulting tensor. Grayscale sets stay one channel; anything else becomes RGB, transparency composited on white.
+
+Files that cannot be read are skipped, not refused: an image of a folder or data set that does not decode (corrupt,
+truncated, not an image at all) is left out with one warning that counts the skipped files and names the first few,
+and so is a file of an image folder that is not an image by its extension (notes.txt; hidden files and `metadata.*`
+are not counted). A scraped folder of thousands of images often holds a few broken ones, and refusing would make the
+user hunt them down before training at all; the warning keeps the loss visible. A source where no image can be read
+is refused.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,11 +63,13 @@ def load_training_data(config: TrainingConfig, conditional: bool) -> TrainingDat
         images, labels, class_names, description = _load_npy(config, conditional)
     elif config.dataset_name:
         dataset = _load_named_dataset(config.dataset_name, config.dataset_config_name)
-        images, labels, class_names = _from_dataset(dataset, config, conditional, "--dataset_name")
+        flag = f"--dataset_name {config.dataset_name}"
+        images, labels, class_names = _from_dataset(dataset, config, conditional, flag)
         description = f"dataset {config.dataset_name}"
     elif config.train_data_dir:
         dataset = _load_image_folder(config.train_data_dir)
-        images, labels, class_names = _from_dataset(dataset, config, conditional, "--train_data_dir")
+        flag = f"--train_data_dir {config.train_data_dir}"
+        images, labels, class_names = _from_dataset(dataset, config, conditional, flag)
         description = f"image folder {config.train_data_dir}"
     else:
         from hfdiff.data import SPRITE_CLASSES, generate_sprites
@@ -131,12 +141,25 @@ def _load_npy(config: TrainingConfig, conditional: bool):
     else:
         if not os.path.isfile(config.sprites_npy):
             raise FileNotFoundError(f"--sprites_npy {config.sprites_npy} does not exist; check the path.")
-        array, label_array = np.load(config.sprites_npy, allow_pickle=False), None
+        try:
+            array, label_array = np.load(config.sprites_npy, allow_pickle=False), None
+            if not isinstance(array, np.ndarray):  # an .npz archive
+                raise ValueError(f"it holds {type(array).__name__}, not an array")
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # pickles, truncated files, not .npy
+            raise ValueError(
+                f"--sprites_npy {config.sprites_npy} is not a plain .npy array ({error}); expected a file written "
+                "by np.save(path, images) from a uint8 array."
+            ) from None
         if array.dtype != np.uint8 or array.ndim not in (3, 4):
             raise ValueError(
                 f"--sprites_npy {config.sprites_npy} holds a {array.dtype} array of shape {array.shape}; expected "
                 "uint8 images of shape (N, H, W, C) or (N, H, W)."
             )
+    if len(array) == 0:
+        raise ValueError(
+            f"--sprites_npy {config.sprites_npy} holds no images (array of shape {array.shape}); pass the file with "
+            "the images (N, H, W, C), N >= 1."
+        )
     labels = None if label_array is None else torch.from_numpy(np.asarray(label_array, dtype=np.int64))
     num_classes = 0 if labels is None else int(labels.max()) + 1
     class_names = list(SPRITE_CLASSES) if num_classes <= len(SPRITE_CLASSES) else [str(k) for k in range(num_classes)]
@@ -158,8 +181,16 @@ def _load_named_dataset(name: str, config_name: str | None):
     import datasets
 
     path = os.path.expanduser(name)
-    if os.path.isdir(path):
-        dataset = datasets.load_from_disk(path) if _is_saved_dataset(path) else datasets.load_dataset(path)
+    if os.path.isdir(path) and _is_saved_dataset(path):
+        try:
+            dataset = datasets.load_from_disk(path)
+        except Exception as err:  # datasets fails with IndexError on an empty save, others on damaged files
+            raise ValueError(
+                f"--dataset_name {name}: the save_to_disk folder could not be loaded ({type(err).__name__}: {err}); "
+                "it may be empty or damaged. Save the data set again with at least one row."
+            ) from err
+    elif os.path.isdir(path):
+        dataset = datasets.load_dataset(path)
     elif _looks_like_path(name):
         raise FileNotFoundError(f"--dataset_name {name} looks like a local path but does not exist; check the path.")
     else:
@@ -194,16 +225,34 @@ def _load_image_folder(path: str):
         raise FileNotFoundError(f"--train_data_dir {path} does not exist; check the path.")
     if not os.path.isdir(path):
         raise ValueError(f"--train_data_dir {path} is a file; pass a folder with one sub-folder of images per class.")
-    extensions = {ext for ext, _ in PIL.Image.registered_extensions().items()}
-    has_images = any(
-        os.path.splitext(file)[1].lower() in extensions for _, _, files in os.walk(path) for file in files
-    )
-    if not has_images:
+    image_extensions = set(PIL.Image.registered_extensions())
+    found, others = set(), []  # extensions of the images; files imagefolder will ignore
+    for folder, _, names in os.walk(path):
+        for name in names:
+            extension = os.path.splitext(name)[1].lower()
+            if extension in image_extensions:
+                found.add(extension)
+            elif not name.startswith((".", "metadata.")):  # hidden files and imagefolder's metadata are expected
+                others.append(os.path.relpath(os.path.join(folder, name), path))
+    if not found:
         raise ValueError(
             f"--train_data_dir {path} holds no image files (.png, .jpg, ...); put the images in one sub-folder per "
             f"class, e.g. {path}/hero/0001.png."
         )
+    if others:
+        logger.warning(
+            "Skipped %d file(s) of --train_data_dir %s that are not images by their extension: %s. Only the %s "
+            "files are read.",
+            len(others),
+            path,
+            _first_few(others),
+            "/".join(sorted(found)),
+        )
     return _train_split(datasets.load_dataset("imagefolder", data_dir=path), path)
+
+
+def _first_few(names: list[str], count: int = 5) -> str:
+    return ", ".join(names[:count]) + (f" and {len(names) - count} more" if len(names) > count else "")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,8 +291,10 @@ def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str)
                 "train_unconditional.py."
             )
         labels, class_names = _labels(dataset, config.label_column, flag)
-    images = _images(dataset.select_columns([image_column]), image_column, config.resolution, flag)
-    return images, labels, class_names
+    pils, kept = _decode_images(dataset, image_column, flag)
+    if labels is not None and len(kept) < len(labels):
+        labels = labels[torch.tensor(kept, dtype=torch.int64)]
+    return _images(pils, config.resolution, flag), labels, class_names
 
 
 def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
@@ -253,7 +304,17 @@ def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
     feature = dataset.features[column]
     values = list(dataset[column])
     if isinstance(feature, datasets.ClassLabel):
-        return torch.tensor(values, dtype=torch.int64), list(feature.names)
+        labels = torch.tensor(values, dtype=torch.int64)
+        outside = ((labels < 0) | (labels >= feature.num_classes)).nonzero()
+        if len(outside):
+            row = int(outside[0])
+            raise ValueError(
+                f"--label_column {column!r} of {flag} has {len(outside)} label(s) outside 0..{feature.num_classes - 1} "
+                f"(row {row}: {values[row]}; `datasets` writes -1 for a missing label). Keep only labelled rows, "
+                f"e.g. dataset.filter(lambda row: row[{column!r}] >= 0), or train without labels with "
+                "train_unconditional.py."
+            )
+        return labels, list(feature.names)
     if all(isinstance(value, str) for value in values):
         names = sorted(set(values))
         index = {name: k for k, name in enumerate(names)}
@@ -291,9 +352,52 @@ def _convert(image: PIL.Image.Image, mode: str) -> np.ndarray:
     return np.asarray(image.convert(mode))
 
 
-def _images(dataset, column: str, resolution: int | None, flag: str) -> torch.Tensor:
-    """Decode every image once: one channel if all are grayscale, RGB otherwise; one size, or --resolution."""
-    pils = [_to_pil(value, flag) for batch in dataset.iter(batch_size=1024) for value in batch[column]]
+def _decode_images(dataset, column: str, flag: str) -> tuple[list[PIL.Image.Image], list[int]]:
+    """Decode every image of `column` once -> (the images, the rows they came from). Files that do not decode are
+    skipped with one warning (see the module docstring); none at all decoding is an error."""
+    import datasets
+
+    feature = dataset.features[column]
+    encoded = isinstance(feature, datasets.Image) and feature.decode
+    if encoded:  # decode each file here (with datasets' own decoder), so that one bad file does not stop the rest
+        dataset = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    else:
+        dataset = dataset.select_columns([column])
+    images, kept, unreadable = [], [], []
+    rows = (value for batch in dataset.iter(batch_size=1024) for value in batch[column])
+    for row, value in enumerate(rows):
+        if not encoded:
+            images.append(_to_pil(value, flag))
+            kept.append(row)
+            continue
+        try:
+            images.append(feature.decode_example(value))
+            kept.append(row)
+        except (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError) as error:
+            # PIL raises UnidentifiedImageError (an OSError) for non-images, OSError for truncated files, and
+            # SyntaxError or ValueError for some broken chunks.
+            unreadable.append(f"{value.get('path') or f'row {row}'} ({type(error).__name__}: {error})")
+    if not images:
+        raise ValueError(
+            f"None of the {len(unreadable)} images of {flag} could be read, e.g. {unreadable[0]}; check that the "
+            "files are images (.png, .jpg, ...) that open in an image viewer."
+        )
+    if unreadable:
+        logger.warning(
+            "Skipped %d of %d images of %s that could not be read: %s. Training goes on with the other %d; delete "
+            "or replace those files to silence this warning.",
+            len(unreadable),
+            len(unreadable) + len(images),
+            flag,
+            _first_few(unreadable, 3),
+            len(images),
+        )
+    return images, kept
+
+
+def _images(pils: list[PIL.Image.Image], resolution: int | None, flag: str) -> torch.Tensor:
+    """Decoded images -> (N, C, H, W) uint8: one channel if all are grayscale, RGB otherwise; one size, or
+    --resolution."""
     mode = "L" if all(image.mode in _GRAYSCALE_MODES for image in pils) else "RGB"
     sizes = {image.size for image in pils}
     if len(sizes) > 1 and resolution is None:

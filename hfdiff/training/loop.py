@@ -38,7 +38,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpoints import find_checkpoint, read_training_state, save_checkpoint
+from .checkpoints import find_checkpoint, read_training_state, save_checkpoint, save_error
 from .config import TrainingConfig, cpu_threads, model_config_overrides, resolve_defaults
 from .data import TrainingData, check_image_size, load_training_data
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
@@ -278,8 +278,12 @@ def validate(accelerator, config, unet, ema, noise_scheduler, step: int) -> None
     scheduler = SpriteDDIMScheduler.from_config(noise_scheduler.config)
     pipe = SpriteDiffusionPipeline(unet=weights_copy(unet, ema), scheduler=scheduler)
     grid = sample_grid(pipe, config.num_validation_images, config.seed, config.validation_inference_steps)
-    os.makedirs(os.path.join(config.output_dir, "validation"), exist_ok=True)
-    grid.save(os.path.join(config.output_dir, "validation", f"step-{step:06d}.png"))
+    path = os.path.join(config.output_dir, "validation", f"step-{step:06d}.png")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        grid.save(path)
+    except OSError as error:
+        raise save_error(f"validation grid {path}", config.output_dir, error) from error
     log_image(accelerator, "validation", grid, step)
 
 

@@ -8,6 +8,8 @@ import PIL.Image
 import torch
 from diffusers.utils import make_image_grid
 
+from .checkpoints import save_error
+
 UNCONDITIONAL_ROWS = 5  # rows of an unconditional grid (a conditional one has a row per class)
 MAX_CLASS_ROWS = 10  # datasets with more classes show their first ten
 GRID_CELL = 64  # small images are upscaled (nearest neighbour) to at least this many pixels a side
@@ -47,18 +49,27 @@ def sample_grid(pipe, per_row: int, seed: int, num_inference_steps: int | None =
 
 
 def save_pipeline(pipe, output_dir: str, samples: PIL.Image.Image, training_config: dict | None = None) -> None:
-    """samples.png, then the pipeline with a model card that shows it and the training configuration.
+    """The pipeline with a model card that shows samples.png and the training configuration, then samples.png.
 
-    pipe.save_pretrained stages the folder and moves it in entry by entry, model_index.json last, so a reader sees
-    the previous pipeline or the new one per component; samples.png is replaced atomically on its own."""
+    pipe.save_pretrained stages the folder beside it and moves it in with model_index.json last, so a save cut short
+    leaves the previous pipeline or none, never a mix; samples.png is staged first and replaced only after the
+    pipeline is in place. A write that fails (a full disk) raises an OSError that names the file, the free space and
+    the fix, and leaves the folder as it was."""
     from hfdiff.hub import build_model_card
 
-    os.makedirs(output_dir, exist_ok=True)
     staged = os.path.join(output_dir, ".samples.png.tmp")
-    samples.save(staged, format="PNG")
-    os.replace(staged, os.path.join(output_dir, "samples.png"))
-    card = build_model_card(pipe, training_config=training_config, samples_file="samples.png")
-    pipe.save_pretrained(output_dir, model_card=card)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        samples.save(staged, format="PNG")
+        card = build_model_card(pipe, training_config=training_config, samples_file="samples.png")
+        pipe.save_pretrained(output_dir, model_card=card)
+        os.replace(staged, os.path.join(output_dir, "samples.png"))
+    except OSError as error:
+        if os.path.exists(staged):
+            os.remove(staged)
+        # The pipeline's own OSError quotes the writing error; quote that one rather than wrap a message twice.
+        cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
+        raise save_error(f"final pipeline in {output_dir}", output_dir, cause) from error
 
 
 def log_image(accelerator, name: str, image: PIL.Image.Image, step: int) -> None:
