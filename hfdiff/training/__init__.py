@@ -2,9 +2,10 @@
 
 from .config import TrainingConfig, parse_config, resolve_defaults
 from .data import TrainingData, load_training_data
-from .loop import TrainingResult, train
+from .loop import NonFiniteLossError, TrainingResult, train
 
 __all__ = [
+    "NonFiniteLossError",
     "TrainingConfig",
     "TrainingData",
     "TrainingResult",
