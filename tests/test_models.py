@@ -104,6 +104,16 @@ def test_wrong_context_length_names_both_sizes():
         unet(torch.randn(2, 3, 16, 16), 1, context=torch.randn(3, 5))
 
 
+def test_wrong_image_shape_says_what_fits():
+    unet = tiny_unet()  # two resolutions: one halving
+    with pytest.raises(ValueError, match=r"\(2, 1, 16, 16\).*\(B, 3, H, W\)"):
+        unet(torch.randn(2, 1, 16, 16), 1)
+    with pytest.raises(ValueError, match="17x17.*multiples of 2; resize to e.g. 16x16"):
+        unet(torch.randn(2, 3, 17, 17), 1)
+    with pytest.raises(ValueError, match=r"\(3, 16, 16\)"):
+        unet(torch.randn(3, 16, 16), 1)
+
+
 def test_unconditional_model():
     unet = tiny_unet(context_dim=None)
     assert unet.context_mlps is None

@@ -193,6 +193,25 @@ class ContextUNet2DModel(UNet2DModel):
             )
         return context.expand(batch_size, -1)
 
+    def check_sample_shape(self, sample: torch.Tensor) -> None:
+        """A (B, in_channels, H, W) batch whose H and W survive every downsampling, or a ValueError saying what fits
+        (rather than a size mismatch from deep inside a convolution or a skip connection)."""
+        channels = self.config.in_channels
+        if sample.ndim != 4 or sample.shape[1] != channels:
+            raise ValueError(
+                f"sample has shape {tuple(sample.shape)} but this model takes (B, {channels}, H, W) images; "
+                f"convert the images to {channels} channel(s), or build the model with in_channels={sample.shape[1]}."
+            )
+        halvings = len(self.config.block_out_channels) - 1  # each down block but the last halves H and W
+        factor = 2**halvings
+        height, width = sample.shape[-2:]
+        if height % factor or width % factor:
+            raise ValueError(
+                f"sample is {height}x{width} but this model halves the image size {halvings} time(s), so H and W must "
+                f"be multiples of {factor}; resize to e.g. "
+                f"{max(factor, height // factor * factor)}x{max(factor, width // factor * factor)}."
+            )
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -214,6 +233,7 @@ class ContextUNet2DModel(UNet2DModel):
         Returns:
             `UNet2DOutput` whose `sample` is (B, out_channels, H, W).
         """
+        self.check_sample_shape(sample)
         batch_size = sample.shape[0]
         context = self.prepare_context(context, batch_size, sample.device, sample.dtype)
         if self.config.center_input_sample:
