@@ -225,6 +225,37 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert (out / "samples.png").is_file()
 
 
+def test_a_checkpoint_that_fails_on_one_ddp_process_stops_every_process(tmp_path):
+    """Two gloo processes under a 100 kB file size limit: the main process cannot write the weights while the other
+    writes its small RNG state fine. Both stop with the error, the other naming the failed process (before, it waited
+    at a barrier until torchrun's agent killed it; a launcher without such an agent would have left it waiting)."""
+    import resource
+    import signal
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+
+    out = tmp_path / "run"
+    launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519"]
+    args = ["--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(
+        [*launcher, "train_conditional.py", *TINY_RUN, *args, "--train_batch_size", "8", "--mixed_precision", "no"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode != 0
+    assert result.stderr.count(f"Could not write the checkpoint {out / 'checkpoint-2'}") >= 2, result.stderr[-3000:]
+    assert "process 0: " in result.stderr  # the other process names the one that failed
+    assert not list(out.glob("checkpoint-*"))
+
+
 def test_resume_is_exact(tmp_path, fresh_accelerate_state):
     """6 steps straight vs. the same run resumed from its step-3 checkpoint (mid-epoch, inside an LR warmup, with
     gradient accumulation and EMA): the final EMA pipeline weights and the raw weights are bit-identical."""

@@ -61,7 +61,11 @@ def read_training_state(path: str) -> dict:
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, state: dict, total_limit: int | None) -> str:
     """Every process calls this: `accelerator.save_state` (model, optimizer, LR schedule, EMA, RNG states) into a
-    .tmp folder, then the main process adds `state` as JSON, renames the folder into place and prunes old ones."""
+    .tmp folder, then the main process adds `state` as JSON, renames the folder into place and prunes old ones.
+
+    A write that fails on any process fails the save on every process, with the same error: the processes meet at
+    collectives that carry each one's outcome, where a plain barrier would leave the others waiting forever for the
+    one that raised."""
     step = state["global_step"]
     final = os.path.join(output_dir, f"checkpoint-{step}")
     tmp = final + ".tmp"
@@ -70,21 +74,42 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: dict, tota
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(tmp)
-    except Exception as error:  # OSError, torch's RuntimeError or safetensors' error for the same full disk
-        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the older checkpoints were never touched
-        raise save_error(f"checkpoint {final}", output_dir, error, _FEWER) from error
-    accelerator.wait_for_everyone()
+        error = None
+    except Exception as caught:  # OSError, torch's RuntimeError or safetensors' error for the same full disk
+        error = caught
+    _raise_if_any_failed(accelerator, error, tmp, f"checkpoint {final}", output_dir)
+    error = None
     if accelerator.is_main_process:
         try:
             with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
                 json.dump(state, f, indent=2)
-        except OSError as error:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise save_error(f"checkpoint {final}", output_dir, error, _FEWER) from error
-        replace_dir(tmp, final)
-        prune_checkpoints(output_dir, total_limit)
-    accelerator.wait_for_everyone()
+        except OSError as caught:
+            error = caught
+        else:
+            replace_dir(tmp, final)
+            prune_checkpoints(output_dir, total_limit)
+    _raise_if_any_failed(accelerator, error, tmp, f"checkpoint {final}", output_dir)
     return final
+
+
+def _raise_if_any_failed(accelerator: Accelerator, error: BaseException | None, tmp: str, what: str, output_dir):
+    """All processes: share each one's error (None for success); if any failed, remove the partial folder and raise
+    the first failure's error everywhere. With one process, just that."""
+    from accelerate.utils import gather_object
+
+    outcome = None if error is None else f"{type(error).__name__}: {error}"
+    if accelerator.num_processes > 1:
+        outcomes = gather_object([outcome])  # also the barrier: every process has finished writing
+        failures = [(rank, text) for rank, text in enumerate(outcomes) if text is not None]
+    else:
+        failures = [] if outcome is None else [(0, outcome)]
+    if not failures:
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the older checkpoints were never touched
+    rank, text = failures[0]
+    cause = error if error is not None else RuntimeError(f"process {rank}: {text}")
+    raise save_error(what, output_dir, cause, _FEWER) from error
 
 
 def save_error(what: str, output_dir: str, error: BaseException, hint: str = "") -> OSError:
