@@ -23,22 +23,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_UNET_JSON
 
 from hfdiff import SpriteDiffusionPipeline
 from hfdiff.training.checkpoints import find_checkpoint, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_UNET = json.dumps(
-    {
-        "block_out_channels": [8, 16],
-        "down_block_types": ["DownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "UpBlock2D"],
-        "norm_num_groups": 4,
-    }
-)
 # ~50 ms a step and ~40 ms a checkpoint on one CPU thread: 64 sprites, batches of 8, a 20-step noise schedule.
 TINY_RUN = [
-    "--model_config_overrides", TINY_UNET,
+    "--model_config_overrides", TINY_UNET_JSON,
     "--num_train_images", "64",
     "--train_batch_size", "8",
     "--ddpm_num_steps", "20",

@@ -1,7 +1,6 @@
 """hfdiff.training: config flags, data order, targets, checkpoints; both scripts end to end; real 2-process DDP; exact
 resume. The end-to-end runs use a tiny UNet and a few steps, on one CPU thread per process."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_UNET_JSON
 
 from hfdiff import SpriteDiffusionPipeline
 from hfdiff.data import SPRITE_CLASSES
@@ -22,17 +22,9 @@ from hfdiff.training.loop import EpochBatches
 from hfdiff.training.step import diffusion_loss, draw_step_noise
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_UNET = json.dumps(
-    {
-        "block_out_channels": [8, 16],
-        "down_block_types": ["DownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "UpBlock2D"],
-        "norm_num_groups": 4,
-    }
-)
 # A run of a few seconds: 64 sprites, batches of 16, 20-step noise schedule, 2-image validation rows.
 TINY_RUN = [
-    "--model_config_overrides", TINY_UNET,
+    "--model_config_overrides", TINY_UNET_JSON,
     "--num_train_images", "64",
     "--train_batch_size", "16",
     "--ddpm_num_steps", "20",
@@ -331,7 +323,7 @@ def test_model_config_overrides_are_checked():
         build_unet(TrainingConfig(model_config_overrides='{"channels": 4}'), data, conditional=True)
     with pytest.raises(ValueError, match="which the data decides"):
         build_unet(TrainingConfig(model_config_overrides='{"in_channels": 1}'), data, conditional=True)
-    unet = build_unet(TrainingConfig(model_config_overrides=TINY_UNET), data, conditional=True)
+    unet = build_unet(TrainingConfig(model_config_overrides=TINY_UNET_JSON), data, conditional=True)
     assert unet.config.block_out_channels == (8, 16) and unet.config.class_names == list(SPRITE_CLASSES)
 
 

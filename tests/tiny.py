@@ -1,5 +1,7 @@
 """Tiny random-weight models and pipelines shared by the tests (fast on a CPU, no download)."""
 
+import json
+
 import torch
 
 from hfdiff import ContextUNet2DModel, SpriteDDPMScheduler, SpriteDiffusionPipeline
@@ -12,6 +14,7 @@ TINY_UNET = {
     "norm_num_groups": 4,
     "layers_per_block": 1,
 }
+TINY_UNET_JSON = json.dumps(TINY_UNET)  # the same, as training's --model_config_overrides takes it
 T = 20  # training steps of the test scheduler: keeps full DDPM loops fast
 
 
