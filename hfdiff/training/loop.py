@@ -361,7 +361,8 @@ def make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, no
     reason = graphed_step_unsupported(accelerator, config)
     if config.cuda_graphs and reason is not None:
         raise ValueError(f"--cuda_graphs cannot be used with {reason}; drop the flag to train with the eager step.")
-    if config.cuda_graphs is None and reason is None or config.cuda_graphs:
+    use_graph = reason is None if config.cuda_graphs is None else config.cuda_graphs
+    if use_graph:
         return GraphedStep(model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs, config.train_batch_size)
     return EagerStep(accelerator, model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs)
 
