@@ -31,8 +31,8 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 # Device-dependent defaults, applied by `resolve_defaults` to the fields left at None.
 # GPU: the course's scale (89,400 sprites, 32 epochs) in batches of 1,024, each step replayed from a CUDA graph of
 # the compiled, channels_last UNet: sprite-small's step is hundreds of small kernels, and launched one by one from
-# Python they kept an H100 at ~23k images/s whatever the batch; the graph and compile lifted it to ~109k
-# (benchmarks/results/training-cuda.md).
+# Python they took 24-45 ms a step on an H100 at any batch up to 1,024 (23k images/s at 1,024); the graph and compile
+# lifted it to ~109k (benchmarks/results/training-cuda.md).
 # CPU: sized so that `accelerate launch train_conditional.py` trains and samples in 5 minutes on 2 idle AMD EPYC cores
 # with bf16 (about 370 images/s; about 6 minutes in fp32 at 290), enough for five recognisable classes, with room
 # for a machine shared with other work.
