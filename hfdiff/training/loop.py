@@ -38,7 +38,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpoints import find_checkpoint, read_training_state, save_checkpoint, save_error
+from .checkpoints import find_checkpoint, list_checkpoints, read_training_state, save_checkpoint, save_error
 from .config import TrainingConfig, cpu_threads, model_config_overrides, resolve_defaults
 from .data import TrainingData, check_image_size, load_training_data
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
@@ -339,8 +339,6 @@ def check_loss(config: TrainingConfig, bad_step: int | None) -> None:
     """Stop at the first non-finite loss, naming the step and the checkpoint to go back to (which is kept)."""
     if bad_step is None:
         return
-    from .checkpoints import list_checkpoints
-
     checkpoints = list_checkpoints(config.output_dir)
     if checkpoints:
         last_good = (

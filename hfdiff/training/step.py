@@ -2,7 +2,7 @@
 `GraphedStep` (one CUDA GPU: the whole step replayed from a CUDA graph).
 
 A step of sprite-small is hundreds of small kernels: launched one by one from Python, the host needs more time to
-launch them than the GPU needs to run them (an H100 took ~24 ms per step at any batch size up to 1,024). A CUDA
+launch them than the GPU needs to run them (an H100 took 24-45 ms a step at any batch size up to 1,024). A CUDA
 graph records the launches once and replays them with one call, so the host's share shrinks to the few launches
 that draw the step's random numbers and move the LR schedule and the EMA decay along.
 
