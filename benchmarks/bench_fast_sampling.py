@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import sys
 import time
@@ -47,10 +48,21 @@ CUDA_VARIANTS = {
     "fast: graph, fp32 (pipeline UNet as is)": {"dtype": None, "channels_last": False},
     "fast: no graph, bf16, channels_last": {"cuda_graphs": False},
 }
-# Timed last with --compile (each compiles for ~13 s on first use).
+# Timed last with --compile, most telling first (results are written after each): each compiles for ~13 s on first
+# use, longer with inductor options ("max_autotune" times Triton convolution templates against cuDNN per shape).
+MAX_AUTOTUNE = {"max_autotune": True, "coordinate_descent_tuning": True}  # = mode "max-autotune-no-cudagraphs"
 COMPILE_VARIANTS = {
     "fast: graph + torch.compile, bf16, channels_last": {"compile": True},
+    "fast: graph + torch.compile (max autotune), bf16, channels_last": {"compile": MAX_AUTOTUNE},
+    "fast: graph + torch.compile (coordinate descent), bf16, channels_last": {
+        "compile": {"coordinate_descent_tuning": True}
+    },
     "fast: graph + torch.compile, bf16, NCHW": {"compile": True, "channels_last": False},
+    "fast: graph + torch.compile (freezing), bf16, channels_last": {"compile": {"freezing": True}},
+    "fast: graph + torch.compile (max autotune), bf16, NCHW": {"compile": MAX_AUTOTUNE, "channels_last": False},
+    "fast: graph + torch.compile (max autotune, freezing), bf16, channels_last": {
+        "compile": {**MAX_AUTOTUNE, "freezing": True}
+    },
 }
 
 
@@ -206,7 +218,22 @@ def floors(unet, batch_size: int, device: torch.device) -> dict:
     return result
 
 
-def profile_fast(pipe, options: dict, batch_size: int, steps: int, device: torch.device, top: int = 20) -> dict:
+def kernel_kind(name: str) -> str:
+    """A GPU kernel's family, from its name: convolution (cuDNN or a Triton template), fused Triton, or other."""
+    if name.startswith("triton_tem"):
+        return "Triton convolution / matmul templates (max autotune)"
+    if name.startswith("triton"):
+        return "fused Triton kernels (inductor)"
+    if any(key in name for key in ("conv", "xmma", "implicit_gemm", "cudnn", "fprop", "cutlass", "nhwckrsc")):
+        return "cuDNN convolutions"
+    if "gemm" in name or name.startswith("nvjet"):
+        return "cuBLAS matmuls"
+    return "other (eager aten kernels, copies)"
+
+
+def profile_fast(
+    pipe, options: dict, batch_size: int, steps: int, device: torch.device, top: int = 20, graphs_only: bool = False
+) -> dict:
     """torch.profiler over the fast path: `steps` replays of the graph (their kernels), and the same step function
     run without a graph, where each kernel is also charged to the aten op that launched it (where the time goes)."""
     from torch.autograd import DeviceType
@@ -225,7 +252,7 @@ def profile_fast(pipe, options: dict, batch_size: int, steps: int, device: torch
         ]
 
     report = {}
-    for label, cuda_graphs in (("graph replays", True), ("same step, no graph", False)):
+    for label, cuda_graphs in (("graph replays", True), ("same step, no graph", False))[: 1 if graphs_only else 2]:
         sampler = FastSampler(pipe, **{**options, "cuda_graphs": cuda_graphs})
         pipe.scheduler.set_timesteps(steps, device=device)
         latents = torch.randn(batch_size, 3, 16, 16, device=device)
@@ -238,9 +265,14 @@ def profile_fast(pipe, options: dict, batch_size: int, steps: int, device: torch
         kernels = [e for e in events if e.device_type != DeviceType.CPU]  # device-side kernel records
         ops = [e for e in events if e.device_type == DeviceType.CPU and e.key.startswith("aten::")]
         total = sum(e.self_device_time_total for e in kernels)
+        kinds = {}
+        for event in kernels:
+            kind = kernel_kind(event.key)
+            kinds[kind] = kinds.get(kind, 0.0) + event.self_device_time_total / 1e3
         report[label] = {
             "steps": steps,
             "gpu_time_ms_sum_of_kernels": round(total / 1e3, 3),
+            "by_kind_ms": {kind: round(ms, 3) for kind, ms in sorted(kinds.items(), key=lambda item: -item[1])},
             "top": table(kernels, total),
         }
         if ops:
@@ -260,6 +292,7 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="torch.profiler summary of the fast path (CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log", default=None, help="also write progress lines to this file")
+    parser.add_argument("--only", default=None, help="regex: time only the fast variants whose names match")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
@@ -277,6 +310,12 @@ def main(argv=None):
         return torch.Generator(device).manual_seed(0)
 
     variants = CUDA_VARIANTS if device.type == "cuda" else {"fast: same step function, no graph (CPU)": {}}
+    compile_variants = COMPILE_VARIANTS
+    if args.only:
+        variants = {name: options for name, options in variants.items() if re.search(args.only, name)} or {
+            next(iter(variants)): {}  # the guidance task times the default
+        }
+        compile_variants = {name: options for name, options in compile_variants.items() if re.search(args.only, name)}
     use_hook = hasattr(SpriteDiffusionPipeline, "enable_fast_sampling") and device.type == "cuda"
     hook = "pipeline hook" if use_hook else "benchmark shim"
     log(f"device {device}, fast path through the {hook}")
@@ -370,7 +409,7 @@ def main(argv=None):
 
     # torch.compile last: its first call compiles for a minute or more, and the results above are already written.
     if args.compile and device.type == "cuda":
-        for name, options in COMPILE_VARIANTS.items():
+        for name, options in compile_variants.items():
             pipe, call, sampler = fast_variant(options)
             for task in ("DDPM", "DDIM"):
                 results, _, common, scheduler, _ = task_runs[task]
@@ -378,6 +417,15 @@ def main(argv=None):
                 log(f"== {task}: {name}")
                 runs = {name: (lambda call=call, common=common: call(generator=generator(), **common), sampler)}
                 results.update(time_runs(runs, device, args.repeats, log))
+            if args.profile:
+                try:
+                    profile_pipe = SpriteDiffusionPipeline(unet=unet, scheduler=SpriteDDIMScheduler(**schedule))
+                    report = profile_fast(
+                        profile_pipe, options, args.batch_size, args.ddim_steps, device, graphs_only=True
+                    )
+                    result.setdefault("profile", {})[f"{name}, graph replays"] = report["graph replays"]
+                except Exception:
+                    log(f"FAILED profile of {name!r}:\n{traceback.format_exc()}")
             finish()
 
 
@@ -428,6 +476,9 @@ def write_results(result: dict, device: torch.device) -> None:
             "| --- | ---: | ---: | ---: |",
         ]
         lines += [f"| `{e['name']}` | {e['calls']} | {e['self_gpu_ms']} | {e['share']} |" for e in report["top"]]
+        if "by_kind_ms" in report:
+            per_step = {kind: round(ms / report["steps"], 3) for kind, ms in report["by_kind_ms"].items()}
+            lines += ["", f"Kernel time per step by family (ms): `{json.dumps(per_step)}`"]
         if "top_aten_ops" in report:
             lines += ["", "The same kernels charged to the aten ops that launched them:", ""]
             lines += ["| aten op | calls | self GPU ms | share |", "| --- | ---: | ---: | ---: |"]

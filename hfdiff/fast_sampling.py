@@ -49,7 +49,7 @@ import torch
 from .schedulers import SpriteDDIMScheduler, SpriteDDPMScheduler
 from .schedulers._math import x0_and_eps_from_model_output
 
-__all__ = ["FastSampler", "StepCoefficients", "step_coefficients", "step_update"]
+__all__ = ["FastSampler", "StepCoefficients", "side_stream", "step_coefficients", "step_update"]
 
 # Columns of StepCoefficients.coefficients, in order; the update they define is written out in `step_update`.
 COEFFICIENT_NAMES = (
@@ -238,6 +238,16 @@ def _denoise_in_place(
     step.add_(1)
 
 
+@functools.cache
+def side_stream(device_index: int) -> torch.cuda.Stream:
+    """The one stream per device on which every recording in this process warms up (and training captures).
+
+    One, not a new stream per recording: cuBLAS keeps a workspace for every stream it has run on (32 MiB each on an
+    H100) for the life of the process, so a fresh stream per graph grew a training run's GPU memory by ~33 MB at every
+    validation grid (benchmarks/NOTES-training.md, "Soak")."""
+    return torch.cuda.Stream(device_index)
+
+
 @dataclass
 class _StepBuffers:
     """The fixed tensors one captured step reads and writes, and its graph (None when steps run eagerly)."""
@@ -271,6 +281,8 @@ class FastSampler:
             per graph key, too much for the default of one-off calls.
         compile: torch.compile the step (UNet + guidance + update) before recording it, fusing the GroupNorm/SiLU/add
             chains: 2.7x faster replays on an H200, for ~13 s of compiling per graph key and process on first use.
+            A dict compiles with those inductor options (`torch.compile(options=...)`), e.g.
+            `{"max_autotune": True}` to time Triton convolution templates against cuDNN for every shape.
         cuda_graphs: record and replay the step (False runs the same step function eagerly, e.g. to profile it).
         cudnn_benchmark: let cuDNN time its algorithms for these shapes once, before recording (the choice is
             frozen into the graph; the global flag is restored). False: cuDNN's heuristics, no timing.
@@ -282,7 +294,7 @@ class FastSampler:
         pipe,
         dtype: torch.dtype | None = torch.bfloat16,
         channels_last: bool = True,
-        compile: bool = False,
+        compile: bool | dict = False,
         cuda_graphs: bool = True,
         cudnn_benchmark: bool = False,
         max_graphs: int = 4,
@@ -296,7 +308,10 @@ class FastSampler:
         self.cuda_graphs = cuda_graphs
         self.cudnn_benchmark = cudnn_benchmark
         self.max_graphs = max_graphs
-        self._denoise = torch.compile(denoise, dynamic=False) if compile else denoise
+        if isinstance(compile, dict):
+            self._denoise = torch.compile(denoise, dynamic=False, options=dict(compile))
+        else:
+            self._denoise = torch.compile(denoise, dynamic=False) if compile else denoise
         self._buffers: OrderedDict[tuple, _StepBuffers] = OrderedDict()
         self._unet_copy: torch.nn.Module | None = None
         self._unet_source: torch.nn.Module | None = None
@@ -423,7 +438,7 @@ class FastSampler:
         channels_last = self.channels_last and device.type == "cuda"
         # The step function holds the tensors, not `buffers` or `self`: a closure over either would be a reference
         # cycle (buffers -> step_fn -> buffers), keeping a dropped sampler's graphs, memory pools and UNet copy alive
-        # until Python's cycle collector ran (a training run's validation grids grew GPU memory by ~40 MB each).
+        # until Python's cycle collector happened to run.
         buffers.step_fn = functools.partial(
             _denoise_in_place,
             self._denoise,
@@ -436,7 +451,7 @@ class FastSampler:
         )
         if device.type == "cuda" and self.cuda_graphs:
             buffers.graph = self._capture(buffers.step_fn, device)
-        elif self.compile:
+        elif self._denoise is not denoise:
             start = time.perf_counter()
             buffers.step_fn()  # compiles now, so the first timed step is not the compile
             self.stats["warmup_s"] = time.perf_counter() - start
@@ -452,7 +467,7 @@ class FastSampler:
             # Warm up on a side stream first (torch.cuda.graph's documented recipe): cuDNN picks its algorithms and
             # torch.compile compiles here, not inside the capture. The buffers hold zeros, so nothing is drawn.
             start = time.perf_counter()
-            stream = torch.cuda.Stream(device)
+            stream = side_stream(device.index if device.index is not None else torch.cuda.current_device())
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):
                 for _ in range(3):

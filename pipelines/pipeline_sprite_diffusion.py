@@ -328,8 +328,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             return None
         if getattr(self, "_fast_sampler", None) is None:
             # A weak proxy: a sampler holding the pipeline that holds it would be a reference cycle, kept alive (with
-            # its CUDA graphs, their memory pools and a UNet copy) until Python's cycle collector happens to run; a
-            # training run that samples a validation grid now and then grew by ~40 MB of GPU memory per grid.
+            # its CUDA graphs, their memory pools and a UNet copy) until Python's cycle collector happens to run.
             fast_sampling = importlib.import_module("hfdiff.fast_sampling")
             self._fast_sampler = fast_sampling.FastSampler(weakref.proxy(self), **options)
         reason = self._fast_sampler.fallback_reason(

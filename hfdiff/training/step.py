@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..fast_sampling import side_stream
+
 
 @dataclass
 class StepNoise:
@@ -211,7 +213,7 @@ class GraphedStep:
 
     def _warm_up_and_capture(self) -> torch.Tensor:
         saved = self._training_state()
-        stream = torch.cuda.Stream()
+        stream = side_stream(torch.cuda.current_device())
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(self.warmup_steps):
