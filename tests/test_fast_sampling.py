@@ -161,6 +161,28 @@ def test_cpu_unconditional_model_and_reuse_between_calls():
     assert len(sampler._buffers) == 1 and sampler.stats["captures"] == 0  # CPU: one set of buffers, no graph
 
 
+@pytest.mark.parametrize("compile_option, expected", [(True, {}), ({"max_autotune": True}, {"max_autotune": True})])
+def test_compile_option_reaches_torch_compile(monkeypatch, compile_option, expected):
+    """compile=True compiles the step with inductor's defaults, a dict with those inductor options; either way the
+    step is compiled before the first timed step and gives the uncompiled step's images. torch.compile is replaced by
+    a recorder here (compiling on the CPU takes ~30 s; the GPU benchmark times the real thing)."""
+    import hfdiff.fast_sampling as fast_sampling
+
+    calls = []
+
+    def recording_compile(fn, **kwargs):
+        calls.append(kwargs)
+        return lambda *args, **kw: fn(*args, **kw)
+
+    monkeypatch.setattr(fast_sampling.torch, "compile", recording_compile)
+    pipe = eager_off(make_pipe())
+    sampler = FastSampler(pipe, compile=compile_option)
+    assert calls == [{"dynamic": False, **({"options": expected} if expected else {})}]
+    got = fast_images(pipe, sampler, generator=seed(2), num_inference_steps=4)
+    torch.testing.assert_close(got, fast_images(pipe, FastSampler(pipe), generator=seed(2), num_inference_steps=4))
+    assert sampler.stats["warmup_s"] > 0  # the first (compiling) call ran before sampling
+
+
 def test_sample_rejects_what_the_pipeline_must_run():
     pipe = make_pipe()
     pipe.scheduler.set_timesteps(T)
