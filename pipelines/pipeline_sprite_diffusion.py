@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 ClassLabel = int | str
@@ -463,15 +464,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
     def postprocess(self, sample: torch.Tensor, output_type: str = "pil"):
-        """sample: (B, C, H, W) in about [-1, 1] -> images in [0, 1] as "pt" (B, C, H, W), "np" (B, H, W, C) or
-        "pil" (list of PIL images)."""
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        images = (sample / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            return images
-        images = images.float().cpu().permute(0, 2, 3, 1).numpy()
-        return self.numpy_to_pil(images) if output_type == "pil" else images
+        """sample: (B, C, H, W) in about [-1, 1] -> images in [0, 1]; see `postprocess_sample`."""
+        return postprocess_sample(sample, output_type)
 
 
 class TrajectoryRecorder:
@@ -503,10 +497,25 @@ class TrajectoryRecorder:
 
         frames = []
         for sample in self.samples:
-            images = SpriteDiffusionPipeline.numpy_to_pil((sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy())
+            images = postprocess_sample(sample, "pil")
             images = [image.resize((image.width * scale, image.height * scale), resample=0) for image in images]
             frames.append(make_image_grid(images, rows=rows, cols=len(images) // rows))
         return frames
+
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# [-1, 1] -> [0, 1] and on to numpy / PIL, as diffusers' pipelines do it. The one conversion of model samples to
+# pictures in hfdiff: the pipeline, the trajectory recorder, the CLI's and visualize's grids all call
+# `postprocess_sample`. No resizing: sprites are shown at their own size (grids upscale them explicitly).
+_IMAGE_PROCESSOR = VaeImageProcessor(do_resize=False, do_normalize=True)
+
+
+def postprocess_sample(sample: torch.Tensor, output_type: str = "pil"):
+    """sample: (B, C, H, W) in about [-1, 1] -> images in [0, 1] as "pt" (B, C, H, W) float tensor, "np"
+    (B, H, W, C) float32 array, or "pil" (list of PIL images; 1-channel samples give grayscale images)."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+    return _IMAGE_PROCESSOR.postprocess(sample.detach(), output_type=output_type)
 
 
 def _copy_class_source(cls: type, folder: Path) -> list[str] | None:
