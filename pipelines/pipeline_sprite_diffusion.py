@@ -612,23 +612,36 @@ def _check_weights(component_folder: Path) -> None:
             ) from error
 
 
+def retired_path(path: str | os.PathLike) -> Path:
+    """Where `replace_path` (and checkpoint pruning) parks an entry before deleting it: `.<name>.old` beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.old"
+
+
+def replace_path(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move the file or folder `src` to `dst`, replacing what is there. Each step is one rename(2): a file is
+    replaced atomically; a folder (which rename cannot replace while it is non-empty) is first renamed aside to
+    `retired_path(dst)`, and deleted only after the new one is in place, so `dst` is always the old or the new
+    entry, or absent for the instant between the two renames. The one folder swap of hfdiff: pipeline saves and
+    training checkpoints both go through it."""
+    src, dst = Path(src), Path(dst)
+    if src.is_dir() and dst.exists():
+        retired = retired_path(dst)
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(dst, retired)
+        os.replace(src, dst)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
 def _move_entries(staging: Path, target: Path) -> None:
-    """Move every entry of `staging` into `target`, replacing what is there. The old model_index.json is deleted
-    first and the new one moved in last (each atomic), so whenever `target` has an index, every component it names
-    is the one saved with it: the previous pipeline until the first deletion, the new one after the last move, no
-    pipeline in between. Files are replaced with os.replace; a folder is swapped by two renames, the old one deleted
-    only after the new one is in place."""
+    """Move every entry of `staging` into `target` with `replace_path`. The old model_index.json is deleted first and
+    the new one moved in last (each atomic), so whenever `target` has an index, every component it names is the one
+    saved with it: the previous pipeline until the first deletion, the new one after the last move, no pipeline in
+    between."""
     index = target / "model_index.json"
     if index.exists():
         index.unlink()
-    entries = sorted(staging.iterdir(), key=lambda path: path.name == "model_index.json")
-    for entry in entries:
-        destination = target / entry.name
-        if entry.is_dir() and destination.exists():
-            retired = target / f".{entry.name}.old"
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(destination, retired)
-            os.replace(entry, destination)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(entry, destination)
+    for entry in sorted(staging.iterdir(), key=lambda path: path.name == "model_index.json"):
+        replace_path(entry, target / entry.name)
