@@ -82,9 +82,9 @@ def _layer(canvas: np.ndarray, layer: np.ndarray, where: np.ndarray | None = Non
     np.copyto(canvas, layer, where=paint)
 
 
-def _choose(bank: np.ndarray, rng: np.random.Generator, n: int, p=None) -> np.ndarray:
-    """A random variant of `bank` (V, 16, 16) per image -> (n, 16, 16)."""
-    return bank[rng.choice(len(bank), size=n, p=p)]
+def _variant(bank: np.ndarray, rng: np.random.Generator, n: int, p=None) -> np.ndarray:
+    """A random variant index of `bank` (V, 16, 16) per image -> (n,) ints; the caller keeps it for the caption."""
+    return rng.choice(len(bank), size=n, p=p)
 
 
 def _shift(canvas: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
@@ -168,6 +168,56 @@ def _random_hue(rng, n, hue=(0.0, 1.0), sat=(0.45, 0.85), val=(0.55, 0.95)) -> n
     """Colours with hue, saturation and value uniform in the given ranges (hue wraps around 1) -> (n, 3)."""
     h = rng.uniform(*hue, size=n) % 1.0
     return _hsv(h, rng.uniform(*sat, size=n), rng.uniform(*val, size=n))
+
+
+def _base_rgb(roles: np.ndarray) -> np.ndarray:
+    """Role colours (..., 3) floats -> the uint8 RGB that _finish paints for the role's base slot."""
+    return roles.round().clip(0, 255).astype(np.uint8)
+
+
+def colour_names(rgb) -> np.ndarray:
+    """Plain colour names of RGB colours: (..., 3) in [0, 255] -> (...,) object array of str.
+
+    The names a caption uses for a part ("green", "purple", "brown", "white", ...), from hue, saturation and value
+    with hand-set boundaries; the same function names the generator's colours and can name any pixel, so a colour
+    probe can check a generated image against its prompt. Metals and natural hair colours are named by the generator
+    from the palette entry it picked instead ("golden", "blonde", "steel").
+    """
+    rgb = np.asarray(rgb, dtype=np.float64) / 255.0
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(axis=-1)
+    chroma = value - rgb.min(axis=-1)
+    sat = np.where(value > 0, chroma / np.maximum(value, 1e-12), 0.0)
+    c = np.maximum(chroma, 1e-12)
+    hue = 60.0 * np.select([value == r, value == g], [((g - b) / c) % 6.0, (b - r) / c + 2.0], (r - g) / c + 4.0)
+    names = np.select(
+        [
+            value < 0.25,
+            (sat < 0.2) & (value > 0.75),
+            sat < 0.2,
+            (hue < 15) | (hue >= 340),
+            hue < 40,
+            hue < 70,
+            hue < 165,
+            hue < 200,
+            hue < 255,
+            hue < 290,
+        ],
+        [
+            "black",
+            "white",
+            "grey",
+            np.where((sat < 0.5) & (value > 0.75), "pink", "red"),  # light reds read as pink
+            np.where(value < 0.62, "brown", "orange"),  # dark orange is brown
+            "yellow",
+            "green",
+            "cyan",
+            "blue",
+            "purple",
+        ],
+        np.where(value < 0.6, "purple", "pink"),  # magenta
+    )
+    return names.astype(object)
 
 
 def _finish(canvas: np.ndarray, roles: np.ndarray, rng: np.random.Generator, flip: np.ndarray) -> np.ndarray:
@@ -395,34 +445,78 @@ _METALS = [(226, 184, 62), (186, 192, 204), (196, 126, 70)]  # gold, silver, bro
 _LEATHER = [(112, 72, 44), (84, 56, 40), (140, 92, 52), (60, 52, 50)]
 
 
-def _person_colours(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Colours of _HERO_ROLES for heroes and side-facing walkers alike -> (n, 8, 3)."""
-    natural_hair = _pick(_HAIR_COLOURS, rng, n)
+_HAIR_NAMES = np.array(["black", "brown", "brown", "blonde", "red", "white"], dtype=object)  # of _HAIR_COLOURS
+_METAL_NAMES = np.array(["golden", "silver", "bronze"], dtype=object)  # of _METALS
+
+
+def _person_colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Colours of _HERO_ROLES for heroes and side-facing walkers alike -> (n, 8, 3) and their names (n, 8)."""
+    natural = rng.integers(len(_HAIR_COLOURS), size=n)  # the draw _pick makes, kept to name the colour
     fantasy_hair = _random_hue(rng, n, sat=(0.5, 0.8), val=(0.6, 0.9))
-    return np.stack(
-        [
-            _pick(_SKIN_TONES, rng, n),
-            np.where(rng.random((n, 1)) < 0.2, fantasy_hair, natural_hair),
-            _random_hue(rng, n),  # clothes
-            _random_hue(rng, n, sat=(0.2, 0.6), val=(0.3, 0.6)),  # pants: muted
-            _pick(_LEATHER, rng, n),
-            _random_hue(rng, n, sat=(0.6, 0.9), val=(0.5, 0.85)),  # cape, pointed hat, hood
-            _random_hue(rng, n, sat=(0.5, 0.9), val=(0.45, 0.8)),  # shield, backpack
-            _pick(_METALS, rng, n),
-        ],
-        axis=1,
-    )
+    skin = _pick(_SKIN_TONES, rng, n)
+    fantasy = rng.random((n, 1)) < 0.2
+    clothes = _random_hue(rng, n)
+    pants = _random_hue(rng, n, sat=(0.2, 0.6), val=(0.3, 0.6))  # muted
+    boots = _pick(_LEATHER, rng, n)
+    cape = _random_hue(rng, n, sat=(0.6, 0.9), val=(0.5, 0.85))  # cape, pointed hat, hood
+    shield = _random_hue(rng, n, sat=(0.5, 0.9), val=(0.45, 0.8))  # shield, backpack
+    metal = rng.integers(len(_METALS), size=n)
+    hair = np.where(fantasy, fantasy_hair, np.asarray(_HAIR_COLOURS, dtype=np.float64)[natural])
+    roles = np.stack([skin, hair, clothes, pants, boots, cape, shield, np.asarray(_METALS, np.float64)[metal]], axis=1)
+    names = colour_names(_base_rgb(roles))
+    names[:, 1] = np.where(fantasy[:, 0], names[:, 1], _HAIR_NAMES[natural])  # "blonde" reads better than "yellow"
+    names[:, 7] = _METAL_NAMES[metal]
+    return roles, names
 
 
-def _hero(n: int, rng: np.random.Generator) -> np.ndarray:
+# Per variant of _HERO_HAIR / _SIDE_HAIR: the hair style ("" where the hair is hidden), the headwear ("" for none)
+# and the role (index into _HERO_ROLES) that colours the headwear.
+_HERO_HAIRSTYLES = np.array(["short", "long", "spiky", "", "", "", "short", "pigtailed", ""], dtype=object)
+_HERO_HEADWEAR = np.array(["", "", "", "cap", "pointed hat", "helmet", "crown", "", "headband"], dtype=object)
+_HERO_HEADWEAR_ROLE = np.array([0, 0, 0, 2, 5, 7, 7, 0, 2])
+_HERO_OUTFITS = np.array(["tunic", "armour", "robe", "shirt", "tunic"], dtype=object)  # of _HERO_BODY
+
+
+def _person_attributes(roles, names, outfit, hair, hairstyles, headwear, headwear_role) -> dict[str, np.ndarray]:
+    """Outfit, hair and headwear of a person (see SPRITE_ATTRIBUTES) from the variants drawn and the role colours."""
+    rows = np.arange(len(roles))
+    armour = outfit == "armour"  # armour shows the metal colour, every other outfit the clothes colour
+    main = np.where(armour, 7, 2)
+    style, worn = hairstyles[hair], headwear[hair]
+    return {
+        "part": outfit,
+        "colour": names[rows, main],
+        "colour_rgb": _base_rgb(roles)[rows, main],
+        "hairstyle": style,
+        "hair": np.where(style != "", names[:, 1], ""),
+        "headwear": worn,
+        "headwear_colour": np.where(worn != "", names[rows, headwear_role[hair]], ""),
+    }
+
+
+def _hero(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     canvas = np.zeros((n, SIZE, SIZE), dtype=np.uint8)
-    _layer(canvas, np.broadcast_to(_HERO_CAPE, canvas.shape), where=rng.random(n) < 0.3)
-    _layer(canvas, _choose(_HERO_BODY, rng, n))
-    _layer(canvas, _choose(_HERO_FACE, rng, n, p=[0.7, 0.3]))
-    _layer(canvas, _choose(_HERO_HAIR, rng, n))
-    _layer(canvas, _choose(_HERO_SHIELD, rng, n), where=rng.random(n) < 0.3)
+    cape = rng.random(n) < 0.3
+    _layer(canvas, np.broadcast_to(_HERO_CAPE, canvas.shape), where=cape)
+    body = _variant(_HERO_BODY, rng, n)
+    _layer(canvas, _HERO_BODY[body])
+    _layer(canvas, _HERO_FACE[_variant(_HERO_FACE, rng, n, p=[0.7, 0.3])])
+    hair = _variant(_HERO_HAIR, rng, n)
+    _layer(canvas, _HERO_HAIR[hair])
+    shield_variant = _variant(_HERO_SHIELD, rng, n)
+    shield = rng.random(n) < 0.3
+    _layer(canvas, _HERO_SHIELD[shield_variant], where=shield)
 
-    return _finish(canvas, _person_colours(rng, n), rng, flip=rng.random(n) < 0.5)
+    roles, names = _person_colours(rng, n)
+    attributes = _person_attributes(
+        roles, names, _HERO_OUTFITS[body], hair, _HERO_HAIRSTYLES, _HERO_HEADWEAR, _HERO_HEADWEAR_ROLE
+    )
+    attributes["kind"] = np.full(n, "hero", dtype=object)
+    attributes["held"] = np.where(shield, "shield", "")
+    attributes["held_colour"] = np.where(shield, names[:, 6], "")
+    attributes["back"] = np.where(cape, "cape", "")
+    attributes["back_colour"] = np.where(cape, names[:, 5], "")
+    return _finish(canvas, roles, rng, flip=rng.random(n) < 0.5), attributes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -601,14 +695,35 @@ _SIDE_BACK = _bank(
 )
 
 
-def _side_facing(n: int, rng: np.random.Generator) -> np.ndarray:
-    canvas = np.zeros((n, SIZE, SIZE), dtype=np.uint8)
-    _layer(canvas, _choose(_SIDE_BACK, rng, n), where=rng.random(n) < 0.35)
-    _layer(canvas, _choose(_SIDE_BODY, rng, n))
-    _layer(canvas, _choose(_SIDE_FACE, rng, n, p=[0.7, 0.3]))
-    _layer(canvas, _choose(_SIDE_HAIR, rng, n))
+_SIDE_HAIRSTYLES = np.array(["short", "ponytailed", "spiky", "short", "", "", ""], dtype=object)
+_SIDE_HEADWEAR = np.array(["", "", "", "cap", "pointed hat", "helmet", "hood"], dtype=object)
+_SIDE_HEADWEAR_ROLE = np.array([0, 0, 0, 2, 5, 7, 5])
+_SIDE_OUTFITS = np.array(["tunic", "tunic", "tunic", "robe", "armour"], dtype=object)  # of _SIDE_BODY
+_SIDE_BACKS = np.array(["backpack", "cape"], dtype=object)  # of _SIDE_BACK
+_SIDE_BACK_ROLE = np.array([6, 5])
 
-    return _finish(canvas, _person_colours(rng, n), rng, flip=rng.random(n) < 0.5)
+
+def _side_facing(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    canvas = np.zeros((n, SIZE, SIZE), dtype=np.uint8)
+    back = _variant(_SIDE_BACK, rng, n)
+    carried = rng.random(n) < 0.35
+    _layer(canvas, _SIDE_BACK[back], where=carried)
+    body = _variant(_SIDE_BODY, rng, n)
+    _layer(canvas, _SIDE_BODY[body])
+    _layer(canvas, _SIDE_FACE[_variant(_SIDE_FACE, rng, n, p=[0.7, 0.3])])
+    hair = _variant(_SIDE_HAIR, rng, n)
+    _layer(canvas, _SIDE_HAIR[hair])
+
+    roles, names = _person_colours(rng, n)
+    flip = rng.random(n) < 0.5
+    attributes = _person_attributes(
+        roles, names, _SIDE_OUTFITS[body], hair, _SIDE_HAIRSTYLES, _SIDE_HEADWEAR, _SIDE_HEADWEAR_ROLE
+    )
+    attributes["kind"] = np.full(n, "traveller", dtype=object)
+    attributes["back"] = np.where(carried, _SIDE_BACKS[back], "")
+    attributes["back_colour"] = np.where(carried, names[np.arange(n), _SIDE_BACK_ROLE[back]], "")
+    attributes["facing"] = np.where(flip, "left", "right")  # the art walks to the right; a flip turns it round
+    return _finish(canvas, roles, rng, flip=flip), attributes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -742,7 +857,10 @@ def _slimes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, n
     return canvas, eye_row, eye_row + 2
 
 
-def _non_hero(n: int, rng: np.random.Generator) -> np.ndarray:
+_MONSTER_KINDS = np.array([*_MONSTER_ART, "slime"], dtype=object)  # in _MONSTER_ODDS order
+
+
+def _non_hero(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     kind = rng.choice(len(_MONSTER_ODDS), size=n, p=_MONSTER_ODDS)
     slime = kind == len(_MONSTER_BANK)
     body_kind = np.minimum(kind, len(_MONSTER_BANK) - 1)
@@ -766,7 +884,14 @@ def _non_hero(n: int, rng: np.random.Generator) -> np.ndarray:
     accent = np.where(rng.random((n, 1)) < 0.5, body * 0.6, _random_hue(rng, n, sat=(0.3, 0.8), val=(0.3, 0.8)))
     mouth_colour = _pick([(200, 50, 60), (230, 110, 130), (150, 30, 60)], rng, n)
     roles = np.stack([body, accent, mouth_colour], axis=1)
-    return _finish(canvas, roles, rng, flip=rng.random(n) < 0.5)
+    body_rgb = _base_rgb(body)
+    attributes = {
+        "kind": _MONSTER_KINDS[kind],
+        "part": np.full(n, "body", dtype=object),
+        "colour": colour_names(body_rgb),
+        "colour_rgb": body_rgb,
+    }
+    return _finish(canvas, roles, rng, flip=rng.random(n) < 0.5), attributes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -967,7 +1092,15 @@ def _colour(spec, rng: np.random.Generator, n: int) -> np.ndarray:
     return _pick(spec, rng, n)
 
 
-def _food(n: int, rng: np.random.Generator) -> np.ndarray:
+_FOOD_KINDS = np.array(list(_FOOD_ART), dtype=object)
+# The part whose colour a caption names, per dish ("" for the whole dish), and its role index in _FOOD_ROLES.
+_FOOD_PARTS = np.array(
+    ["frosting" if k == "cake" else "icing" if k == "donut" else "" for k in _FOOD_ART], dtype=object
+)
+_FOOD_MAIN_ROLE = np.array([1 if k == "donut" else 0 for k in _FOOD_ART])
+
+
+def _food(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     dish = rng.integers(len(_FOOD_BANK), size=n)
     canvas = _FOOD_BANK[dish]
     roles = np.zeros((n, len(_FOOD_ROLES), 3))
@@ -975,7 +1108,14 @@ def _food(n: int, rng: np.random.Generator) -> np.ndarray:
         chosen = np.flatnonzero(dish == d)
         for r, spec in enumerate(specs):
             roles[chosen, r] = _colour(spec, rng, len(chosen))
-    return _finish(canvas, roles, rng, flip=rng.random(n) < 0.5)
+    main_rgb = _base_rgb(roles)[np.arange(n), _FOOD_MAIN_ROLE[dish]]
+    attributes = {
+        "kind": _FOOD_KINDS[dish],
+        "part": _FOOD_PARTS[dish],
+        "colour": colour_names(main_rgb),
+        "colour_rgb": main_rgb,
+    }
+    return _finish(canvas, roles, rng, flip=rng.random(n) < 0.5), attributes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1136,7 +1276,25 @@ _SPARKLE, _ = _pieces([".G.\nG3G\n.G.", "G.G\n.3.\nG.G", "3"], _ITEM_ROLES)
 _STEEL = ((0.5, 0.7), (0.0, 0.2), (0.65, 0.9))
 
 
-def _spell_weapon(n: int, rng: np.random.Generator) -> np.ndarray:
+_ITEM_KINDS = np.array([k.removeprefix("round ").removeprefix("tall ") for k in _ITEM_ART], dtype=object)
+# Per item: the role (index into _ITEM_ROLES) whose colour a caption names, and the part it colours ("" for the whole).
+_ITEM_MAIN = {
+    "sword": (0, "blade"),
+    "dagger": (0, "blade"),
+    "staff": (2, "orb"),
+    "wand": (2, "star"),
+    "round potion": (4, ""),
+    "tall potion": (4, ""),
+    "sparkle": (2, ""),
+    "fireball": (2, ""),
+    "lightning": (2, ""),
+    "bow": (1, ""),
+}
+_ITEM_MAIN_ROLE = np.array([_ITEM_MAIN[k][0] for k in _ITEM_ART])
+_ITEM_PARTS = np.array([_ITEM_MAIN[k][1] for k in _ITEM_ART], dtype=object)
+
+
+def _spell_weapon(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     kind = rng.integers(len(_ITEM_BANK), size=n)
     canvas = _ITEM_BANK[kind]
     # Magic glitters: a small sparkle in the empty top-right corner of potions and star bursts.
@@ -1147,13 +1305,130 @@ def _spell_weapon(n: int, rng: np.random.Generator) -> np.ndarray:
     top, left = rng.integers(0, 3, size=n), rng.integers(11, 14, size=n)
     _stamp(canvas, _SPARKLE, sparkle, top, left, where=glitter)
 
-    metal = np.where(rng.random((n, 1)) < 0.7, _random_hue(rng, n, *_STEEL), _pick(_METALS, rng, n))
+    steel = rng.random((n, 1)) < 0.7
+    steel_rgb = _random_hue(rng, n, *_STEEL)
+    metal_kind = rng.integers(len(_METALS), size=n)  # the draw _pick makes, kept to name the metal
+    metal = np.where(steel, steel_rgb, np.asarray(_METALS, dtype=np.float64)[metal_kind])
     handle = np.where(rng.random((n, 1)) < 0.7, _pick(_LEATHER, rng, n), _random_hue(rng, n, val=(0.3, 0.6)))
     glow = _random_hue(rng, n, sat=(0.6, 0.95), val=(0.8, 1.0))
     glass = _random_hue(rng, n, sat=(0.1, 0.3), val=(0.85, 1.0))
     liquid = _random_hue(rng, n, sat=(0.6, 0.9), val=(0.6, 0.95))
     roles = np.stack([metal, handle, glow, glass, liquid], axis=1)
-    return _finish(canvas, roles, rng, flip=rng.random(n) < 0.5)
+    rgb = _base_rgb(roles)
+    main = _ITEM_MAIN_ROLE[kind]
+    names = colour_names(rgb[np.arange(n), main])
+    names = np.where(main == 0, np.where(steel[:, 0], "steel", _METAL_NAMES[metal_kind]), names)
+    attributes = {
+        "kind": _ITEM_KINDS[kind],
+        "part": _ITEM_PARTS[kind],
+        "colour": names,
+        "colour_rgb": rgb[np.arange(n), main],
+    }
+    return _finish(canvas, roles, rng, flip=rng.random(n) < 0.5), attributes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Captions: one sentence per sprite from the attributes the generator recorded
+# ----------------------------------------------------------------------------------------------------------------
+
+# Several phrasings per class, picked per image; every one names the class (hero, monster/creature, food, weapon or
+# spell, side view) beside the kind. Fields: see _caption_fields.
+_CAPTION_TEMPLATES = (
+    (  # hero
+        "a hero in {outfit}{extras}{held}",
+        "pixel-art hero wearing {outfit}{extras}{held}",
+        "a front-facing hero dressed in {outfit}{extras}{held}",
+    ),
+    (  # non-hero
+        "{thing} monster",
+        "a non-hero creature: {thing}",
+        "pixel-art enemy, {thing}",
+    ),
+    (  # food
+        "food: {thing}",
+        "{thing}, a food item",
+        "a tasty food sprite of {thing}",
+    ),
+    (  # spell/weapon
+        "{group}: {thing}",
+        "{thing}, a {group}",
+        "a pixel-art {group} sprite showing {thing}",
+    ),
+    (  # side-facing
+        "a traveller seen from the side, facing {facing}, in {outfit}{extras}",
+        "side view of a traveller walking {facing} in {outfit}{extras}",
+        "a side-facing traveller looking {facing}, wearing {outfit}{extras}",
+    ),
+)
+_ITEM_GROUPS = {"staff": "magic weapon", "wand": "magic weapon", "potion": "magic item", "sparkle": "spell"}
+_ITEM_GROUPS |= {"fireball": "spell", "lightning": "spell"}  # the rest: "weapon"
+_NOUNS = {"lightning": "lightning bolt", "bread": "loaf of bread", "cheese": "wedge of cheese"}  # "a red bread"
+_COUNTABLE_PARTS = ("orb", "star")  # "a staff with a blue orb", but "a cake with pink frosting"
+
+
+def _a(phrase: str) -> str:
+    if phrase.startswith("cherries", phrase.find(" ") + 1):
+        return "two " + phrase
+    return ("an " if phrase[:1] in ("a", "e", "i", "o", "u") else "a ") + phrase
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _caption_fields(kind, part, colour, hairstyle, hair, headwear, headwear_colour, held, held_colour, back,
+                    back_colour, facing) -> dict[str, str]:  # fmt: skip
+    """One image's attributes -> the fields of _CAPTION_TEMPLATES (a field a class does not use is harmless)."""
+    noun = _NOUNS.get(kind, kind)
+    if part in ("", "body", "blade"):
+        thing = _a(f"{colour} {noun}")
+    else:
+        thing = _a(f"{noun} with " + (_a(f"{colour} {part}") if part in _COUNTABLE_PARTS else f"{colour} {part}"))
+    extras = [f"{hairstyle} {hair} hair"] if hair else []
+    extras += [_a(f"{headwear_colour} {headwear}")] if headwear else []
+    extras += [_a(f"{back_colour} {back}")] if back else []
+    return {
+        "thing": thing,
+        "group": _ITEM_GROUPS.get(kind, "weapon"),
+        "outfit": f"{colour} armour" if part == "armour" else _a(f"{colour} {part}"),
+        "extras": " with " + _listed(extras) if extras else "",
+        "held": f", holding {_a(f'{held_colour} {held}')}" if held else "",
+        "facing": facing,
+    }
+
+
+_CAPTION_KEYS = ("kind", "part", "colour", "hairstyle", "hair", "headwear", "headwear_colour", "held", "held_colour")
+_CAPTION_KEYS += ("back", "back_colour", "facing")
+
+
+def sprite_captions(labels: np.ndarray, attributes: dict[str, np.ndarray], seed: int = 0) -> list[str]:
+    """One sentence per sprite, e.g. "a green slime monster" or "a hero in a red tunic with long blonde hair".
+
+    Args:
+        labels: (N,) class indices into SPRITE_CLASSES.
+        attributes: what each image shows, as generate_sprites(..., return_attributes=True) returns it (the keys
+            of SPRITE_ATTRIBUTES except colour_rgb; arrays of N strings). Hand-made attributes work too, e.g. to
+            write prompts for combinations the generator rarely draws.
+        seed: picks the phrasing of each caption (several templates per class), deterministically.
+    """
+    labels = np.asarray(labels)
+    missing = [key for key in _CAPTION_KEYS if key not in attributes]
+    if missing:
+        raise ValueError(
+            f"attributes lack {missing}; pass the dict generate_sprites(..., return_attributes=True) gives."
+        )
+    if any(len(attributes[key]) != len(labels) for key in _CAPTION_KEYS):
+        sizes = {key: len(attributes[key]) for key in _CAPTION_KEYS}
+        raise ValueError(f"attributes must hold one entry per label ({len(labels)}), got lengths {sizes}.")
+    rng = _caption_rng(seed, len(labels))
+    captions = [""] * len(labels)
+    for label, templates in enumerate(_CAPTION_TEMPLATES):
+        where = np.flatnonzero(labels == label)
+        choice = rng.integers(len(templates), size=len(where))
+        columns = [np.asarray(attributes[key], dtype=object)[where] for key in _CAPTION_KEYS]
+        for i, t, row in zip(where, choice, zip(*columns)):
+            captions[i] = templates[t].format(**_caption_fields(*row))
+    return captions
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1163,13 +1438,34 @@ def _spell_weapon(n: int, rng: np.random.Generator) -> np.ndarray:
 _GENERATORS = (_hero, _non_hero, _food, _spell_weapon, _side_facing)  # in SPRITE_CLASSES order
 
 
-def generate_sprites(num_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+# What generate_sprites(..., return_attributes=True) says about each image: (N,) object arrays of str, "" where a key
+# does not apply to the image's class, except colour_rgb, (N, 3) uint8.
+SPRITE_ATTRIBUTES = {
+    "kind": "what it is: hero, traveller (side-facing), slime, bat, ..., apple, ..., sword, potion, fireball, ...",
+    "part": "the part that carries `colour`: an outfit (tunic, robe, shirt, armour), body, blade, orb, icing, ...",
+    "colour": "colour name of that part (see colour_names), e.g. green, purple, golden, steel",
+    "colour_rgb": "the exact RGB of that part's base colour, as painted in the image",
+    "hairstyle": "short, long, spiky, pigtailed, ponytailed (people whose hair shows)",
+    "hair": "hair colour name (people whose hair shows)",
+    "headwear": "cap, pointed hat, helmet, crown, headband, hood",
+    "headwear_colour": "its colour name",
+    "held": "shield (heroes)",
+    "held_colour": "its colour name",
+    "back": "cape or backpack",
+    "back_colour": "its colour name",
+    "facing": "left or right (side-facing)",
+}
+
+
+def generate_sprites(num_images: int, seed: int = 0, return_attributes: bool = False):
     """Draw `num_images` procedural sprites, balanced over SPRITE_CLASSES and deterministic by `seed`.
 
     Returns:
         images: (N, 16, 16, 3) uint8 RGB on a white background.
         labels: (N,) int64 class indices into SPRITE_CLASSES; class i gets N // 5 images, plus one for the first
             N % 5 classes, in an order shuffled by `seed` (so any prefix of the set is roughly balanced too).
+        attributes (only with `return_attributes=True`): dict of what each image shows, keys and meaning in
+            SPRITE_ATTRIBUTES; the ground truth behind sprite_captions and for checking generated images.
 
     The same (num_images, seed) gives byte-identical arrays everywhere; a prefix of a larger set is *not* the same
     as a smaller set drawn with the same seed.
@@ -1185,19 +1481,43 @@ def generate_sprites(num_images: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     labels = np.random.default_rng(order_seed).permutation(np.arange(num_images) % num_classes).astype(np.int64)
 
     images = np.empty((num_images, SIZE, SIZE, 3), dtype=np.uint8)
+    attributes = {key: np.full(num_images, "", dtype=object) for key in SPRITE_ATTRIBUTES}
+    attributes["colour_rgb"] = np.zeros((num_images, 3), dtype=np.uint8)
     for label, (draw, class_seed) in enumerate(zip(_GENERATORS, class_seeds)):
         where = np.flatnonzero(labels == label)
         if len(where):
-            images[where] = draw(len(where), np.random.default_rng(class_seed))
+            images[where], found = draw(len(where), np.random.default_rng(class_seed))
+            for key, value in found.items():
+                attributes[key][where] = value
+    if return_attributes:
+        return images, labels, attributes
     return images, labels
 
 
-def sprite_dataset(num_images: int, seed: int = 0):
+def _caption_rng(seed: int, num_images: int) -> np.random.Generator:
+    # The child of generate_sprites' SeedSequence after the ones it spawns for the images: the template choices are
+    # deterministic by seed and independent of (and invisible to) the image draws.
+    entropy = [int(seed), int(num_images)]
+    return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(len(SPRITE_CLASSES) + 1,)))
+
+
+def generate_sprites_with_captions(num_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """generate_sprites(num_images, seed) plus one caption per image -> (images, labels, captions).
+
+    images and labels are byte-identical to generate_sprites(num_images, seed); captions are sprite_captions of
+    its attributes with the same seed. For the attributes too, call those two directly.
+    """
+    images, labels, attributes = generate_sprites(num_images, seed, return_attributes=True)
+    return images, labels, sprite_captions(labels, attributes, seed=seed)
+
+
+def sprite_dataset(num_images: int, seed: int = 0, captions: bool = False):
     """The procedural sprites as a `datasets.Dataset` with columns "image" (PIL, via `datasets.Image`) and "label".
 
     Returns:
         datasets.Dataset with features {"image": Image(), "label": ClassLabel(names=list(SPRITE_CLASSES))}; row i
-        holds generate_sprites(num_images, seed) image i and label i.
+        holds generate_sprites(num_images, seed) image i and label i. With `captions=True` also a "text" column
+        (generate_sprites_with_captions' sentence), the column name diffusers' text_to_image example reads.
 
     This is for people and `datasets` tooling (push_to_hub, map, the dataset viewer). Training does not go through
     it: hfdiff's trainer takes generate_sprites' arrays directly, which skips PNG encoding and decoding. Encoding
@@ -1206,14 +1526,20 @@ def sprite_dataset(num_images: int, seed: int = 0):
     import datasets
     from PIL import Image
 
-    images, labels = generate_sprites(num_images, seed)
+    if captions:
+        images, labels, texts = generate_sprites_with_captions(num_images, seed)
+    else:
+        images, labels = generate_sprites(num_images, seed)
     encoded = []
     for image in images:
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG", compress_level=1)  # level 1: 16x16 tiles barely shrink
         encoded.append({"bytes": buffer.getvalue(), "path": None})
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SPRITE_CLASSES))})
-    return datasets.Dataset.from_dict({"image": encoded, "label": labels.tolist()}, features=features)
+    columns = {"image": encoded, "label": labels.tolist()}
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SPRITE_CLASSES))}
+    if captions:
+        columns["text"], features["text"] = texts, datasets.Value("string")
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
 def make_contact_sheet(per_class: int = 12, seed: int = 0, scale: int = 4):
