@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -402,8 +403,15 @@ def generate_images(
         ).images
         _synchronize(pipe.device)
         seconds += time.perf_counter() - begin
-        chunks.append((images * 255).round().astype(np.uint8))
+        chunks.append(_to_uint8(images))
     return np.concatenate(chunks), labels, seconds
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """The pipeline's "np" output (N, H, W, C) in [0, 1] -> (N, H, W, C) uint8, the pixels its "pil" output (and so a
+    saved PNG) holds: diffusers' own numpy_to_pil rounding, applied after the timed sampling."""
+    arrays = np.stack([np.asarray(image) for image in VaeImageProcessor.numpy_to_pil(images)])
+    return arrays[..., None] if arrays.ndim == 3 else arrays  # 1-channel models give grayscale (N, H, W)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -603,35 +611,34 @@ def report_markdown(rows: Sequence[dict], title: str = "DDPM vs DDIM") -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_plot(rows: Sequence[dict]) -> PIL.Image.Image:
-    """Fréchet distance, conditional accuracy and seconds per image against steps (log scale), a line per sampler."""
-    from hfdiff.visualize import hstack, line_plot
+def report_plot(rows: Sequence[dict], title: str | None = None) -> PIL.Image.Image:
+    """Fréchet distance (with the real-vs-real floor), conditional accuracy and seconds per image (log scale) against
+    steps (log scale), a line per sampler. Needs matplotlib (`pip install "hfdiff[plots]"`)."""
+    from hfdiff.visualize import figure_to_image, plot_figure
 
     samplers = list(dict.fromkeys(row["sampler"] for row in rows))
     steps = sorted({row["steps"] for row in rows})
-
-    def series(key, scale=1.0):
-        out = {}
+    panels = [("frechet", "Fréchet distance (lower is better)", "FD", 1.0)]
+    if any(row["accuracy"] is not None for row in rows):
+        panels.append(("accuracy", "conditional accuracy (higher is better)", "%", 100.0))
+    panels.append(("s_per_image", "seconds per image", "s / image (log)", 1.0))
+    figure, axes = plot_figure(len(panels))
+    for ax, (key, panel_title, ylabel, scale) in zip(axes, panels):
         for name in samplers:
             mine = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["steps"])
-            values = [(r[key] if key != "s_per_image" else r["seconds"] / r["images"]) for r in mine]
-            out[name] = ([r["steps"] for r in mine], [float("nan") if v is None else v * scale for v in values])
-        return out
-
-    common = {"xlabel": "sampling steps", "log_x": True, "xticks": steps, "markers": True}
-    plots = [
-        line_plot(
-            series("frechet"),
-            title="Frechet distance (lower is better)",  # ASCII: the bundled PIL font has no accented letters
-            ylabel="FD",
-            hlines={"real vs real": rows[0]["frechet_floor"]},
-            **common,
-        ),
-        line_plot(series("s_per_image"), title="seconds per image", ylabel="s / image", log_y=True, **common),
-    ]
-    if any(row["accuracy"] is not None for row in rows):
-        plots.insert(1, line_plot(series("accuracy", 100), title="conditional accuracy (%)", ylabel="%", **common))
-    return hstack(plots, gap=8)
+            values = [r["seconds"] / r["images"] if key == "s_per_image" else r[key] for r in mine]
+            ax.plot([r["steps"] for r in mine], [np.nan if v is None else v * scale for v in values], "o-", label=name)
+        if key == "frechet":
+            ax.axhline(rows[0]["frechet_floor"], color="grey", linestyle="--", label="floor: real vs real")
+        ax.set(title=panel_title, xlabel="sampling steps (log)", ylabel=ylabel, xscale="log")
+        ax.set_yscale("log" if key == "s_per_image" else "linear")
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.set_xticks([], minor=True)  # the step counts themselves, not a log axis' 20, 30, 40 ... ticks
+        ax.grid(alpha=0.3)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(samplers) + 1)
+    if title:
+        figure.suptitle(title)
+    return figure_to_image(figure)
 
 
 def write_report(rows: Sequence[dict], output_dir: str | os.PathLike, title: str = "DDPM vs DDIM") -> dict[str, str]:
@@ -642,5 +649,5 @@ def write_report(rows: Sequence[dict], output_dir: str | os.PathLike, title: str
         f.write(report_markdown(rows, title))
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(list(rows), f, indent=2)
-    report_plot(rows).save(paths["png"])
+    report_plot(rows, title).save(paths["png"])
     return paths

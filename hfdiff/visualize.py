@@ -12,13 +12,13 @@ noise schedules, the timestep embedding and context mixtures.
 Every function that samples takes the pipeline's own keywords (`num_inference_steps`, `eta`, `extra_noise`,
 `guidance_scale`, `generator`) and returns PIL images. Comparisons draw the starting noise x_T once and pass it to
 every variant through `latents=`, with each variant's step noise drawn from its own copy of `generator`, so the panels
-differ only by what is being compared. Plots are drawn with PIL alone (no matplotlib dependency); they are small
-line plots and a heat map, which is all these pictures need.
+differ only by what is being compared. Sample grids are drawn with PIL and diffusers' make_image_grid; the plots
+(schedules, timestep embedding) with matplotlib, the optional extra `pip install "hfdiff[plots]"`, imported only
+when a plot is drawn.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -45,11 +45,8 @@ MAX_CLASS_ROWS = 10  # grids of models with more classes show the first ten
 UNCONDITIONAL_ROWS = 5  # rows of a grid for an unconditional model
 SCALE = 4  # default upscaling of 16x16 sprites (nearest neighbour, so pixels stay crisp)
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-_VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], dtype=np.float64)
 _BACKGROUND = (255, 255, 255)
 _INK = (20, 20, 20)
-_GRID = (225, 225, 225)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -115,7 +112,7 @@ def resolve_classes(pipe, class_names: Sequence[str | int] | None) -> tuple[list
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Drawing primitives (PIL)
+# Drawing primitives (PIL for sprite grids, matplotlib for plots)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -182,150 +179,37 @@ def hstack(images: Sequence[PIL.Image.Image], gap: int = 12) -> PIL.Image.Image:
     return canvas
 
 
-def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About `count` round tick values (1, 2 or 5 times a power of ten apart) covering [low, high]."""
-    if high <= low:
-        return [low]
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step - 1e-9) * step
-    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+def _matplotlib():
+    """matplotlib's Figure and Agg canvas, imported on first use: only the plots need matplotlib, not sampling,
+    training or sample grids."""
+    try:
+        import matplotlib  # noqa: F401  (imported first, so a missing or blocked matplotlib fails here)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "hfdiff's plots (noise schedules, timestep embedding, the DDPM vs DDIM report) are drawn with matplotlib, "
+            'which is not installed; install it with `pip install "hfdiff[plots]"`. Sampling, training and sample '
+            "grids do not need it."
+        ) from error
+    return Figure, FigureCanvasAgg
 
 
-def _log_ticks(low: float, high: float) -> list[float]:
-    """Powers of ten in [low, high]; also 2x and 5x them when the range spans fewer than three decades."""
-    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-    for multiples in ((1,), (1, 2, 5)):
-        ticks = [m * 10.0**e for e in decades for m in multiples]
-        ticks = [t for t in ticks if low * 0.999 <= t <= high * 1.001]
-        if len(ticks) >= 3:
-            break
-    return ticks
+def plot_figure(panels: int = 1, panel_size: tuple[float, float] = (4.4, 3.4), dpi: int = 100):
+    """A matplotlib Figure with `panels` axes side by side, each `panel_size` inches: (figure, [axes, ...]).
+
+    Built on its own Agg canvas (no pyplot, so no global state and no display needed); render it with
+    `figure_to_image`."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    figure = Figure(figsize=(panel_size[0] * panels, panel_size[1]), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, list(figure.subplots(1, panels, squeeze=False)[0])
 
 
-def _format_tick(value: float) -> str:
-    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
-        return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
-    return f"{value:.4g}"
-
-
-def line_plot(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-    log_x: bool = False,
-    log_y: bool = False,
-    xticks: Sequence[float] | None = None,
-    hlines: Mapping[str, float] | None = None,
-    markers: bool = False,
-    size: tuple[int, int] = (440, 300),
-) -> PIL.Image.Image:
-    """A line plot: `series` maps a legend label to (xs, ys); NaNs are skipped. `hlines` maps labels to dashed
-    horizontal reference lines (e.g. a metric's floor). The legend sits under the axes, so it never covers data."""
-    font = _font()
-    hlines = dict(hlines or {})
-    xs_all = np.concatenate([np.asarray(xs, dtype=float) for xs, _ in series.values()])
-    ys_all = np.concatenate([np.asarray(ys, dtype=float) for _, ys in series.values()] + [list(hlines.values())])
-    xs_all, ys_all = xs_all[np.isfinite(xs_all)], ys_all[np.isfinite(ys_all)]
-    if log_y:
-        ys_all = ys_all[ys_all > 0]
-    x_low, x_high = float(xs_all.min()), float(xs_all.max())
-    y_low, y_high = (float(ys_all.min()), float(ys_all.max())) if ys_all.size else (0.0, 1.0)
-    if not log_y:
-        pad = 0.05 * (y_high - y_low) or max(abs(y_high) * 0.1, 1e-3)
-        y_low, y_high = y_low - pad, y_high + pad
-    if x_high == x_low:
-        x_low, x_high = x_low - 1, x_high + 1
-
-    def fx(v):
-        return (
-            (math.log10(v) - math.log10(x_low)) / (math.log10(x_high) - math.log10(x_low))
-            if log_x
-            else ((v - x_low) / (x_high - x_low))
-        )
-
-    def fy(v):
-        if log_y:
-            return (math.log10(v) - math.log10(y_low)) / max(math.log10(y_high) - math.log10(y_low), 1e-12)
-        return (v - y_low) / (y_high - y_low)
-
-    labels = list(series) + list(hlines)
-    legend_rows = math.ceil(len(labels) / 3)
-    width, height = size
-    left, right, top, bottom = 62, 14, 26, 40 + 16 * legend_rows
-    canvas = PIL.Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def point(x, y):
-        return left + fx(x) * plot_w, top + (1 - fy(y)) * plot_h
-
-    # axes, grid and ticks
-    y_ticks = _log_ticks(y_low, y_high) if log_y else _nice_ticks(y_low, y_high)
-    x_ticks = (
-        list(xticks) if xticks is not None else (_log_ticks(x_low, x_high) if log_x else _nice_ticks(x_low, x_high))
-    )
-    for tick in y_ticks:
-        _, y = point(x_low, tick)
-        draw.line([(left, y), (left + plot_w, y)], fill=_GRID)
-        label = _format_tick(tick)
-        tw, th = _text_size(label, font)
-        draw.text((left - tw - 5, y - th / 2 - 1), label, fill=_INK, font=font)
-    for tick in x_ticks:
-        x, _ = point(tick, y_low if not log_y else y_low)
-        draw.line([(x, top), (x, top + plot_h)], fill=_GRID)
-        label = _format_tick(tick)
-        tw, _ = _text_size(label, font)
-        draw.text((x - tw / 2, top + plot_h + 4), label, fill=_INK, font=font)
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=_INK)
-
-    # data
-    colours = {label: _COLOURS[i % len(_COLOURS)] for i, label in enumerate(labels)}
-    for label, value in hlines.items():
-        if np.isfinite(value) and (value > 0 or not log_y):
-            _, y = point(x_low, value)
-            for x0 in range(left, left + plot_w, 8):
-                draw.line([(x0, y), (min(x0 + 4, left + plot_w), y)], fill=colours[label], width=2)
-    for label, (xs, ys) in series.items():
-        points = [
-            point(x, y)
-            for x, y in zip(xs, ys)
-            if np.isfinite(x) and np.isfinite(y) and (y > 0 or not log_y) and (x > 0 or not log_x)
-        ]
-        if len(points) > 1:
-            draw.line(points, fill=colours[label], width=2)
-        if markers:
-            for x, y in points:
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[label])
-
-    # labels, title, legend
-    tw, _ = _text_size(title, _font(12))
-    draw.text(((width - tw) / 2, 6), title, fill=_INK, font=_font(12))
-    tw, _ = _text_size(xlabel, font)
-    draw.text((left + (plot_w - tw) / 2, top + plot_h + 18), xlabel, fill=_INK, font=font)
-    if ylabel:
-        tw, th = _text_size(ylabel, font)
-        text = PIL.Image.new("RGB", (tw + 4, th + 6), _BACKGROUND)
-        ImageDraw.Draw(text).text((2, 0), ylabel, fill=_INK, font=font)
-        text = text.rotate(90, expand=True)
-        canvas.paste(text, (2, top + (plot_h - text.height) // 2))
-    column_width = (width - left) // 3
-    for i, label in enumerate(labels):
-        x = left + (i % 3) * column_width
-        y = top + plot_h + 36 + 16 * (i // 3)
-        draw.line([(x, y + 6), (x + 18, y + 6)], fill=colours[label], width=3 if label in series else 1)
-        draw.text((x + 23, y), label, fill=_INK, font=font)
-    return canvas
-
-
-def colormap(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Values -> uint8 RGB through a viridis-like map (dark purple at `low` to yellow at `high`): (...) -> (..., 3)."""
-    position = np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0, 1) * (len(_VIRIDIS) - 1)
-    index = np.minimum(position.astype(int), len(_VIRIDIS) - 2)
-    frac = (position - index)[..., None]
-    return np.round(_VIRIDIS[index] * (1 - frac) + _VIRIDIS[index + 1] * frac).astype(np.uint8)
+def figure_to_image(figure) -> PIL.Image.Image:
+    """Render a figure from `plot_figure` to an RGB PIL image (figure size x dpi pixels)."""
+    figure.canvas.draw()
+    return PIL.Image.fromarray(np.asarray(figure.canvas.buffer_rgba())).convert("RGB")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -425,10 +309,10 @@ def forward_process_strip(
 
 
 def _to_pil(sample: torch.Tensor) -> list[PIL.Image.Image]:
-    """(B, C, H, W) in about [-1, 1] -> PIL images."""
-    array = ((sample.detach().float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    array = array.permute(0, 2, 3, 1).numpy()
-    return [PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
+    """sample: (B, C, H, W) in about [-1, 1] -> PIL images, by the pipeline's own conversion."""
+    from hfdiff.pipelines.pipeline_sprite_diffusion import postprocess_sample
+
+    return postprocess_sample(sample.float().cpu(), "pil")
 
 
 def denoising_frames(
@@ -650,23 +534,19 @@ def schedule_data(scheduler=None, num_train_timesteps: int | None = None) -> dic
 
 def schedule_curves(scheduler=None, num_train_timesteps: int | None = None) -> PIL.Image.Image:
     """beta_t (log scale: the cosine schedule's last betas reach 0.999) and abar_t against t for the linear, cosine
-    and sigmoid schedules, side by side."""
+    and sigmoid schedules (`schedule_data`), side by side. Needs matplotlib (`pip install "hfdiff[plots]"`)."""
     data = schedule_data(scheduler, num_train_timesteps)
-    t = np.arange(len(next(iter(data.values()))["betas"]))
-    betas = line_plot(
-        {label: (t, d["betas"]) for label, d in data.items()},
-        title="beta_t (noise added at step t)",
-        xlabel="t",
-        ylabel="beta_t",
-        log_y=True,
-    )
-    abar = line_plot(
-        {label: (t, d["alphas_cumprod"]) for label, d in data.items()},
-        title="alphas_cumprod abar_t (signal kept at t)",
-        xlabel="t",
-        ylabel="abar_t",
-    )
-    return hstack([betas, abar], gap=8)
+    figure, (betas, abar) = plot_figure(2)
+    for label, curves in data.items():
+        t = np.arange(len(curves["betas"]))
+        betas.plot(t, curves["betas"], label=label)
+        abar.plot(t, curves["alphas_cumprod"], label=label)
+    betas.set(yscale="log", title=r"$\beta_t$: noise added at step $t$", xlabel="$t$", ylabel=r"$\beta_t$ (log)")
+    abar.set(title=r"$\bar\alpha_t$ (alphas_cumprod): signal kept at $t$", xlabel="$t$", ylabel=r"$\bar\alpha_t$")
+    for axes in (betas, abar):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure_to_image(figure)
 
 
 def timestep_embedding(unet, num_train_timesteps: int = 500) -> np.ndarray:
@@ -676,29 +556,18 @@ def timestep_embedding(unet, num_train_timesteps: int = 500) -> np.ndarray:
         return unet.time_proj(torch.arange(num_train_timesteps, device=unet.device)).float().cpu().numpy()
 
 
-def timestep_embedding_heatmap(unet, num_train_timesteps: int = 500, cell_width: int = 10) -> PIL.Image.Image:
-    """The timestep embedding as a heat map: a row per t (top t = 0), a column per channel, colour = value in
-    [-1, 1]. The high-frequency channels change from row to row, the low-frequency ones over the whole chain."""
+def timestep_embedding_heatmap(unet, num_train_timesteps: int = 500) -> PIL.Image.Image:
+    """The timestep embedding (`timestep_embedding`) as a heat map: a row per t (top t = 0), a column per channel,
+    colour = value in [-1, 1]. The high-frequency channels change from row to row, the low-frequency ones over the
+    whole chain. Needs matplotlib (`pip install "hfdiff[plots]"`)."""
     embedding = timestep_embedding(unet, num_train_timesteps)  # (T, D)
-    font = _font()
-    pixels = colormap(embedding, -1, 1).repeat(cell_width, axis=1)  # (T, D * cell_width, 3)
-    heat = PIL.Image.fromarray(pixels)
-    left, top, bottom, bar = 56, 26, 40, 40
-    canvas = PIL.Image.new("RGB", (left + heat.width + bar + 40, top + heat.height + bottom), _BACKGROUND)
-    canvas.paste(heat, (left, top))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((left, 6), f"timestep embedding (unet.time_proj), T = {num_train_timesteps}", fill=_INK, font=_font(12))
-    for t in _nice_ticks(0, num_train_timesteps - 1):
-        tw, th = _text_size(f"{t:g}", font)
-        draw.line([(left - 4, top + t), (left, top + t)], fill=_INK)
-        draw.text((left - tw - 7, top + t - th / 2 - 1), f"{t:g}", fill=_INK, font=font)
-    draw.text((6, top + heat.height // 2), "t", fill=_INK, font=_font(12))
-    label = f"channel (0..{embedding.shape[1] - 1}): {'cos | sin' if unet.config.flip_sin_to_cos else 'sin | cos'}"
-    draw.text((left, top + heat.height + 8), label, fill=_INK, font=font)
-    # colour bar
-    bar_x = left + heat.width + 12
-    ramp = colormap(np.linspace(1, -1, heat.height)[:, None].repeat(12, axis=1), -1, 1)
-    canvas.paste(PIL.Image.fromarray(ramp), (bar_x, top))
-    for value, y in ((1, top), (0, top + heat.height // 2), (-1, top + heat.height - 10)):
-        draw.text((bar_x + 16, y), f"{value:+d}" if value else "0", fill=_INK, font=font)
-    return canvas
+    figure, (axes,) = plot_figure(1, panel_size=(6.0, 6.6))  # 1 pixel or more per t for T = 500
+    heat = axes.imshow(embedding, aspect="auto", cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
+    figure.colorbar(heat, ax=axes, label="value")
+    halves = "cos | sin" if unet.config.flip_sin_to_cos else "sin | cos"
+    axes.set(
+        title=f"timestep embedding (unet.time_proj), T = {num_train_timesteps}",
+        xlabel=f"channel 0..{embedding.shape[1] - 1}: {halves}, each half from high to low frequency",
+        ylabel="$t$",
+    )
+    return figure_to_image(figure)

@@ -1,6 +1,8 @@
 import json
+import sys
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from tiny import TINY_UNET as TINY
@@ -120,7 +122,47 @@ def test_ddpm_vs_ddim_report(classifier, real, tmp_path):
     table = open(paths["md"], encoding="utf-8").read()
     assert table.count("\n| DD") == 6 and "floor" in table
     assert len(json.load(open(paths["json"], encoding="utf-8"))) == 6
+    with PIL.Image.open(paths["png"]) as plot:
+        assert plot.width > 2 * plot.height > 400  # three panels side by side
     with pytest.raises(ValueError, match="outside"):
         ev.ddpm_vs_ddim(pipe, classifier, real, steps=(50,), per_class=1, progress=False)
     with pytest.raises(ValueError, match="PNDM"):
         ev.ddpm_vs_ddim(pipe, classifier, real, samplers=("PNDM",), per_class=1, progress=False)
+
+
+def report_rows(samplers=("DDPM", "DDIM eta=0"), accuracy=0.9) -> list[dict]:
+    """Rows in ddpm_vs_ddim's format (what report.json stores), with made-up but plausible numbers."""
+    return [
+        {"sampler": name, "steps": steps, "images": 100, "seconds": steps * 0.01 * (k + 1), "accuracy": accuracy,
+         "frechet": 10 / steps + k, "frechet_floor": 0.4}
+        for k, name in enumerate(samplers)
+        for steps in (10, 25, 50, 500)
+    ]  # fmt: skip
+
+
+def test_report_plot_panels_and_lines():
+    image = ev.report_plot(report_rows(), title="a title")
+    assert image.mode == "RGB" and 1000 <= image.width <= 1800 and 250 <= image.height <= 600
+    pixels = np.asarray(image).astype(int)
+    for rgb in ((31, 119, 180), (255, 127, 14)):  # matplotlib's first two colours: a line per sampler
+        assert (np.abs(pixels - rgb).max(axis=-1) <= 12).sum() > 300, rgb
+    unconditional = ev.report_plot(report_rows(accuracy=None))  # no accuracy panel
+    assert unconditional.width < image.width * 0.8
+
+
+def test_report_plot_without_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r'pip install "hfdiff\[plots\]"'):
+        ev.report_plot(report_rows())
+
+
+def test_generated_images_are_the_pipelines_pictures():
+    pipe = make_pipe()
+    images, labels, _ = ev.generate_images(pipe, 2, generator=torch.manual_seed(0), progress=False)
+    assert (
+        images.dtype == np.uint8
+        and images.shape == (10, 16, 16, 3)
+        and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    )
+    pil = pipe(batch_size=10, class_labels=labels.tolist(), generator=torch.manual_seed(0)).images
+    np.testing.assert_array_equal(images, np.stack([np.asarray(image) for image in pil]))  # what a PNG would hold

@@ -1,10 +1,12 @@
 import math
+import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 import tiny
 import torch
+from diffusers import DDPMScheduler
 
 from hfdiff import SpriteDDIMScheduler, SpriteDDPMScheduler, SpriteDiffusionPipeline
 from hfdiff import visualize as vis
@@ -136,18 +138,31 @@ def test_extra_noise_comparison(pipe, monkeypatch):
     assert not np.array_equal(np.asarray(first)[:, :half], np.asarray(first)[:, -half:])  # the noise changes it
 
 
-def test_schedule_curves_read_from_the_scheduler():
+def test_schedule_data_read_from_the_scheduler():
     data = vis.schedule_data()
     assert list(data) == ["linear", "cosine", "sigmoid"]
     for label, curves in data.items():
         abar = curves["alphas_cumprod"]
         assert abar.shape == (500,) and np.all(np.diff(abar) < 0), label  # strictly decreasing
         assert np.all((curves["betas"] > 0) & (curves["betas"] < 1))
+        np.testing.assert_allclose(abar, np.cumprod(1 - curves["betas"]), rtol=1e-6)  # abar_t = prod (1 - beta_s)
     np.testing.assert_allclose(data["linear"]["betas"], SpriteDDPMScheduler().betas.numpy())
+    cosine = DDPMScheduler(num_train_timesteps=500, beta_schedule="squaredcos_cap_v2")
+    np.testing.assert_allclose(data["cosine"]["betas"], cosine.betas.numpy(), rtol=1e-6)
+    assert data["cosine"]["betas"][-1] == pytest.approx(0.999)  # why the beta_t plot has a log axis
     short = vis.schedule_data(SpriteDDPMScheduler(num_train_timesteps=T))
     assert short["cosine"]["betas"].shape == (T,)
+
+
+def colour_pixels(image: PIL.Image.Image, rgb: tuple[int, int, int], tolerance: int = 12) -> int:
+    return int((np.abs(np.asarray(image).astype(int) - rgb).max(axis=-1) <= tolerance).sum())
+
+
+def test_schedule_curves_draw_a_line_per_schedule():
     image = vis.schedule_curves()
-    assert image.height >= 200 and image.width >= 600
+    assert image.mode == "RGB" and 300 <= image.height <= 600 and 700 <= image.width <= 1200
+    for rgb in ((31, 119, 180), (255, 127, 14), (44, 160, 44)):  # matplotlib's first three colours: 3 schedules
+        assert colour_pixels(image, rgb) > 200, rgb
 
 
 def test_timestep_embedding_is_the_unets_own(pipe):
@@ -158,7 +173,18 @@ def test_timestep_embedding_is_the_unets_own(pipe):
     half = embedding.shape[1] // 2
     np.testing.assert_allclose(embedding[0], [1.0] * half + [0.0] * half)  # t = 0: cos = 1, sin = 0 (flipped)
     image = vis.timestep_embedding_heatmap(pipe.unet, T)
-    assert image.height >= T and image.width >= 10 * embedding.shape[1]
+    assert image.mode == "RGB" and 400 <= image.width <= 1000 and 400 <= image.height <= 1000
+    assert colour_pixels(image, (253, 231, 37), 20) > 1000  # viridis' yellow: the cos half at t = 0 is +1
+
+
+def test_plots_without_matplotlib_name_the_extra(pipe, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r'pip install "hfdiff\[plots\]"'):
+        vis.schedule_curves()
+    with pytest.raises(ImportError, match=r'pip install "hfdiff\[plots\]"'):
+        vis.timestep_embedding_heatmap(pipe.unet, T)
+    grid = vis.class_grid(pipe, per_class=1, generator=torch.manual_seed(0))  # sample grids do not need it
+    assert grid.height == 5 * CELL + 4 * 2
 
 
 def test_context_mixtures(pipe, monkeypatch):
@@ -176,10 +202,3 @@ def test_context_mixtures(pipe, monkeypatch):
         vis.mixture_contexts(pipe, {"odd": {"wizard": 1.0}})
     with pytest.raises(ValueError, match="unconditional"):
         vis.mixture_contexts(make_pipe(conditional=False))
-
-
-def test_line_plot_and_colormap():
-    image = vis.line_plot({"a": ([1, 10, 100], [3.0, 2.0, float("nan")])}, title="t", log_x=True, hlines={"f": 1})
-    assert image.size == (440, 300)
-    colours = vis.colormap(np.array([-1.0, 1.0]), -1, 1)
-    assert colours.dtype == np.uint8 and tuple(colours[0]) == (68, 1, 84) and tuple(colours[1]) == (253, 231, 37)

@@ -8,10 +8,10 @@ import PIL.Image
 import torch
 from diffusers.utils import make_image_grid
 
+from hfdiff.visualize import MAX_CLASS_ROWS, UNCONDITIONAL_ROWS, upscale  # the grids users draw look the same
+
 from .checkpoints import save_error
 
-UNCONDITIONAL_ROWS = 5  # rows of an unconditional grid (a conditional one has a row per class)
-MAX_CLASS_ROWS = 10  # datasets with more classes show their first ten
 GRID_CELL = 64  # small images are upscaled (nearest neighbour) to at least this many pixels a side
 
 
@@ -42,9 +42,7 @@ def sample_grid(pipe, per_row: int, seed: int, num_inference_steps: int | None =
         num_inference_steps=num_inference_steps,
         generator=torch.Generator("cpu").manual_seed(seed),  # CPU: the same grid on every device
     ).images
-    scale = max(1, GRID_CELL // max(images[0].size))
-    if scale > 1:
-        images = [image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST) for image in images]
+    images = upscale(images, scale=max(1, GRID_CELL // max(images[0].size)))
     return make_image_grid(images, rows=rows, cols=per_row)
 
 
