@@ -1,5 +1,10 @@
+import ast
+import hashlib
+import inspect
 import json
+import textwrap
 
+import diffusers
 import pytest
 import torch
 from diffusers import UNet2DModel
@@ -166,3 +171,138 @@ def test_presets_are_registered_configs():
             if key != "context_dim":
                 assert tuple(unet.config[key]) == value if isinstance(value, tuple) else unet.config[key] == value
         assert unet.config.context_dim == 3
+
+
+# ContextUNet2DModel.forward is a declared copy of UNet2DModel.forward. These fingerprints are of the diffusers
+# versions whose forward the copy was diffed against; a new one is added only after re-diffing.
+VERIFIED_UNET2D_FORWARD_FINGERPRINTS = {
+    "0.42.1": "ac1a5fe67cc05a859e104f7687664770f827c901495ed25676bdb4e7a8e3f7c0",
+}
+
+# Block layouts, time embeddings and options that take different branches of UNet2DModel.forward.
+FORWARD_VARIANTS = {
+    "plain": {},
+    "attention": {
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+        "add_attention": True,
+    },
+    "skip_blocks": {
+        "block_out_channels": (32, 32),  # the skip blocks' FIR/attention layers need 32 channels at 8 groups
+        "norm_num_groups": 8,
+        "down_block_types": ("SkipDownBlock2D", "AttnSkipDownBlock2D"),
+        "up_block_types": ("AttnSkipUpBlock2D", "SkipUpBlock2D"),
+    },
+    "fourier_time": {"time_embedding_type": "fourier", "flip_sin_to_cos": False},
+    "learned_time": {"time_embedding_type": "learned", "num_train_timesteps": 1000},
+    "no_mid_block": {"mid_block_type": None},
+    "scale_shift": {"resnet_time_scale_shift": "scale_shift"},
+    "center_input_sample": {"center_input_sample": True},
+    "resnet_resampling": {"downsample_type": "resnet", "upsample_type": "resnet"},
+}
+
+
+def code_fingerprint(function) -> str:
+    """sha256 of what a function does: its code without docstring, comments, type hints or formatting, so a reflowed
+    docstring or retyped hint in a diffusers release does not count as a change, and a changed statement does."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
+    if ast.get_docstring(tree) is not None:
+        tree.body = tree.body[1:]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg):
+            node.annotation = None
+    tree.returns = None
+    return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()
+
+
+def test_copied_forward_source_is_the_one_the_copy_was_made_from():
+    # Failing here is the intended signal on a new diffusers release, not a flaky test: the copy may have gone stale.
+    fingerprint = code_fingerprint(UNet2DModel.forward)
+    assert fingerprint in VERIFIED_UNET2D_FORWARD_FINGERPRINTS.values(), (
+        f"diffusers {diffusers.__version__} changed UNet2DModel.forward, which hfdiff's ContextUNet2DModel.forward "
+        f"copies (verified against diffusers {sorted(VERIFIED_UNET2D_FORWARD_FINGERPRINTS)}). Diff the two "
+        "(inspect.getsource), port what changed into the copy in hfdiff/models/unet_context.py, check that "
+        "test_copied_forward_matches_diffusers passes, then add "
+        f"{diffusers.__version__!r}: {fingerprint!r} to VERIFIED_UNET2D_FORWARD_FINGERPRINTS."
+    )
+
+
+def diffusers_twin(unet: ContextUNet2DModel, context: torch.Tensor | None = None) -> UNet2DModel:
+    """A UNet2DModel with `unet`'s weights; given a context, the decoder modulation h <- C_i(c) * h + T_i(t) is put
+    in by forward pre-hooks on its up blocks (a reference only: hooks need the context captured here)."""
+    # Without the bookkeeping keys: `_use_default_values` would make from_config take UNet2DModel's defaults (e.g.
+    # add_attention=True) for whatever ContextUNet2DModel left at its own.
+    config = {
+        k: v for k, v in unet.config.items() if k not in ("context_dim", "class_names") and not k.startswith("_")
+    }
+    twin = UNet2DModel.from_config(config).eval()
+    missing, unexpected = twin.load_state_dict(unet.state_dict(), strict=False)
+    assert missing == [] and all(key.startswith(("time_mlps.", "context_mlps.")) for key in unexpected)
+    if context is not None:
+        for i, block in enumerate(twin.up_blocks):
+
+            def modulate(block, args, i=i):  # diffusers calls up blocks as (sample, res_samples, emb[, skip])
+                sample, _, emb = args[:3]
+                return (unet.context_mlps[i](context) * sample + unet.time_mlps[i](emb), *args[1:])
+
+            block.register_forward_pre_hook(modulate)
+    return twin
+
+
+@pytest.mark.parametrize("variant", sorted(FORWARD_VARIANTS))
+def test_copied_forward_matches_diffusers(variant):
+    # The behavioural half of the declared-copy check: same weights, same outputs as diffusers' own forward, both at
+    # the identity initialisation of the modulation (C_i = 1, T_i = 0) and, through hooks, away from it.
+    torch.manual_seed(0)
+    unet = ContextUNet2DModel(**{**TINY, **FORWARD_VARIANTS[variant]}).eval()
+    x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([3, 90]), torch.randn(2, 5)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, context=c).sample, diffusers_twin(unet)(x, t).sample)
+        for mlp in [*unet.time_mlps, *unet.context_mlps]:
+            mlp[2].weight.normal_(std=0.5)
+        modulated = unet(x, t, context=c).sample
+        assert (modulated - diffusers_twin(unet)(x, t).sample).abs().max() > 1e-3  # the hooks have work to do
+        assert torch.equal(modulated, diffusers_twin(unet, c)(x, t).sample)
+
+
+def test_class_labels_are_one_hot_contexts():
+    unet = tiny_unet()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        by_context = unet(x, 7, context=torch.eye(5)[[0, 3, 4]]).sample
+        assert torch.equal(unet(x, 7, class_labels=torch.tensor([0, 3, 4])).sample, by_context)
+        assert torch.equal(unet(x, 7, class_labels=[0, 3, 4]).sample, by_context)
+        assert torch.equal(
+            unet(x, 7, class_labels=torch.tensor([2])).sample, unet(x, 7, context=torch.eye(5)[2]).sample
+        )
+
+
+def test_bad_class_labels_say_what_to_pass():
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="either class_labels or context, not both"):
+        unet(x, 1, context=torch.eye(5)[[0, 1]], class_labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"\[0, 5\] are out of range.*5 classes.*\[0, 4\]"):
+        unet(x, 1, class_labels=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="out of range"):
+        unet(x, 1, class_labels=torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match="integer class indices, got dtype torch.float32.*`context`"):
+        unet(x, 1, class_labels=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"shape \(3,\) but the batch has 2"):
+        unet(x, 1, class_labels=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="unconditional.*drop class_labels"):
+        tiny_unet(context_dim=None)(x, 1, class_labels=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("overrides", [{"num_class_embeds": 5}, {"class_embed_type": "identity"}])
+def test_unet2d_class_embedding_is_refused(overrides):
+    with pytest.raises(ValueError, match="one-hot `context`.*context_dim=<number of classes>"):
+        ContextUNet2DModel(**TINY, **overrides)
+
+
+def test_saved_config_listing_the_class_embedding_as_null_loads(tmp_path):
+    unet = tiny_unet()
+    unet.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["num_class_embeds"] is None and saved["class_embed_type"] is None
+    assert ContextUNet2DModel.from_pretrained(tmp_path).class_embedding is None

@@ -74,6 +74,9 @@ class ContextUNet2DModel(UNet2DModel):
         class_names (`list[str]`, *optional*):
             Names of the context entries, in order, when the context is a one-hot class vector (used by the pipeline
             to turn "hero" into a context). Must have `context_dim` entries.
+
+    Classes are only ever one-hot contexts: `forward(class_labels=...)` takes class indices and builds them, and
+    UNet2DModel's own class embedding (`num_class_embeds`, `class_embed_type`) is refused.
     """
 
     @register_to_config
@@ -104,12 +107,21 @@ class ContextUNet2DModel(UNet2DModel):
         norm_eps: float = 1e-5,  # GroupNorm epsilon
         resnet_time_scale_shift: str = "default",  # "default" adds the time embedding, "scale_shift" FiLMs it
         add_attention: bool = False,  # self-attention in the middle block
-        class_embed_type: str | None = None,  # UNet2DModel's own class conditioning (added to the time embedding)
-        num_class_embeds: int | None = None,  # number of classes for that embedding; None disables it
+        class_embed_type: str | None = None,  # must be None (classes go through `context`); kept so saved configs load
+        num_class_embeds: int | None = None,  # must be None (classes go through `context`); kept so saved configs load
         num_train_timesteps: int | None = None,  # needed only by time_embedding_type="learned"
         context_dim: int | None = 5,  # length of the context vector c; None = unconditional decoder
         class_names: list[str] | None = None,  # names of the one-hot context entries, in order; None = unnamed
     ):
+        if num_class_embeds is not None or class_embed_type is not None:
+            # One name, one meaning: in hfdiff `class_labels` are the one-hot context classes, never UNet2DModel's
+            # class embedding (which would add a second, silently different class conditioning to the time).
+            raise ValueError(
+                f"ContextUNet2DModel takes classes through its one-hot `context`, not UNet2DModel's class embedding; "
+                f"got num_class_embeds={num_class_embeds!r}, class_embed_type={class_embed_type!r}. Leave both None "
+                "and build the model with context_dim=<number of classes> (and class_names=[...]); then pass "
+                "class_labels= (indices) or context= (one-hot rows) to forward."
+            )
         if context_dim is not None and context_dim < 1:
             raise ValueError(f"context_dim must be a positive integer or None, got {context_dim}.")
         if class_names is not None and len(class_names) != context_dim:
@@ -143,8 +155,8 @@ class ContextUNet2DModel(UNet2DModel):
             norm_eps=norm_eps,
             resnet_time_scale_shift=resnet_time_scale_shift,
             add_attention=add_attention,
-            class_embed_type=class_embed_type,
-            num_class_embeds=num_class_embeds,
+            class_embed_type=None,
+            num_class_embeds=None,
             num_train_timesteps=num_train_timesteps,
         )
         time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
@@ -164,9 +176,18 @@ class ContextUNet2DModel(UNet2DModel):
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(UNET_PRESETS)}.")
         return cls(**{**UNET_PRESETS[name], **overrides})
 
-    def prepare_context(self, context: torch.Tensor | None, batch_size: int, device, dtype) -> torch.Tensor | None:
+    def prepare_context(
+        self, context: torch.Tensor | None, batch_size: int, device, dtype, class_labels=None
+    ) -> torch.Tensor | None:
         """Check a context against the config and broadcast it: `None` (the null context) or (D,), (1, D), (B, D)
-        -> (B, D). Returns None for an unconditional model."""
+        -> (B, D); or build it from `class_labels` indices (see `one_hot_context`). Returns None for an
+        unconditional model."""
+        if class_labels is not None:
+            if context is not None:
+                raise ValueError(
+                    "Pass either class_labels or context, not both: class labels become one-hot contexts."
+                )
+            return self.one_hot_context(class_labels, batch_size, device, dtype)
         context_dim = self.config.context_dim
         if context_dim is None:
             if context is not None:
@@ -212,12 +233,68 @@ class ContextUNet2DModel(UNet2DModel):
                 f"{max(factor, height // factor * factor)}x{max(factor, width // factor * factor)}."
             )
 
+    def one_hot_context(self, class_labels, batch_size: int, device, dtype) -> torch.Tensor:
+        """Class indices -> one-hot contexts: (B,), (1,), () or a list of ints -> (B, context_dim). Names ("hero")
+        are the pipeline's job (`SpriteDiffusionPipeline.encode_class_labels`)."""
+        context_dim = self.config.context_dim
+        if context_dim is None:
+            raise ValueError(
+                "class_labels were given but this model is unconditional (context_dim=None); drop class_labels, or "
+                "train a conditional model (e.g. with train_conditional.py)."
+            )
+        labels = torch.as_tensor(class_labels, device=device)
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(
+                f"class_labels must be integer class indices, got dtype {labels.dtype}; pass e.g. "
+                "torch.tensor([0, 3]), or pass soft/mixed classes as `context` rows instead."
+            )
+        labels = labels.reshape(-1) if labels.ndim == 0 else labels
+        if labels.ndim != 1 or labels.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"class_labels has shape {tuple(labels.shape)} but the batch has {batch_size} images; pass one class "
+                f"index per image, ({batch_size},), or a single one for all of them."
+            )
+        # The range check reads the labels back to the host (a device sync), which is why the CUDA-graph fast paths
+        # (fast_sampling, training's step) hand the UNet ready-made `context` rows instead.
+        if labels.min() < 0 or labels.max() >= context_dim:
+            raise ValueError(
+                f"class_labels {labels.tolist()} are out of range: this model has {context_dim} classes, so indices "
+                f"must lie in [0, {context_dim - 1}]."
+            )
+        one_hot = torch.nn.functional.one_hot(labels, context_dim).to(dtype)  # (B or 1, context_dim)
+        return one_hot.expand(batch_size, -1)
+
+    def embed_timesteps(self, timestep, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """() or (B,) timesteps, or a Python number -> the (B,) timesteps and their (B, time_embed_dim) embedding."""
+        # hfdiff: `expand` instead of diffusers' multiply by ones (no kernel), and a Python float stays a float where
+        # diffusers truncates it to an integer.
+        timesteps = torch.as_tensor(timestep, device=device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps[None]
+        timesteps = timesteps.expand(batch_size)
+        # time_proj has no weights and always returns float32; the time embedding may run in half precision.
+        t_emb = self.time_proj(timesteps).to(dtype=self.dtype)  # (B, block_out_channels[0])
+        return timesteps, self.time_embedding(t_emb)
+
+    def modulate(self, i: int, sample: torch.Tensor, context: torch.Tensor | None, emb: torch.Tensor) -> torch.Tensor:
+        """The decoder conditioning before up block i: h <- C_i(c) * h + T_i(t), for (B, ch, h, w) features."""
+        shift = self.time_mlps[i](emb)  # (B, ch, 1, 1)
+        if self.context_mlps is None:
+            return sample + shift
+        return self.context_mlps[i](context) * sample + shift
+
+    # Copied from diffusers.models.unets.unet_2d.UNet2DModel.forward (diffusers 0.42.1) with changes, each marked
+    # "hfdiff:"; the step numbers are diffusers'. UNet2DModel's forward has no way to hand a context to its up blocks
+    # (only sample, res_samples and the time embedding reach them), so wrapping or hooking the up blocks would mean
+    # stashing the context on the module between calls; the copy keeps it an argument. tests/test_models.py fails
+    # when diffusers' forward changes (`test_copied_forward_*`): re-diff this copy against the new one, then update
+    # the hashes there.
     def forward(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
         context: torch.Tensor | None = None,
-        class_labels: torch.Tensor | None = None,
+        class_labels: torch.Tensor | list[int] | None = None,
         return_dict: bool = True,
     ) -> UNet2DOutput | tuple:
         r"""
@@ -226,73 +303,62 @@ class ContextUNet2DModel(UNet2DModel):
         Args:
             sample: (B, C, H, W) noisy images x_t, in [-1, 1] at t = 0.
             timestep: () or (B,) integer timesteps t (a Python number is broadcast to the batch).
-            context: (B, context_dim), (1, context_dim) or (context_dim,) context vectors c; None is the null context.
-            class_labels: (B,) labels for UNet2DModel's own class embedding (only with `num_class_embeds`).
+            context: (B, context_dim), (1, context_dim) or (context_dim,) context vectors c; None (with no
+                class_labels) is the null context.
+            class_labels: (B,) or (1,) integer class indices, turned into one-hot contexts; instead of `context`.
             return_dict: return a `UNet2DOutput` rather than a tuple.
 
         Returns:
             `UNet2DOutput` whose `sample` is (B, out_channels, H, W).
         """
+        # hfdiff: inputs checked up front, so a mistake is a ValueError naming the fix rather than a shape error
+        # from inside a convolution; class labels become one-hot contexts (diffusers feeds them to a class
+        # embedding, which __init__ refuses, so diffusers' class-embedding branch of step 1 is gone).
         self.check_sample_shape(sample)
         batch_size = sample.shape[0]
-        context = self.prepare_context(context, batch_size, sample.device, sample.dtype)
+        context = self.prepare_context(context, batch_size, sample.device, sample.dtype, class_labels)  # (B, D) | None
+
+        # 0. center input if necessary
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
 
-        # 1. time embedding, shared by every resnet (added inside the blocks) and by the decoder's T_i
-        timesteps = torch.as_tensor(timestep, device=sample.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps[None]
-        timesteps = timesteps.expand(batch_size)
-        t_emb = self.time_proj(timesteps).to(dtype=self.dtype)  # (B, block_out_channels[0])
-        emb = self.time_embedding(t_emb)  # (B, time_embed_dim)
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError("This model has a class embedding (num_class_embeds is set): pass class_labels.")
-            if self.config.class_embed_type == "timestep":
-                class_labels = self.time_proj(class_labels)
-            emb = emb + self.class_embedding(class_labels).to(dtype=self.dtype)
-        elif class_labels is not None:
-            raise ValueError(
-                "class_labels were given but the model has no class embedding; condition through `context`, or "
-                "build the model with num_class_embeds."
-            )
+        # 1. time
+        timesteps, emb = self.embed_timesteps(timestep, batch_size, sample.device)  # (B,), (B, time_embed_dim)
 
-        # 2. encoder
+        # 2. pre-process
         skip_sample = sample
         sample = self.conv_in(sample)
+
+        # 3. down
         down_block_res_samples = (sample,)
-        for down_block in self.down_blocks:
-            if hasattr(down_block, "skip_conv"):
-                sample, res_samples, skip_sample = down_block(hidden_states=sample, temb=emb, skip_sample=skip_sample)
+        for downsample_block in self.down_blocks:
+            if hasattr(downsample_block, "skip_conv"):
+                sample, res_samples, skip_sample = downsample_block(
+                    hidden_states=sample, temb=emb, skip_sample=skip_sample
+                )
             else:
-                sample, res_samples = down_block(hidden_states=sample, temb=emb)
+                sample, res_samples = downsample_block(hidden_states=sample, temb=emb)
             down_block_res_samples += res_samples
 
-        # 3. middle
+        # 4. mid
         if self.mid_block is not None:
             sample = self.mid_block(sample, emb)
 
-        # 4. decoder, conditioned before every up block: h <- C_i(c) * h + T_i(t)
+        # 5. up
         skip_sample = None
-        for i, up_block in enumerate(self.up_blocks):
-            shift = self.time_mlps[i](emb)  # (B, ch, 1, 1)
-            if self.context_mlps is None:
-                sample = sample + shift
+        for i, upsample_block in enumerate(self.up_blocks):
+            sample = self.modulate(i, sample, context, emb)  # hfdiff: the decoder conditioning
+            res_samples = down_block_res_samples[-len(upsample_block.resnets) :]
+            down_block_res_samples = down_block_res_samples[: -len(upsample_block.resnets)]
+            if hasattr(upsample_block, "skip_conv"):
+                sample, skip_sample = upsample_block(sample, res_samples, emb, skip_sample)
             else:
-                sample = self.context_mlps[i](context) * sample + shift
+                sample = upsample_block(sample, res_samples, emb)
 
-            res_samples = down_block_res_samples[-len(up_block.resnets) :]
-            down_block_res_samples = down_block_res_samples[: -len(up_block.resnets)]
-            if hasattr(up_block, "skip_conv"):
-                sample, skip_sample = up_block(sample, res_samples, emb, skip_sample)
-            else:
-                sample = up_block(sample, res_samples, emb)
-
-        # 5. output head
+        # 6. post-process
         sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
         if skip_sample is not None:
-            sample = sample + skip_sample
+            sample = sample + skip_sample  # hfdiff: not in place, so autograd and CUDA graphs never see a mutation
         if self.config.time_embedding_type == "fourier":
             sample = sample / timesteps.reshape(batch_size, *([1] * (sample.ndim - 1)))
 
