@@ -1,71 +1,69 @@
 """Fast sampling for SpriteDiffusionPipeline: one denoising step recorded as a CUDA graph and replayed.
 
 A sprite UNet is small (16x16 images, ~1.4M parameters for "sprite-small", ~250 kernels a step), so the pipeline's
-eager loop pays for launching those kernels from Python on every step, and at 1,000 sprites it also pays for
-running them unfused in float32. `FastSampler` records one whole step (UNet forward in bf16, classifier-free
-guidance, scheduler update) once as a CUDA graph and replays it for every step; `compile=True` also fuses the
-GroupNorm/SiLU/add chains with torch.compile before recording. benchmarks/NOTES-sampling.md has the measurements and
-where the remaining time goes.
+eager loop pays for launching those kernels from Python on every step. `FastSampler` records one whole step (UNet
+forward, classifier-free guidance, scheduler update) once as a CUDA graph and replays it for every step;
+`compile=True` also fuses the GroupNorm/SiLU/add chains with torch.compile before recording, and `dtype=torch.bfloat16`
+runs a bf16 copy of the UNet (channels_last) for another ~2x. benchmarks/NOTES-sampling.md has the measurements.
+
+By default a call returns what the pipeline's step-by-step loop returns, up to float rounding of the same dtype: the
+graph runs the pipeline's own UNet in its own dtype and memory format, and draws the same noise from the same
+generator (SpriteDiffusionPipeline turns this path on by default on CUDA, so it must not change what comes out).
+bf16 and torch.compile are switches: `pipe.enable_fast_sampling(dtype=torch.bfloat16, compile=True)`.
+
 Three things make one recording serve every step:
 
-1. The scheduler update is rewritten with per-step coefficients (`step_coefficients`) computed on the host for the
-   chosen timesteps and gathered on the device by a step counter that the graph advances itself. DDPM or DDIM, the
-   number of steps, eta, extra_noise, clipping and the guidance scale are data in fixed buffers, not graph structure:
-   one graph per (batch, image shape, guidance on/off, dtype) serves them all.
-2. The noise z of each step is drawn between replays into a fixed buffer, from the same generator, with the same
-   shape and dtype and in the same order as the pipeline's own loop (see "Reproducibility").
-3. The UNet runs as the sampler's own copy in bf16 (channels_last by default), refreshed in place when the
-   pipeline's weights change, so the user's model is never converted.
+1. The scheduler's update is written as x_{t'} = A_t x_t + B_t m + s_t z, three numbers per step, gathered on the
+   device by a step counter that the graph advances itself. The numbers are not written out here: `step_coefficients`
+   reads them off the scheduler's own `step`, evaluated on a small float64 probe, so DDPM, DDIM, subclasses of either
+   and diffusers' DDPMScheduler/DDIMScheduler (clip_sample=False) all work, and a step that is not of that form
+   (clipping, thresholding, learned variances, state kept between steps) sends the call back to the pipeline's loop
+   with the reason in words. The number of steps, eta, extra_noise and the guidance scale are data in fixed buffers,
+   not graph structure: one graph per (batch, image shape, guidance on/off, dtype) serves them all.
+2. The noise z of each step is drawn between replays into a fixed buffer exactly as the scheduler draws it
+   (diffusers' `randn_tensor(shape, generator, device, dtype)`), on exactly the steps where it draws, so a generator
+   gives the eager loop's noise stream. A CPU `torch.Generator` gives the same images on every device, as diffusers
+   promises, but each draw then runs on the CPU and is copied over: about 4 ms a step for 1,000 sprites (measured on
+   an H100), more than a compiled step. A `torch.Generator("cuda")` (or None) draws on the GPU and is the fast choice.
+3. With `dtype` other than the UNet's (e.g. bf16), the UNet runs as the sampler's own copy (channels_last by
+   default), refreshed in place when the pipeline's weights change, so the user's model is never converted.
+   Otherwise the graph reads the pipeline's own weights.
 
-Reproducibility: the same generator gives the same images on every call. With a generator on the latents' device (a
-`torch.Generator("cuda")`) or `generator=None` (the global CUDA generator), the noise is exactly the stream the
-pipeline's eager loop draws, so the two differ only by bf16 rounding. With a CPU generator on CUDA latents, the eager
-loop draws each step's noise on the CPU and copies it over (about 4 ms a step for 1,000 sprites); here one 63-bit seed
-is drawn from it instead to seed a private CUDA generator: same generator -> same images still, but not the eager
-loop's images. On the CPU the sampler runs the same step function without graphs, in the pipeline's dtype, and
-reproduces the eager loop's noise stream exactly.
+What is cached on the sampler between calls: the derived coefficients (per scheduler, timesteps, eta, extra_noise),
+the UNet copy (bf16 only) and, per graph key, the fixed buffers, the CUDA graph with its memory pool and (with
+`compile=True`) the compiled step. Each call copies in x_T, the context, the coefficients (N x 3 floats) and the
+guidance scale, draws the noise and replays N times. On the CPU the sampler runs the same step function without graphs.
 
-What is cached on the sampler between calls: the UNet copy (bf16) and, per graph key, the fixed
-buffers, the CUDA graph with its memory pool and (with `compile=True`) the compiled step. Each call copies in x_T,
-the context, the coefficients (N x 10 floats) and the guidance scale, draws the noise and replays N times.
-
-When the pipeline should not use it, `FastSampler.fallback_reason` says why in words (not CUDA, a scheduler other
-than the sprite DDPM/DDIM ones, learned variances, dynamic thresholding, a step callback, one generator per image,
-offload hooks, an autocast around the call); the pipeline then runs its own loop, which is the same math in full
-precision.
+When the pipeline should not use it, `FastSampler.fallback_reason` says why in words (not CUDA, a scheduler step that
+is not affine in (x_t, m, z), a scheduler that rescales the UNet's input, a step callback, one generator per image,
+offload hooks, an autocast around the call); the pipeline then runs its own loop.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from .schedulers import SpriteDDIMScheduler, SpriteDDPMScheduler
-from .schedulers._math import x0_and_eps_from_model_output
+from diffusers.utils.torch_utils import randn_tensor
 
 __all__ = ["FastSampler", "StepCoefficients", "side_stream", "step_coefficients", "step_update"]
 
-# Columns of StepCoefficients.coefficients, in order; the update they define is written out in `step_update`.
+# Columns of StepCoefficients.coefficients, in order: x_{t'} = A x_t + B m + s z (see `step_update`).
 COEFFICIENT_NAMES = (
-    "x0_from_sample",  # a: x0_hat = a x_t + b m (then clipped)
-    "x0_from_output",  # b
-    "eps_from_sample",  # c: eps_hat = c x_t + d m
-    "eps_from_output",  # d
-    "prev_from_x0",  # p: x_{t'} = p x0_hat + q eps_hat + r x_t + s z
-    "prev_from_eps",  # q
-    "prev_from_sample",  # r
-    "prev_from_noise",  # s (0 on steps that draw no noise)
-    "clip_min",  # x0_hat is clamped to [clip_min, clip_max]; -inf/+inf without clip_sample
-    "clip_max",
+    "prev_from_sample",  # A
+    "prev_from_output",  # B: m is the (guided) network output
+    "prev_from_noise",  # s: 0 on steps that draw no noise
 )
-SUPPORTED_SCHEDULERS = (SpriteDDPMScheduler, SpriteDDIMScheduler)
 FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+# The probe the step is evaluated on: a few images' worth of random numbers, enough that a step which mixes pixels,
+# clamps (inputs x 3 leave [-1, 1]) or adds a constant cannot pass for an affine one.
+PROBE_SHAPE = (4, 2, 3, 3)
 
 
 @dataclass
@@ -73,7 +71,7 @@ class StepCoefficients:
     """The scheduler's update for each chosen timestep, as numbers.
 
     timesteps: (N,) int64, the scheduler's timesteps t_i, in sampling order.
-    coefficients: (N, 10) float32, one row per step, columns as COEFFICIENT_NAMES.
+    coefficients: (N, 3) float32, one row (A, B, s) per step, columns as COEFFICIENT_NAMES.
     draws_noise: N booleans: whether the scheduler's step i draws z (the fast path draws exactly when it does).
     """
 
@@ -82,113 +80,112 @@ class StepCoefficients:
     draws_noise: list[bool]
 
 
-def scheduler_fallback_reason(scheduler) -> str | None:
-    """Why `step_coefficients` cannot express this scheduler's step (None when it can)."""
-    if type(scheduler) not in SUPPORTED_SCHEDULERS:
+def step_kwargs(scheduler, generator: torch.Generator | None, eta: float, extra_noise: bool) -> dict:
+    """The keywords SpriteDiffusionPipeline.__call__ passes to `scheduler.step`: those its signature takes (diffusers'
+    `prepare_extra_step_kwargs`, with the sprite schedulers' extra_noise)."""
+    parameters = inspect.signature(scheduler.step).parameters
+    candidates = {"generator": generator, "eta": eta, "extra_noise": extra_noise}
+    return {name: value for name, value in candidates.items() if name in parameters}
+
+
+def config_fallback_reason(scheduler) -> str | None:
+    """Why the scheduler's config makes its step non-affine in (x_t, m, z), in words (None when nothing does)."""
+    name, config = type(scheduler).__name__, scheduler.config
+    if config.get("thresholding", False):
+        return f"{name} has thresholding=True: dynamic thresholding takes a per-image quantile of x0_hat every step"
+    if config.get("clip_sample", False):
         return (
-            f"the scheduler is {type(scheduler).__name__}; the fast path knows SpriteDDPMScheduler and "
-            "SpriteDDIMScheduler (swap one in with SpriteDDIMScheduler.from_config(pipe.scheduler.config))"
+            f"{name} has clip_sample=True, which clamps x0_hat at every step; load it with clip_sample=False for the "
+            "fast path (the sprite schedulers' default)"
         )
-    if scheduler.config.thresholding:
-        return "dynamic thresholding (thresholding=True) takes a per-image quantile of x0_hat at every step"
-    variance_type = getattr(scheduler.config, "variance_type", "fixed_large")
-    if variance_type not in FIXED_VARIANCE_TYPES:
-        return f"variance_type={variance_type!r} takes sigma_t from the network's output, not from the schedule"
+    variance_type = config.get("variance_type", None)
+    if variance_type is not None and variance_type not in FIXED_VARIANCE_TYPES:
+        return f"{name} has variance_type={variance_type!r}, which takes sigma_t from the network's output"
     return None
 
 
 def step_coefficients(scheduler, eta: float = 0.0, extra_noise: bool = True) -> StepCoefficients:
-    """The sprite schedulers' step for every timestep in `scheduler.timesteps`, as ten numbers per step.
+    """The scheduler's step for every timestep in `scheduler.timesteps`, read off `scheduler.step` itself.
 
-    Every sprite step is affine in the sample x_t, the network output m and the noise z, up to the clamp of x0_hat:
-        x0_hat  = clamp(a x_t + b m)       Ho et al. 2020 eq. 15; Song et al. 2021 eq. 12 "predicted x_0"
-        eps_hat = c x_t + d m              (x_0 and v targets: Salimans & Ho 2022, see schedulers/_math.py)
-        x_{t'}  = p x0_hat + q eps_hat + r x_t + s z
-    with DDPM's posterior mean (eq. 7: q = 0, p and r its two weights, s = sigma_t) or DDIM's eq. 12 (p =
-    sqrt(abar_{t'}), q = sqrt(1 - abar_{t'} - sigma^2), r = 0, s = sigma_t(eta) of eq. 16). The numbers are computed
-    in float64 and stored in float32, so a step agrees with `scheduler.step` to float32 rounding (tests check it).
+    Without clipping or thresholding every DDPM/DDIM step is affine in the sample x_t, the network output m and the
+    noise z: x_{t'} = A x_t + B m + s z (DDPM's posterior mean, Ho et al. 2020 eq. 7 with eq. 15's x0_hat; DDIM's
+    eq. 12 of Song et al. 2021; x_0 and v targets are linear too, see schedulers/_math.py). So the math stays in the
+    scheduler: its `step` runs once per timestep, on a copy of the scheduler (steps of multistep schedulers change
+    their state), with float64 random x_t and m and a generator; A, B and s are the least-squares fit of the output on
+    (x_t, m, z), z being the generator's draw, and the fit must be exact to float64 rounding or the step is refused.
+    Whether a step draws at all is read off the generator's state. The numbers are stored in float32, so a step
+    agrees with `scheduler.step` to float32 rounding (tests check it).
+
+    Raises a ValueError with the reason in words when the step is not of that form.
     """
-    reason = scheduler_fallback_reason(scheduler)
+    reason = config_fallback_reason(scheduler)
     if reason is not None:
         raise ValueError(f"step_coefficients cannot express this scheduler's step: {reason}.")
-    if scheduler.num_inference_steps is None:
+    if getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError("Call scheduler.set_timesteps(num_inference_steps) first: the coefficients are per timestep.")
-    config = scheduler.config
+    probe_scheduler = copy.deepcopy(scheduler)
     timesteps = scheduler.timesteps.detach().to("cpu", torch.int64)  # (N,)
-    alphas_cumprod = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)  # (T,)
-    ddim = isinstance(scheduler, SpriteDDIMScheduler)
-
-    # 1. the previous timestep t' and abar_{t'}, by each scheduler's own rule
-    if ddim:
-        # DDIMScheduler.step: t' = t - T // n; before t = 0, abar is final_alpha_cumprod (1 with set_alpha_to_one)
-        prev_timesteps = timesteps - config.num_train_timesteps // scheduler.num_inference_steps
-        alpha_bar_start = float(scheduler.final_alpha_cumprod)
-    else:
-        # DDPMScheduler.previous_timestep once set_timesteps has run: the next entry, -1 after the last one
-        prev_timesteps = torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
-        alpha_bar_start = 1.0
-    alpha_bar_t = alphas_cumprod[timesteps]
-    alpha_bar_prev = torch.where(
-        prev_timesteps >= 0, alphas_cumprod[prev_timesteps.clamp(min=0)], torch.tensor(alpha_bar_start).double()
+    inputs = torch.Generator().manual_seed(0)
+    # fresh x_t and m at every step: with the same ones, a step that mixes in earlier steps' outputs would pass
+    samples, outputs, noises = 3 * torch.randn(
+        (3, len(timesteps), *PROBE_SHAPE), generator=inputs, dtype=torch.float64
     )
+    prev_samples = torch.zeros_like(samples)  # (N, *PROBE_SHAPE)
+    kwargs = step_kwargs(scheduler, None, eta, extra_noise)
+    draws_noise, output_dtype = [], torch.float64
+    for i, t in enumerate(timesteps.tolist()):
+        prev_sample, draws = _probe_step(probe_scheduler, t, samples[i], outputs[i], noises[i], kwargs)
+        prev_samples[i], output_dtype = prev_sample, prev_sample.dtype
+        draws_noise.append(draws)
 
-    # 2. x0_hat and eps_hat are linear in (x_t, m) for every prediction type: read a, b, c, d off the schedulers'
-    #    own parameterisation at the unit vectors, so that piece of math stays in one place (_math.py)
-    ones, zeros = torch.ones_like(alpha_bar_t), torch.zeros_like(alpha_bar_t)
-    x0_from_sample, eps_from_sample = x0_and_eps_from_model_output(zeros, ones, alpha_bar_t, config.prediction_type)
-    x0_from_output, eps_from_output = x0_and_eps_from_model_output(ones, zeros, alpha_bar_t, config.prediction_type)
+    # A, B, s per step: least squares of x_{t'} on (x_t, m, z) over the probe's numbers. Where the step drew no noise,
+    # z holds numbers it never saw (a zero column would make the fit rank-deficient), its s comes out ~0 and is set to 0
+    design = torch.stack([samples, outputs, noises], dim=-1).flatten(1, -2)  # (N, n, 3)
+    target = prev_samples.flatten(1)  # (N, n)
+    solution = torch.linalg.lstsq(design, target.unsqueeze(-1)).solution.squeeze(-1)  # (N, 3)
+    solution[:, 2] *= torch.tensor(draws_noise, dtype=torch.float64)
+    residual = ((design @ solution.unsqueeze(-1)).squeeze(-1) - target).abs().amax(dim=1)  # (N,)
+    tolerance = 1e3 * torch.finfo(output_dtype).eps * (1 + target.abs().amax(dim=1))
+    off = (~(residual <= tolerance)).nonzero().flatten().tolist()  # also catches NaN
+    if off:
+        raise ValueError(
+            f"step_coefficients cannot express this scheduler's step: {type(scheduler).__name__}.step at timestep "
+            f"{timesteps[off[0]].item()} is not a fixed affine map of (sample, model output, its noise) (off by "
+            f"{residual[off[0]].item():.2g}); it may clip, threshold, keep state between steps or draw its noise "
+            "another way."
+        )
+    return StepCoefficients(timesteps=timesteps, coefficients=solution.float(), draws_noise=draws_noise)
 
-    # 3. the update x_{t'} = p x0_hat + q eps_hat + r x_t + s z
-    if ddim:
-        sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()  # eq. 16
-        prev_from_x0 = alpha_bar_prev.sqrt()
-        prev_from_eps = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt()  # "direction pointing to x_t", eq. 12
-        prev_from_sample = zeros
-        draws_noise = torch.full_like(timesteps, eta > 0, dtype=torch.bool)  # DDIM draws on every step when eta > 0
-    else:
-        alpha_t = alpha_bar_t / alpha_bar_prev  # the single forward step t' -> t
-        beta_t = 1 - alpha_t
-        prev_from_x0 = alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar_t)  # posterior mean mu~_t, eq. 7
-        prev_from_eps = zeros
-        prev_from_sample = alpha_t.sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
-        posterior_variance = ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t).clamp(min=1e-20)  # beta~_t
-        sigma = {
-            "fixed_small": posterior_variance.sqrt(),
-            "fixed_small_log": torch.exp(0.5 * torch.log(posterior_variance)),
-            "fixed_large": beta_t.sqrt(),
-            "fixed_large_log": torch.exp(0.5 * torch.log(beta_t)),
-        }[config.variance_type]
-        draws_noise = (prev_timesteps >= 0) & extra_noise  # Alg. 2: z = 0 on the step that lands on x_0
-    prev_from_noise = torch.where(draws_noise, sigma, zeros)
 
-    bound = config.clip_sample_range if config.clip_sample else float("inf")
-    columns = (
-        x0_from_sample,
-        x0_from_output,
-        eps_from_sample,
-        eps_from_output,
-        prev_from_x0,
-        prev_from_eps,
-        prev_from_sample,
-        prev_from_noise,
-        torch.full_like(alpha_bar_t, -bound),
-        torch.full_like(alpha_bar_t, bound),
-    )
-    coefficients = torch.stack([column.expand_as(alpha_bar_t) for column in columns], dim=1).float()  # (N, 10)
-    return StepCoefficients(timesteps=timesteps, coefficients=coefficients, draws_noise=draws_noise.tolist())
+def _probe_step(scheduler, t: int, sample, model_output, noise, kwargs: dict) -> tuple[torch.Tensor, bool]:
+    """scheduler.step(model_output, t, sample) with a generator of its own; the noise it drew goes into `noise`.
+    Returns x_{t'} and whether the step drew noise."""
+    if not torch.equal(scheduler.scale_model_input(sample, t), sample):
+        raise ValueError(
+            f"step_coefficients cannot express this scheduler's step: {type(scheduler).__name__}.scale_model_input "
+            f"rescales the UNet's input (at timestep {t}), and the fast path gives the UNet x_t as it is."
+        )
+    generator = torch.Generator().manual_seed(t)
+    state = generator.get_state()
+    if "generator" in kwargs:
+        kwargs = {**kwargs, "generator": generator}
+    prev_sample = scheduler.step(model_output, t, sample, **kwargs).prev_sample
+    draws = not torch.equal(generator.get_state(), state)
+    if draws:
+        generator.set_state(state)  # the step's own draw again (randn_tensor is how diffusers' schedulers draw)
+        noise.copy_(randn_tensor(model_output.shape, generator=generator, dtype=model_output.dtype))
+    return prev_sample, draws
 
 
 def step_update(
     sample: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor, coefficients: torch.Tensor
 ) -> torch.Tensor:
-    """x_t -> x_{t'} with one row of `step_coefficients` (10,): the sprite schedulers' step, rearranged.
+    """x_t -> x_{t'} = A x_t + B m + s z with one row (A, B, s) of `step_coefficients`: the scheduler's step.
 
     sample x_t, model_output m (the guided prediction), noise z: (B, C, H, W). Returns x_{t'}: (B, C, H, W).
     """
-    a, b, c, d, p, q, r, s, clip_min, clip_max = coefficients.unbind()
-    x0_hat = (a * sample + b * model_output).clamp(clip_min, clip_max)
-    eps_hat = c * sample + d * model_output
-    return p * x0_hat + q * eps_hat + r * sample + s * noise
+    prev_from_sample, prev_from_output, prev_from_noise = coefficients.unbind()
+    return prev_from_sample * sample + prev_from_output * model_output + prev_from_noise * noise
 
 
 def denoise(
@@ -205,7 +202,7 @@ def denoise(
     """One whole denoising step: the UNet on x_t (both guidance halves in one batch), guidance, `step_update`.
 
     sample, noise: (B, C, H, W) in the sampler's state dtype; context: (B, D), (2B, D) with guidance, or None;
-    coefficients: (10,); timestep: (1,) int64; guidance_scale: () float32. Returns x_{t'}: (B, C, H, W).
+    coefficients: (3,); timestep: (1,) int64; guidance_scale: () float32. Returns x_{t'}: (B, C, H, W).
     """
     model_input = torch.cat([sample, sample]) if guidance else sample
     memory_format = torch.channels_last if channels_last else torch.preserve_format
@@ -255,7 +252,7 @@ class _StepBuffers:
     sample: torch.Tensor  # (B, C, H, W) x_t, updated in place to x_{t'} by each step
     noise: torch.Tensor  # (B, C, H, W) z of the current step
     context: torch.Tensor | None  # (B, D) or (2B, D), in the UNet copy's dtype
-    coefficients: torch.Tensor  # (T, 10) float32, rows 0..N-1 used
+    coefficients: torch.Tensor  # (T, 3) float32, rows 0..N-1 used
     timesteps: torch.Tensor  # (T,) int64
     step: torch.Tensor  # (1,) int64, the index i of the current step; each step adds 1
     guidance_scale: torch.Tensor  # () float32
@@ -274,11 +271,15 @@ class FastSampler:
 
     Args:
         pipe: the pipeline; its current `unet` and `scheduler` are read on every call (swapping either is fine).
-        dtype: dtype of the sampler's UNet copy on CUDA; None keeps the pipeline UNet's dtype. bf16 halves the bytes
-            every kernel moves; outputs then match the float32 loop to bf16 tolerance.
-        channels_last: run the copy in channels_last (NHWC). With cuDNN's own choice of algorithms it records in
-            ~0.03 s; NCHW with cudnn_benchmark=True ran 14% faster on an H200 but spends ~2 s timing algorithms
-            per graph key, too much for the default of one-off calls.
+        dtype: dtype the UNet runs in on CUDA; None (the default) keeps the pipeline UNet's own, so images match the
+            step-by-step loop to float rounding and the graph reads the pipeline's weights. torch.bfloat16 runs a bf16
+            copy (~2x faster replays: half the bytes every kernel moves); images then match the float32 loop to bf16
+            tolerance. Loading the pipeline with torch_dtype=torch.bfloat16 also samples in bf16, eager loop too.
+        channels_last: run the UNet in channels_last (NHWC), as a copy. None (the default): only when `dtype` asks
+            for a copy anyway, since another memory format picks other cuDNN algorithms and so rounds differently
+            from the eager loop (with TF32 convolutions, by more than float32 rounding). With cuDNN's own choice of
+            algorithms it records in ~0.03 s; NCHW with cudnn_benchmark=True ran 14% faster in bf16 on an H200 but
+            spends ~2 s timing algorithms per graph key, too much for one-off calls.
         compile: torch.compile the step (UNet + guidance + update) before recording it, fusing the GroupNorm/SiLU/add
             chains: 2.7x faster replays on an H200, for ~13 s of compiling per graph key and process on first use.
             A dict compiles with those inductor options (`torch.compile(options=...)`), e.g.
@@ -292,8 +293,8 @@ class FastSampler:
     def __init__(
         self,
         pipe,
-        dtype: torch.dtype | None = torch.bfloat16,
-        channels_last: bool = True,
+        dtype: torch.dtype | None = None,
+        channels_last: bool | None = None,
         compile: bool | dict = False,
         cuda_graphs: bool = True,
         cudnn_benchmark: bool = False,
@@ -316,6 +317,7 @@ class FastSampler:
         self._unet_copy: torch.nn.Module | None = None
         self._unet_source: torch.nn.Module | None = None
         self._unet_fingerprint: tuple | None = None
+        self._coefficients: OrderedDict[tuple, StepCoefficients] = OrderedDict()
         # What the last calls cost beside the replays (read by benchmarks/bench_fast_sampling.py).
         self.stats = {"captures": 0, "warmup_s": 0.0, "capture_s": 0.0, "unet_copy_s": 0.0}
 
@@ -328,8 +330,10 @@ class FastSampler:
     ) -> str | None:
         """Why the pipeline should run its own loop for a call with these options; None when this sampler runs it.
 
-        Every eta, extra_noise, guidance scale and step count is supported (they are data in the graph). Checks only
-        what decides the choice (no GPU needed), so it is tested on the CPU with device="cuda".
+        Every eta, extra_noise, guidance scale and step count is supported (they are data in the graph), and every
+        generator (a CPU one costs a copy per step, see the module docstring). Checks only what decides the choice (no
+        GPU needed), so it is tested on the CPU with device="cuda". Once `set_timesteps` has run, the scheduler's step
+        is probed at those timesteps (with eta=1, so DDIM's noise term is probed too; cached per scheduler state).
         """
         unet = self.pipe.unet
         if torch.device(device).type != "cuda":
@@ -343,12 +347,37 @@ class FastSampler:
         if unet.training and unet.config.dropout > 0:
             return "the UNet is in training mode with dropout; call pipe.unet.eval() to sample"
         if torch.is_autocast_enabled("cuda"):
-            return "an autocast region is open around the call; the fast path picks its own dtype"
-        return scheduler_fallback_reason(self.pipe.scheduler)
+            return "an autocast region is open around the call; the recorded step runs in the sampler's own dtype"
+        scheduler = self.pipe.scheduler
+        reason = config_fallback_reason(scheduler)
+        if reason is not None or getattr(scheduler, "num_inference_steps", None) is None:
+            return reason
+        try:
+            self._step_coefficients(scheduler, eta=1.0, extra_noise=True)
+        except ValueError as error:
+            return str(error).removeprefix("step_coefficients cannot express this scheduler's step: ").rstrip(".")
+        return None
+
+    def _step_coefficients(self, scheduler, eta: float, extra_noise: bool) -> StepCoefficients:
+        """`step_coefficients`, cached: probing costs ~0.1 ms a timestep, a noticeable part of a 500-step call."""
+        kwargs = step_kwargs(scheduler, None, eta, extra_noise)  # only what this step takes enters the key
+        key = (
+            scheduler,
+            repr(scheduler.config),
+            tuple(scheduler.timesteps.tolist()),
+            kwargs.get("eta"),
+            kwargs.get("extra_noise"),
+        )
+        if key not in self._coefficients:
+            self._coefficients[key] = step_coefficients(scheduler, eta=eta, extra_noise=extra_noise)
+            while len(self._coefficients) > 8:
+                self._coefficients.popitem(last=False)
+        self._coefficients.move_to_end(key)
+        return self._coefficients[key]
 
     def graph_key(self, latents: torch.Tensor, context: torch.Tensor | None, guidance: bool) -> tuple:
         """What one graph is recorded for: shapes, dtypes, device and guidance on/off. Schedulers, step counts,
-        eta, extra_noise, clipping and guidance scales are data, so they share graphs."""
+        eta, extra_noise and guidance scales are data, so they share graphs."""
         context_key = None if context is None else tuple(context.shape)
         num_train_timesteps = self.pipe.scheduler.config.num_train_timesteps
         return (str(latents.device), tuple(latents.shape), latents.dtype, context_key, guidance, num_train_timesteps)
@@ -377,9 +406,6 @@ class FastSampler:
         """
         if isinstance(generator, (list, tuple)):
             raise ValueError("FastSampler takes one generator (or None), not a list; the pipeline's loop takes lists.")
-        reason = scheduler_fallback_reason(self.pipe.scheduler)
-        if reason is not None:
-            raise ValueError(f"FastSampler cannot run this call: {reason}. Sample with the pipeline's own loop.")
         guidance = context is not None and guidance_scale != 1.0
         batch_size = latents.shape[0]
         if context is not None and context.shape[0] != (2 * batch_size if guidance else batch_size):
@@ -387,7 +413,12 @@ class FastSampler:
                 f"context has {context.shape[0]} rows for {batch_size} latents with guidance_scale={guidance_scale}; "
                 f"expected {2 * batch_size if guidance else batch_size} (with guidance: conditional rows, then null)."
             )
-        steps = step_coefficients(self.pipe.scheduler, eta=eta, extra_noise=extra_noise)
+        try:
+            steps = self._step_coefficients(self.pipe.scheduler, eta=eta, extra_noise=extra_noise)
+        except ValueError as error:
+            raise ValueError(
+                f"FastSampler cannot run this call: {error} Sample with the pipeline's own loop."
+            ) from None
         num_steps = len(steps.draws_noise)
         buffers = self._get_buffers(latents, context, guidance)
 
@@ -398,24 +429,17 @@ class FastSampler:
         buffers.timesteps[:num_steps].copy_(steps.timesteps)
         buffers.step.zero_()
         buffers.guidance_scale.fill_(guidance_scale)
-        noise_generator = self._noise_generator(generator, latents.device)
         for i in range(num_steps):
             if steps.draws_noise[i]:
-                # the same draw as the scheduler's randn_tensor(shape, generator, device, dtype): empty + normal_
-                buffers.noise.normal_(generator=noise_generator)
+                # The scheduler's own draw, randn_tensor(model_output.shape, generator, device, dtype), so any generator
+                # gives the eager loop's noise; a CPU generator draws on the CPU and copies (the module docstring).
+                noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+                buffers.noise.copy_(noise)
             if buffers.graph is not None:
                 buffers.graph.replay()
             else:
                 buffers.step_fn()
         return buffers.sample.clone()
-
-    @staticmethod
-    def _noise_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
-        if generator is None or generator.device.type == device.type:
-            return generator  # the eager loop's own stream (None: the device's global generator)
-        # A CPU generator with CUDA latents: one seed from it for a generator on the device (module docstring).
-        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
-        return torch.Generator(device).manual_seed(seed)
 
     def _get_buffers(self, latents: torch.Tensor, context: torch.Tensor | None, guidance: bool) -> _StepBuffers:
         unet = self._get_unet(latents.device)
@@ -435,7 +459,7 @@ class FastSampler:
             guidance_scale=torch.ones((), device=device),
             step_fn=lambda: None,
         )
-        channels_last = self.channels_last and device.type == "cuda"
+        channels_last = self._channels_last() and device.type == "cuda"
         # The step function holds the tensors, not `buffers` or `self`: a closure over either would be a reference
         # cycle (buffers -> step_fn -> buffers), keeping a dropped sampler's graphs, memory pools and UNet copy alive
         # until Python's cycle collector happened to run.
@@ -487,15 +511,23 @@ class FastSampler:
         self.stats["captures"] += 1
         return graph
 
+    def _unet_dtype(self) -> torch.dtype:
+        return self.dtype if self.dtype is not None else self.pipe.unet.dtype
+
+    def _channels_last(self) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return self._unet_dtype() != self.pipe.unet.dtype  # a copy is made anyway: make it the faster layout
+
     def _get_unet(self, device: torch.device) -> torch.nn.Module:
-        """The UNet the steps run: on CUDA a copy in `dtype` and channels_last, refreshed in place when the
+        """The UNet the steps run: on CUDA with another `dtype` or layout a copy, refreshed in place when the
         pipeline's weights change (the recorded graphs hold the copy's addresses); otherwise the pipeline's UNet."""
         source = self.pipe.unet
         tensors = [*source.parameters(), *source.buffers()]
         addresses = tuple(t.data_ptr() for t in tensors)
         versions = tuple(t._version for t in tensors)  # bumped by every in-place write (load_state_dict, optimizers)
-        dtype = self.dtype if self.dtype is not None else source.dtype
-        if device.type != "cuda" or (dtype == source.dtype and not self.channels_last):
+        dtype, channels_last = self._unet_dtype(), self._channels_last()
+        if device.type != "cuda" or (dtype == source.dtype and not channels_last):
             # Graphs read the pipeline's own tensors: new values are seen, moved or re-allocated tensors are not.
             if self._unet_source is not source or self._unet_fingerprint != addresses:
                 self._buffers.clear()
@@ -513,7 +545,7 @@ class FastSampler:
             for target, value in zip(copied, tensors):
                 target.copy_(value)  # new values into the addresses the graphs hold
         else:
-            memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+            memory_format = torch.channels_last if channels_last else torch.preserve_format
             unet_copy = copy.deepcopy(source).eval().requires_grad_(False)
             # nn.Module.to: ModelMixin.to warns about modules to keep in float32 on every cast, and names none here
             torch.nn.Module.to(unet_copy, device=device, dtype=dtype, memory_format=memory_format)

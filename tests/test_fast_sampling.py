@@ -15,19 +15,55 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA grap
 needs_hook = pytest.mark.skipif(not HAS_HOOK, reason="the pipeline hook is not applied")
 
 DDPM_CASES = [
-    {"variance_type": "fixed_large", "clip_sample": True},
+    {"variance_type": "fixed_large"},
     {"variance_type": "fixed_small", "prediction_type": "v_prediction"},
-    {"variance_type": "fixed_small_log", "prediction_type": "sample", "clip_sample": False},
+    {"variance_type": "fixed_small_log", "prediction_type": "sample"},
     {"variance_type": "fixed_large_log", "timestep_spacing": "trailing"},
-    {"beta_schedule": "squaredcos_cap_v2", "clip_sample": True, "clip_sample_range": 0.5},
+    {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"},
 ]
 DDIM_CASES = [
-    {"clip_sample": True},
-    {"clip_sample": False},
+    {},
+    {"timestep_spacing": "trailing"},
     {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
-    {"prediction_type": "sample", "set_alpha_to_one": False, "clip_sample": False},
+    {"prediction_type": "sample", "set_alpha_to_one": False},
     {"beta_schedule": "sigmoid", "timestep_spacing": "linspace"},
 ]
+
+
+class ScaledDDIM(SpriteDDIMScheduler):
+    """A user's subclass whose step is still affine: it damps every update a little. (It names its keywords: the
+    pipeline, like diffusers' prepare_extra_step_kwargs, passes eta and generator only to a step that names them.)"""
+
+    def step(self, model_output, timestep, sample, eta=0.0, generator=None):
+        output = super().step(model_output, timestep, sample, eta=eta, generator=generator)
+        output.prev_sample = 0.98 * output.prev_sample
+        return output
+
+
+class ClampingDDPM(SpriteDDPMScheduler):
+    """A user's subclass whose step is not affine (it clamps the new sample)."""
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        output = super().step(model_output, timestep, sample, *args, **kwargs)
+        output.prev_sample = output.prev_sample.clamp(-2, 2)
+        return output
+
+
+class MomentumDDIM(SpriteDDIMScheduler):
+    """A step that keeps state between steps (like multistep solvers): affine in each call, but not a fixed map."""
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        previous = getattr(self, "previous_output", torch.zeros_like(model_output))
+        self.previous_output = model_output
+        return super().step(0.5 * (model_output + previous), timestep, sample, *args, **kwargs)
+
+
+def check_step(scheduler, steps, i, t, **step_kwargs):
+    """One derived step against scheduler.step on float32 images, with the noise the step draws from a generator."""
+    x, m = torch.randn(2, 3, 4, 4, generator=seed(2 * i)), torch.randn(2, 3, 4, 4, generator=seed(2 * i + 1))
+    expected = scheduler.step(m, t, x, generator=seed(100 + i), **step_kwargs).prev_sample
+    z = randn_tensor(x.shape, generator=seed(100 + i))  # the step's draw, when it draws
+    torch.testing.assert_close(step_update(x, m, z, steps.coefficients[i]), expected, rtol=1e-5, atol=1e-5)
 
 
 def eager_off(pipe):
@@ -70,56 +106,73 @@ def test_ddpm_step_equals_scheduler_step(config, extra_noise):
     scheduler = SpriteDDPMScheduler(num_train_timesteps=50, **config)
     scheduler.set_timesteps(10)
     steps = step_coefficients(scheduler, extra_noise=extra_noise)
-    assert steps.timesteps.tolist() == scheduler.timesteps.tolist()
+    assert steps.timesteps.tolist() == scheduler.timesteps.tolist() and steps.coefficients.shape == (10, 3)
     for i, t in enumerate(scheduler.timesteps):
-        x, m = torch.randn(2, 2, 3, 3, generator=seed(2 * i)), torch.randn(2, 2, 3, 3, generator=seed(2 * i + 1))
-        # The scheduler draws z from the generator only when it adds noise; otherwise z must not enter the update.
-        z = torch.randn(2, 2, 3, 3, generator=seed(100 + i))
-        expected = scheduler.step(m, t, x, generator=seed(100 + i), extra_noise=extra_noise).prev_sample
-        torch.testing.assert_close(step_update(x, m, z, steps.coefficients[i]), expected, rtol=1e-5, atol=1e-5)
+        check_step(scheduler, steps, i, t, extra_noise=extra_noise)
     assert steps.draws_noise == [extra_noise] * 9 + [False]  # Alg. 2: no noise on the step that lands on x_0
+    assert steps.coefficients[-1, 2] == 0 and (steps.coefficients[:-1, 2] > 0).all() == extra_noise
 
 
 @pytest.mark.parametrize("config", DDIM_CASES)
-@pytest.mark.parametrize("eta", [0.0, 0.6, 1.0])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_step_equals_scheduler_step(config, eta):
     scheduler = SpriteDDIMScheduler(num_train_timesteps=50, **config)
     scheduler.set_timesteps(7)
     steps = step_coefficients(scheduler, eta=eta)
     for i, t in enumerate(scheduler.timesteps):
-        x, m = torch.randn(2, 2, 3, 3, generator=seed(2 * i)), torch.randn(2, 2, 3, 3, generator=seed(2 * i + 1))
-        z = torch.randn(2, 2, 3, 3, generator=seed(100 + i))
-        expected = scheduler.step(m, t, x, eta=eta, variance_noise=z).prev_sample
-        torch.testing.assert_close(step_update(x, m, z, steps.coefficients[i]), expected, rtol=1e-5, atol=1e-5)
-    assert steps.draws_noise == [eta > 0] * 7
+        check_step(scheduler, steps, i, t, eta=eta)
+    assert steps.draws_noise == [eta > 0] * 7  # DDIM draws on every step when eta > 0, even where sigma_t = 0
+    if eta == 0:
+        assert torch.all(steps.coefficients[:, 2] == 0)
 
 
-def test_coefficients_are_data_not_structure():
-    # DDPM's update has no eps_hat term, DDIM's no x_t term; deterministic DDIM has s = 0 on every step.
-    ddpm = SpriteDDPMScheduler(num_train_timesteps=T, clip_sample=True)
-    ddpm.set_timesteps(T)
-    ddim = SpriteDDIMScheduler(num_train_timesteps=T)
-    ddim.set_timesteps(5)
-    a, b = step_coefficients(ddpm).coefficients, step_coefficients(ddim, eta=0.0).coefficients
-    assert a.shape == (T, 10) and b.shape == (5, 10)
-    assert torch.all(a[:, 5] == 0) and torch.all(b[:, 6] == 0) and torch.all(b[:, 7] == 0)
-    assert torch.all(a[:, 8] == -1) and torch.all(a[:, 9] == 1)  # clip_sample=True, range 1
-    unclipped = SpriteDDPMScheduler(num_train_timesteps=T, clip_sample=False)
-    unclipped.set_timesteps(T)
-    assert torch.all(torch.isinf(step_coefficients(unclipped).coefficients[:, 8:]))
+@pytest.mark.parametrize(
+    "scheduler, step_kwargs",
+    [
+        (DDPMScheduler(num_train_timesteps=50, clip_sample=False), {}),
+        (DDPMScheduler(num_train_timesteps=50, clip_sample=False, timestep_spacing="trailing"), {}),
+        (DDIMScheduler(num_train_timesteps=50, clip_sample=False, prediction_type="v_prediction"), {"eta": 0.5}),
+        (ScaledDDIM(num_train_timesteps=50), {"eta": 1.0}),
+    ],
+)
+def test_derived_from_other_and_subclassed_schedulers(scheduler, step_kwargs):
+    """The derivation knows no scheduler class: diffusers' own DDPM/DDIM (with clip_sample=False) and a user's
+    subclass whose step stays affine are read off their `step` like the sprite ones."""
+    scheduler.set_timesteps(8)
+    steps = step_coefficients(scheduler, **step_kwargs)
+    for i, t in enumerate(scheduler.timesteps):
+        check_step(scheduler, steps, i, t, **step_kwargs)
 
 
-def test_step_coefficients_refuses_what_it_cannot_express():
-    for scheduler in (
-        DDPMScheduler(num_train_timesteps=T),  # diffusers' own step draws noise by another rule (t > 0)
-        SpriteDDPMScheduler(num_train_timesteps=T, variance_type="learned_range"),
-        SpriteDDIMScheduler(num_train_timesteps=T, thresholding=True),
-    ):
-        scheduler.set_timesteps(4)
-        with pytest.raises(ValueError, match="cannot express"):
-            step_coefficients(scheduler)
+def test_step_coefficients_leave_the_scheduler_as_it_was():
+    scheduler = MomentumDDIM(num_train_timesteps=T)
+    scheduler.set_timesteps(4)
+    with pytest.raises(ValueError, match="not a fixed affine map"):
+        step_coefficients(scheduler)
+    assert not hasattr(scheduler, "previous_output")  # probed on a copy: the user's scheduler kept no state
+
+
+@pytest.mark.parametrize(
+    "scheduler, words",
+    [
+        (DDPMScheduler(num_train_timesteps=T), "DDPMScheduler has clip_sample=True"),  # diffusers' default
+        (SpriteDDIMScheduler(num_train_timesteps=T, clip_sample=True), "clip_sample=True"),
+        (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="learned_range"), "network's output"),
+        (SpriteDDIMScheduler(num_train_timesteps=T, thresholding=True), "thresholding"),
+        (ClampingDDPM(num_train_timesteps=T), "not a fixed affine map"),
+        (MomentumDDIM(num_train_timesteps=T), "keep state between steps"),
+    ],
+)
+def test_step_coefficients_refuses_what_it_cannot_express(scheduler, words):
+    scheduler.set_timesteps(4)
+    with pytest.raises(ValueError, match="cannot express") as error:
+        step_coefficients(scheduler)
+    assert words in str(error.value)
+
+
+def test_step_coefficients_need_timesteps():
     with pytest.raises(ValueError, match="set_timesteps"):
-        step_coefficients(SpriteDDPMScheduler(num_train_timesteps=T))
+        step_coefficients(SpriteDDIMScheduler(num_train_timesteps=T))
 
 
 # --- whole trajectories on the CPU: FastSampler's loop (no graph) against the pipeline's loop ---------------------
@@ -131,7 +184,12 @@ def test_step_coefficients_refuses_what_it_cannot_express():
         (None, {}),  # full DDPM with noise: the same noise stream as the pipeline's loop
         (None, {"class_labels": ["hero", "food", 2], "guidance_scale": 3.0}),
         (None, {"extra_noise": False, "num_inference_steps": 7}),
-        (SpriteDDPMScheduler(num_train_timesteps=T, clip_sample=True), {"num_inference_steps": 10}),
+        (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="fixed_small_log"), {"num_inference_steps": 10}),
+        (
+            DDPMScheduler(num_train_timesteps=T, clip_sample=False, timestep_spacing="trailing"),
+            {"num_inference_steps": 6},
+        ),
+        (ScaledDDIM(num_train_timesteps=T), {"num_inference_steps": 5, "eta": 1.0}),  # a user's subclass
         (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="fixed_small", prediction_type="v_prediction"), {}),
         (SpriteDDIMScheduler(num_train_timesteps=T), {"num_inference_steps": 5}),  # deterministic DDIM
         (
@@ -145,6 +203,20 @@ def test_cpu_trajectory_equals_pipeline_loop(scheduler, kwargs):
     expected = pipe(batch_size=3, generator=seed(0), output_type="pt", **kwargs).images
     got = fast_images(pipe, FastSampler(pipe), generator=seed(0), **kwargs)
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+
+
+def test_cpu_noise_is_the_eager_loops_draw():
+    """Each step's noise is randn_tensor(shape, generator, device, dtype), drawn on exactly the steps where the
+    scheduler draws: the generator ends where the eager loop leaves it (DDPM: no draw on the last step)."""
+    pipe = eager_off(make_pipe())
+    pipe.scheduler.set_timesteps(6)
+    latents = torch.randn(2, 3, 16, 16)
+    generator = seed(4)
+    FastSampler(pipe).sample(latents, generator=generator)
+    expected = seed(4)
+    for _ in range(5):
+        randn_tensor(latents.shape, generator=expected, device=latents.device, dtype=latents.dtype)
+    assert torch.equal(generator.get_state(), expected.get_state())
 
 
 def test_cpu_unconditional_model_and_reuse_between_calls():
@@ -192,9 +264,9 @@ def test_sample_rejects_what_the_pipeline_must_run():
         sampler.sample(latents, generator=[seed(0), seed(1)])
     with pytest.raises(ValueError, match="rows"):
         sampler.sample(latents, torch.zeros(2, 5), guidance_scale=2.0)  # guidance needs conditional + null rows
-    pipe.scheduler = DDIMScheduler(num_train_timesteps=T)
+    pipe.scheduler = DDIMScheduler(num_train_timesteps=T)  # diffusers' default clip_sample=True
     pipe.scheduler.set_timesteps(4)
-    with pytest.raises(ValueError, match="DDIMScheduler"):
+    with pytest.raises(ValueError, match="DDIMScheduler has clip_sample=True"):
         sampler.sample(latents)
 
 
@@ -214,16 +286,23 @@ def test_fallback_reason():
     del pipe.unet._hf_hook
 
     for scheduler, expected in (
-        (DDPMScheduler(num_train_timesteps=T), "DDPMScheduler"),
+        (DDPMScheduler(num_train_timesteps=T), "DDPMScheduler has clip_sample=True"),
+        (SpriteDDIMScheduler(num_train_timesteps=T, clip_sample=True), "clip_sample=True"),
         (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="learned"), "learned"),
         (SpriteDDPMScheduler(num_train_timesteps=T, thresholding=True), "thresholding"),
+        (ClampingDDPM(num_train_timesteps=T), "ClampingDDPM.step at timestep"),
     ):
         pipe.scheduler = scheduler
         scheduler.set_timesteps(4)
         assert expected in sampler.fallback_reason(device="cuda")
-    pipe.scheduler = SpriteDDIMScheduler(num_train_timesteps=T)
-    pipe.scheduler.set_timesteps(4)
-    assert sampler.fallback_reason(device="cuda") is None
+    for scheduler in (
+        SpriteDDIMScheduler(num_train_timesteps=T),
+        ScaledDDIM(num_train_timesteps=T),  # a subclass whose step is still affine takes the fast path
+        DDIMScheduler(num_train_timesteps=T, clip_sample=False),
+    ):
+        pipe.scheduler = scheduler
+        pipe.scheduler.set_timesteps(4)
+        assert sampler.fallback_reason(device="cuda") is None
 
     dropout_pipe = make_pipe()
     dropout_pipe.unet = tiny_unet(dropout=0.1).train()
