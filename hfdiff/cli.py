@@ -168,10 +168,10 @@ def cmd_visualize(args) -> None:
             continue
         try:
             print(f"wrote {make_picture(name, args, pipe)}")
-        except ValueError as error:
-            if args.what != "all":
+        except (ValueError, ImportError) as error:
+            if args.what != "all" or (isinstance(error, ImportError) and not _missing_extra(error)):
                 raise
-            print(f"skipped {name}: {error}")  # e.g. mixtures of an unconditional model
+            print(f"skipped {name}: {error}")  # mixtures of an unconditional model; plots without matplotlib
 
 
 def real_data(args, count: int = 0):
@@ -242,6 +242,9 @@ def cmd_evaluate(args) -> None:
 
 def cmd_report(args) -> None:
     from hfdiff import evaluate as ev
+    from hfdiff.visualize import require_matplotlib
+
+    require_matplotlib()  # report.png needs it: say so before minutes of sampling, not after
 
     steps = [None if s == "full" else _positive_int(s, "--steps") for s in args.steps]  # before the slow parts
     pipe = load_pipeline(args.model, args.device)
@@ -402,10 +405,17 @@ def main(argv: list[str] | None = None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as error:
+    except (UserError, ValueError, FileNotFoundError, ImportError) as error:
+        if isinstance(error, ImportError) and not _missing_extra(error):
+            raise
         print(f"hfdiff {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _missing_extra(error: ImportError) -> bool:
+    """An optional extra the user has not installed (its message names it), not a broken import inside hfdiff."""
+    return 'pip install "hfdiff[' in str(error)
 
 
 if __name__ == "__main__":

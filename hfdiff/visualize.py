@@ -179,9 +179,9 @@ def hstack(images: Sequence[PIL.Image.Image], gap: int = 12) -> PIL.Image.Image:
     return canvas
 
 
-def _matplotlib():
-    """matplotlib's Figure and Agg canvas, imported on first use: only the plots need matplotlib, not sampling,
-    training or sample grids."""
+def require_matplotlib():
+    """matplotlib's (Figure, FigureCanvasAgg), imported on first use: only the plots need matplotlib, not sampling,
+    training or sample grids. Raises an ImportError that names the extra to install when it is missing."""
     try:
         import matplotlib  # noqa: F401  (imported first, so a missing or blocked matplotlib fails here)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -200,7 +200,7 @@ def plot_figure(panels: int = 1, panel_size: tuple[float, float] = (4.4, 3.4), d
 
     Built on its own Agg canvas (no pyplot, so no global state and no display needed); render it with
     `figure_to_image`."""
-    Figure, FigureCanvasAgg = _matplotlib()
+    Figure, FigureCanvasAgg = require_matplotlib()
     figure = Figure(figsize=(panel_size[0] * panels, panel_size[1]), dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
     return figure, list(figure.subplots(1, panels, squeeze=False)[0])

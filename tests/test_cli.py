@@ -75,6 +75,17 @@ def test_visualize_without_model_draws_what_it_can(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
 
 
+def test_plots_without_matplotlib(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    assert main(["visualize", "schedules", "--output_dir", str(tmp_path)]) == 2
+    assert 'pip install "hfdiff[plots]"' in capsys.readouterr().err
+    assert main(["visualize", "all", "--output_dir", str(tmp_path)]) == 0  # draws what needs no matplotlib
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["forward_process.png"]
+    assert "skipped schedules" in capsys.readouterr().out
+    assert main(["report", str(model_dir), "--output_dir", str(tmp_path / "report")]) == 2  # before any sampling
+    assert "hfdiff[plots]" in capsys.readouterr().err and not (tmp_path / "report").exists()
+
+
 def test_errors_for_people(model_dir, tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     assert main(["sample", str(missing)]) == 2
