@@ -25,11 +25,12 @@ The result is a pipeline folder: SpriteDiffusionPipeline.from_pretrained("sprite
 All flags: python train_conditional.py --help.
 """
 
-from hfdiff.training import parse_config, train
+from hfdiff.training import configure_script_logging, parse_config, train
 
 
 def main(argv=None):
     config = parse_config(argv, description=__doc__)
+    configure_script_logging()
     train(config, conditional=True)
 
 

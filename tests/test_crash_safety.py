@@ -60,8 +60,8 @@ def _run_script(argv: list[str], log: str, file_size_limit: int | None, kill_at_
 
     file_size_limit: a full disk (writes past the limit fail with EFBIG instead of killing the process).
     kill_at_move: the process kill -9s itself just before the n-th rename into (or deletion in) --output_dir of
-    anything that is not a checkpoint, i.e. at a chosen point of the final save, where an outside kill would be a
-    race."""
+    anything that is not a checkpoint (nor a retired `.checkpoint-N.old` one), i.e. at a chosen point of the final
+    save, where an outside kill would be a race."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -74,7 +74,7 @@ def _run_script(argv: list[str], log: str, file_size_limit: int | None, kill_at_
         def or_die(operation):
             def operation_or_die(*paths, **kwargs):
                 target = Path(paths[-1])
-                if target.parent == output_dir and not target.name.startswith("checkpoint-"):
+                if target.parent == output_dir and not target.name.lstrip(".").startswith("checkpoint-"):
                     moves.append(target)
                     if len(moves) == kill_at_move:
                         os.kill(os.getpid(), signal.SIGKILL)
@@ -197,8 +197,9 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 def leftovers(output_dir: Path) -> list[str]:
-    """Temporary files and folders of saves: checkpoint .tmp/.old folders, the pipeline's staging folder and
-    retired components, the staged samples.png."""
+    """Temporary files and folders of saves: checkpoint-N.tmp folders, retired `.<name>.old` checkpoints and
+    pipeline components (and the checkpoint-N.old of earlier versions), the pipeline's staging folder, the staged
+    samples.png."""
     return entries(output_dir, r"checkpoint-.*\.(tmp|old)|\..*\.old|\.samples\.png\.tmp") + entries(
         output_dir.parent, re.escape(f".{output_dir.name}.saving-") + ".*"
     )

@@ -65,6 +65,9 @@ def test_flags_from_the_dataclass():
     assert config.checkpoints_total_limit is None and config.train_batch_size is None  # auto until resolved
     with pytest.raises(SystemExit):
         parse_config(["--prediction_type", "noise"])
+    with pytest.raises(SystemExit):  # a testing aid, an argument of train() rather than a flag
+        parse_config(["--debug_dump_dir", "dump"])
+    assert parse_config(["--ddpm_beta_schedule", "laplace"]).ddpm_beta_schedule == "laplace"
 
 
 def test_auto_defaults_by_device(monkeypatch):
@@ -194,19 +197,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
     out, dump = tmp_path / "run", tmp_path / "dump"
     launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
-    args = [
-        "--output_dir",
-        str(out),
-        "--max_train_steps",
-        "3",
-        "--train_batch_size",
-        "8",
-        "--debug_dump_dir",
-        str(dump),
-        "--mixed_precision",
-        "no",
-    ]
-    run_script(["train_conditional.py", *TINY_RUN, *args], launcher=launcher, ACCELERATE_USE_CPU="1")
+    args = ["--output_dir", str(out), "--max_train_steps", "3", "--train_batch_size", "8", "--mixed_precision", "no"]
+    run_script(["tests/train_and_dump.py", str(dump), *TINY_RUN, *args], launcher=launcher, ACCELERATE_USE_CPU="1")
 
     ranks = [load_file(dump / f"rank-{r}.safetensors") for r in range(2)]
     indices = [rank.pop("indices") for rank in ranks]
@@ -284,6 +276,74 @@ def test_resume_is_exact(tmp_path, fresh_accelerate_state):
     for weights in ["unet/diffusion_pytorch_model.safetensors", "checkpoint-6/model.safetensors"]:
         a, b = load_file(straight / weights), load_file(resumed / weights)
         assert all(torch.equal(a[name], b[name]) for name in a), weights
+
+
+def process_state() -> dict:
+    """What train() must leave as it found it: logging, speed flags, thread count, global RNG states."""
+    import logging
+    import random
+
+    numpy_rng = np.random.get_state()
+    return {
+        "root handlers": list(logging.getLogger().handlers),
+        "root level": logging.getLogger().level,
+        "hfdiff level": logging.getLogger("hfdiff").level,
+        "matmul tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn benchmark": torch.backends.cudnn.benchmark,
+        "matmul precision": torch.get_float32_matmul_precision(),
+        "threads": torch.get_num_threads(),
+        "torch rng": torch.random.get_rng_state().numpy().tobytes(),
+        "numpy rng": (numpy_rng[0], numpy_rng[1].tobytes(), *numpy_rng[2:]),
+        "python rng": random.getstate(),
+    }
+
+
+def test_train_leaves_the_process_as_it_found_it(tmp_path, fresh_accelerate_state):
+    """A fresh run and one resumed from its checkpoint (Accelerate's load_state restores the RNG states saved with
+    it), each started from other global seeds and a non-default matmul precision: afterwards the process is as
+    before, and the resumed run still ends with the straight run's weights (training reads no global RNG)."""
+    import random
+
+    def run(output_dir, global_seed, *flags):
+        torch.manual_seed(global_seed), np.random.seed(global_seed), random.seed(global_seed)
+        before = process_state()
+        cli = [*TINY_RUN, "--output_dir", str(output_dir), "--train_batch_size", "8", "--max_train_steps", "4"]
+        cli += ["--checkpointing_steps", "2", "--checkpoints_total_limit", "none", "--validation_steps", "100"]
+        train(parse_config([*cli, "--num_cpu_threads", "2", "--mixed_precision", "no", *flags]), conditional=True)
+        assert process_state() == before
+
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+        run(straight, 1)
+        os.makedirs(resumed)
+        os.rename(straight / "checkpoint-2", resumed / "checkpoint-2")
+        run(resumed, 2, "--resume_from_checkpoint", "latest")
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    a, b = (
+        load_file(straight / "checkpoint-4" / "model.safetensors"),
+        load_file(resumed / "checkpoint-4/model.safetensors"),
+    )
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_restored_process_state_restores_on_error():
+    """What a GPU run turns on (TF32, cuDNN autotuning) and what any run may change is put back, also on an error."""
+    import random
+
+    from hfdiff.training.process_state import RestoredProcessState, use_fast_cuda_kernels
+
+    before = process_state()
+    with pytest.raises(RuntimeError, match="stop"), RestoredProcessState():
+        use_fast_cuda_kernels()
+        torch.set_float32_matmul_precision("medium")
+        torch.set_num_threads(torch.get_num_threads() + 1)
+        torch.manual_seed(5), np.random.seed(5), random.seed(5)
+        raise RuntimeError("stop")
+    assert process_state() == before
 
 
 def test_push_to_hub_sends_the_pipeline_without_checkpoints_or_logs(tmp_path, fresh_accelerate_state, fake_hub):
@@ -438,8 +498,10 @@ def test_cuda_graphs_flag_refused_where_it_cannot_run(tmp_path, fresh_accelerate
     flags = ["--output_dir", str(tmp_path), "--max_train_steps", "2", "--cuda_graphs"]
     if torch.cuda.is_available():
         flags += ["--gradient_accumulation_steps", "2"]
+    before = process_state()
     with pytest.raises(ValueError, match="--cuda_graphs cannot be used with"):
-        train(parse_config([*TINY_RUN, *flags]), conditional=True)
+        train(parse_config([*TINY_RUN, *flags, "--num_cpu_threads", "2"]), conditional=True)
+    assert process_state() == before  # restored when train() raises, too
 
 
 def test_validation_pipelines_are_freed_without_the_cycle_collector(tmp_path, fresh_accelerate_state, monkeypatch):

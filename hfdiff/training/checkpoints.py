@@ -2,10 +2,12 @@
 
 A checkpoint is written to `checkpoint-<step>.tmp` and renamed to `checkpoint-<step>` only when every process has
 finished writing, so a run killed at any moment (even with kill -9) leaves only complete `checkpoint-<int>` folders,
-plus perhaps a `.tmp` or `.old` one that `latest` never picks and the next save removes. Old checkpoints are pruned
-after the new one exists, never before (with a limit of 1, pruning first would leave no checkpoint at all if the save
-died), and each is renamed to `.old` before it is deleted, so a kill in the middle of a deletion never leaves a
-half-deleted `checkpoint-<int>` that still looks complete. A save that fails (a full disk) removes what it wrote and
+plus perhaps a `checkpoint-<step>.tmp` or a retired `.checkpoint-<step>.old` one that `latest` never picks and the
+next save removes. Old checkpoints are pruned after the new one exists, never before (with a limit of 1, pruning first
+would leave no checkpoint at all if the save died), and each is renamed to its `retired_path` before it is deleted, so
+a kill in the middle of a deletion never leaves a half-deleted `checkpoint-<int>` that still looks complete. Moving
+into place and retiring are the pipeline's `replace_path`/`retired_path`: one folder swap for pipelines and
+checkpoints. A save that fails (a full disk) removes what it wrote and
 raises an OSError naming the checkpoint, the free space and the fix; the checkpoints already saved are untouched.
 No fsync: this protects against the process dying, not against the machine losing power.
 """
@@ -19,8 +21,13 @@ import shutil
 
 from accelerate import Accelerator
 
+from hfdiff.pipelines.pipeline_sprite_diffusion import replace_path, retired_path
+
 STATE_FILE = "training_state.json"  # written last, inside the .tmp folder: {"global_step": ..., ...}
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# What a killed or failed save leaves: a half-written checkpoint-N.tmp, a retired .checkpoint-N.old (and the
+# checkpoint-N.old that versions before retired_path left).
+_STALE = re.compile(r"^(checkpoint-\d+\.(tmp|old)|\.checkpoint-\d+\.old)$")
 _FEWER = " (a lower --checkpoints_total_limit keeps fewer checkpoints)"
 
 
@@ -86,7 +93,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: dict, tota
         except OSError as caught:
             error = caught
         else:
-            replace_dir(tmp, final)
+            replace_path(tmp, final)
             prune_checkpoints(output_dir, total_limit)
     _raise_if_any_failed(accelerator, error, tmp, f"checkpoint {final}", output_dir)
     return final
@@ -128,28 +135,15 @@ def save_error(what: str, output_dir: str, error: BaseException, hint: str = "")
     )
 
 
-def replace_dir(src: str, dst: str) -> None:
-    """Move folder `src` to `dst`, replacing an existing `dst`. rename(2) cannot replace a non-empty folder, so an old
-    `dst` is first renamed aside; each rename is atomic, so `dst` is always either the old or the new folder, or (for
-    an instant, between the two renames) absent."""
-    if os.path.exists(dst):
-        old = dst + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(src, dst)
-
-
 def prune_checkpoints(output_dir: str, total_limit: int | None) -> None:
-    """Delete the oldest complete checkpoints beyond `total_limit`: each is renamed to `.old` first (atomic), so that
-    a deletion cut short leaves a `.old` folder for the next save to remove, not a half-deleted checkpoint."""
+    """Delete the oldest complete checkpoints beyond `total_limit`: each is renamed to its `retired_path` first
+    (atomic), so that a deletion cut short leaves a `.checkpoint-N.old` folder for the next save to remove, not a
+    half-deleted checkpoint."""
     if total_limit is None:
         return
     checkpoints = list_checkpoints(output_dir)
     for _, path in checkpoints[: max(0, len(checkpoints) - total_limit)]:
-        retired = path + ".old"
+        retired = retired_path(path)
         shutil.rmtree(retired, ignore_errors=True)
         os.replace(path, retired)
         shutil.rmtree(retired)
@@ -160,5 +154,5 @@ def _remove_stale_temporaries(output_dir: str) -> None:
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
-        if name.startswith("checkpoint-") and name.endswith((".tmp", ".old")):
+        if _STALE.match(name):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)

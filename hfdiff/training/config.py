@@ -18,6 +18,10 @@ from typing import Literal, Optional
 
 import torch
 
+# Every schedule the sprite schedulers build (laplace included): the flag offers them all, and the validation
+# grids' DDIM scheduler accepts each (it is made from the training scheduler's config).
+from ..schedulers._math import BETA_SCHEDULES
+
 LR_SCHEDULERS = (
     "linear",
     "cosine",
@@ -26,7 +30,6 @@ LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
 )
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
 # Device-dependent defaults, applied by `resolve_defaults` to the fields left at None.
 # GPU: the course's scale (89,400 sprites, 32 epochs) in batches of 1,024, each step replayed from a CUDA graph of
@@ -219,12 +222,6 @@ class TrainingConfig:
         default=None, metadata=_help("Hub repo id for --push_to_hub (default: the name of --output_dir).")
     )
     hub_private_repo: bool = field(default=False, metadata=_help("Create the Hub repo as private."))
-
-    # ---- testing aid
-    debug_dump_dir: Optional[str] = field(
-        default=None,
-        metadata=_help("Testing aid: each process writes the image indices it trained on and its final weights here."),
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The one training loop behind train_conditional.py and train_unconditional.py.
 
-`train(config, conditional)` reads top to bottom: resolve the auto defaults, build the Accelerator, load the whole data
-set onto the device, build the UNet, noise schedule, optimizer, LR schedule and EMA, resume if asked, then loop:
+`train(config, conditional)` reads top to bottom in named steps: `start_accelerator` (resolve the auto defaults, build
+the Accelerator), `set_up` (load the whole data set onto the device, build the UNet, noise schedule, optimizer, LR
+schedule and EMA, resume if asked), `run_steps` (the loop below) and `finish`:
 
     for each optimizer step (epoch, micro-batch):
         x_0, c   <- images[indices] gathered on the device, scaled to [-1, 1]; c one-hot, zeroed with prob. p_uncond
@@ -10,9 +11,11 @@ set onto the device, build the UNet, noise schedule, optimizer, LR schedule and 
         loss     =  ||target - model(x_t, t, c)||^2, target = eps | x_0 | v          (DDPM Alg. 1)
         backward, clip, AdamW, LR schedule, EMA; now and then: log, checkpoint, validation grid
 
-and finally saves the EMA pipeline and samples.png to --output_dir. The step itself lives in step.py: on one CUDA GPU
-it is replayed from a CUDA graph (`GraphedStep`), elsewhere Accelerate runs it op by op (`EagerStep`). A NaN or
-infinite loss stops the run at once (`NonFiniteLossError`), before any checkpoint of the diverged weights is written.
+and `finish` saves the EMA pipeline and samples.png to --output_dir. The process-wide state this changes (speed flags,
+thread count, global RNGs) is restored when `train` returns or raises (process_state.py). The step itself lives in
+step.py: on one CUDA GPU it is replayed from a CUDA graph (`GraphedStep`), elsewhere Accelerate runs it op by op
+(`EagerStep`). A NaN or infinite loss stops the run at once (`NonFiniteLossError`), before any checkpoint of the
+diverged weights is written.
 
 Data order and noise are pure functions of (seed, epoch, micro-batch, rank), never of how long the process has been
 running: that is what makes --resume_from_checkpoint exact without saving any generator state.
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 import math
 import os
 import time
@@ -41,6 +43,7 @@ from tqdm.auto import tqdm
 from .checkpoints import find_checkpoint, list_checkpoints, read_training_state, save_checkpoint, save_error
 from .config import TrainingConfig, cpu_threads, model_config_overrides, resolve_defaults
 from .data import TrainingData, check_image_size, load_training_data
+from .process_state import RestoredProcessState, use_fast_cuda_kernels
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
 from .step import EagerStep, GraphedStep, LossWatch, StepInputs, graphed_step_unsupported
 
@@ -157,8 +160,11 @@ def build_unet(config: TrainingConfig, data: TrainingData, conditional: bool):
     }
     block_out_channels = overrides.get("block_out_channels", UNET_PRESETS[config.preset]["block_out_channels"])
     check_image_size((height, width), block_out_channels, data.description)
-    torch.manual_seed(config.seed)  # the same initial weights on every process and every run
-    return ContextUNet2DModel.from_preset(config.preset, **shape, **overrides)
+    # The same initial weights on every process and every run, without touching the caller's global RNG. The model
+    # is built on the CPU, so the CPU generator is the one seeded: torch.manual_seed would also queue a seed for CUDA.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(config.seed)
+        return ContextUNet2DModel.from_preset(config.preset, **shape, **overrides)
 
 
 def build_noise_scheduler(config: TrainingConfig):
@@ -181,6 +187,16 @@ def build_optimizer(config: TrainingConfig, unet, device: torch.device) -> torch
         # One kernel for all parameters on CUDA; on CPU the multi-tensor path, several times faster than per-tensor.
         fused=device.type == "cuda",
         foreach=device.type != "cuda",
+    )
+
+
+def build_lr_scheduler(config: TrainingConfig, optimizer, max_train_steps: int, world_size: int):
+    # The prepared LR scheduler steps once per process at each optimizer step, so its lengths count in those units.
+    return get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * world_size,
+        num_training_steps=max_train_steps * world_size,
     )
 
 
@@ -314,14 +330,15 @@ def push_to_hub(config: TrainingConfig) -> None:
     logger.info(f"Pushed {config.output_dir} to the Hub: {url}", main_process_only=True)
 
 
-def dump_debug(config: TrainingConfig, rank: int, indices: list[torch.Tensor], unet) -> None:
-    """Testing aid (--debug_dump_dir): the image indices this process trained on, in order, and its final weights."""
+def dump_debug(dump_dir: str, rank: int, indices: list[torch.Tensor], unet) -> None:
+    """Testing aid (train's `debug_dump_dir`): the image indices this process trained on, in order, and its final
+    weights, in dump_dir/rank-<rank>.safetensors."""
     from safetensors.torch import save_file
 
-    os.makedirs(config.debug_dump_dir, exist_ok=True)
+    os.makedirs(dump_dir, exist_ok=True)
     tensors = {"indices": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)}
     tensors.update({f"unet.{name}": value.detach().cpu().contiguous() for name, value in unet.state_dict().items()})
-    save_file(tensors, os.path.join(config.debug_dump_dir, f"rank-{rank}.safetensors"))
+    save_file(tensors, os.path.join(dump_dir, f"rank-{rank}.safetensors"))
 
 
 def tracker_config(config: TrainingConfig, data: TrainingData, max_train_steps: int) -> dict:
@@ -370,10 +387,53 @@ def make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, no
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
-    """Train a ContextUNet2DModel as `config` says; one context entry per class of the data when `conditional`."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("hfdiff").setLevel(logging.INFO)  # our progress messages, without every library's INFO lines
+@dataclass
+class Run:
+    """The pieces of one training run, built by `set_up`, stepped by `run_steps`, saved by `finish`."""
+
+    config: TrainingConfig  # resolved: no auto (None) fields left
+    conditional: bool
+    accelerator: Accelerator
+    data: TrainingData
+    unet: torch.nn.Module  # the bare UNet (the step may run a compiled, DDP-wrapped view of it)
+    noise_scheduler: object
+    lr_scheduler: object
+    ema: EMAModel | None
+    batches: EpochBatches
+    max_train_steps: int
+    num_epochs: int
+    run_shape: dict  # what a resumed run must share with the saved one for the data order to continue
+    global_step: int = 0  # optimizer steps done, resumed ones included
+    step: EagerStep | GraphedStep | None = None
+    step_setup_seconds: float = 0.0
+
+    @property
+    def images_per_step(self) -> int:
+        config = self.config
+        return config.train_batch_size * self.accelerator.num_processes * config.gradient_accumulation_steps
+
+
+def train(config: TrainingConfig, conditional: bool, *, debug_dump_dir: str | None = None) -> TrainingResult:
+    """Train a ContextUNet2DModel as `config` says; one context entry per class of the data when `conditional`.
+
+    The speed flags, thread count and global RNG states it changes are restored when it returns or raises; logging
+    is left to the caller (the training scripts' `main` sets it up). `debug_dump_dir` is a testing aid, not a flag:
+    each process writes the image indices it trained on and its final weights there (see `dump_debug`)."""
+    with RestoredProcessState() as process_state:
+        config, accelerator = start_accelerator(config, conditional, process_state)
+        run = set_up(accelerator, config, conditional)
+        trained_indices = [] if debug_dump_dir else None
+        meter, logs = run_steps(run, trained_indices)
+        finish(run, debug_dump_dir, trained_indices)
+    return TrainingResult(
+        config.output_dir, run.global_step, meter.steady_images_per_second(), logs.get("loss"), run.step_setup_seconds
+    )
+
+
+def start_accelerator(
+    config: TrainingConfig, conditional: bool, process_state: RestoredProcessState
+) -> tuple[TrainingConfig, Accelerator]:
+    """The resolved config and the Accelerator, with the device's speed settings (restored by `process_state`)."""
     # The device picks the auto defaults, and must be known before the Accelerator exists (mixed precision is one).
     # ACCELERATE_USE_CPU is read by the Accelerator, not by PartialState: pass it on, or a CPU DDP run (accelerate
     # launch --multi_gpu with ACCELERATE_USE_CPU=1) would come up as independent single processes.
@@ -384,114 +444,151 @@ def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
         if threads is not None:
             torch.set_num_threads(threads)
     accelerator = make_accelerator(config)
-    device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs for whatever autocast leaves in fp32
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest conv kernels once
+    if accelerator.device.type == "cuda":
+        process_state.keep_cuda_rng()  # before load_state restores a checkpoint's CUDA RNG states
+        use_fast_cuda_kernels()
+    return config, accelerator
 
+
+def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) -> Run:
+    """Data on the device, UNet, noise schedule, optimizer, LR schedule and EMA, prepared and resumed; the step."""
+    device, world_size = accelerator.device, accelerator.num_processes
     with accelerator.main_process_first():  # the first process fills the datasets cache, the others then read it
         data = load_training_data(config, conditional)
     unet = build_unet(config, data, conditional)
-    noise_scheduler = build_noise_scheduler(config)
-
-    # The whole data set lives on the device as uint8 (89,400 sprites = 69 MB); batches are gathered there.
-    images = data.images.to(device)
-    labels = data.labels.to(device) if data.labels is not None else None
-    class_contexts = torch.eye(len(data.class_names), device=device) if conditional else None  # one-hot rows
     batches = EpochBatches(
-        len(data), config.train_batch_size, config.gradient_accumulation_steps, config.seed, rank, world_size, device
-    )
+        len(data), config.train_batch_size, config.gradient_accumulation_steps, config.seed,
+        accelerator.process_index, world_size, device,
+    )  # fmt: skip
     max_train_steps, num_epochs = schedule_length(config, batches)
-
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     unet.to(device, memory_format=memory_format)
     optimizer = build_optimizer(config, unet, device)
-    # The prepared LR scheduler steps once per process at each optimizer step, so its lengths count in those units.
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps * world_size,
-        num_training_steps=max_train_steps * world_size,
-    )
+    lr_scheduler = build_lr_scheduler(config, optimizer, max_train_steps, world_size)
     ema = build_ema(config, unet)
     model = torch.compile(unet) if config.compile else unet
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)  # save_state/load_state then carry the EMA weights too
-
     run_shape = {
         "world_size": world_size,
         "train_batch_size": config.train_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "seed": config.seed,
     }
-    global_step = resume(accelerator, config, ema, run_shape)
+    run = Run(
+        config=config,
+        conditional=conditional,
+        accelerator=accelerator,
+        data=data,
+        unet=unet,
+        noise_scheduler=build_noise_scheduler(config),
+        lr_scheduler=lr_scheduler,
+        ema=ema,
+        batches=batches,
+        max_train_steps=max_train_steps,
+        num_epochs=num_epochs,
+        run_shape=run_shape,
+        global_step=resume(accelerator, config, ema, run_shape),
+    )
     if accelerator.is_main_process:
         accelerator.init_trackers(
             "train_conditional" if conditional else "train_unconditional",
             config=tracker_config(config, data, max_train_steps),
         )
-    images_per_step = config.train_batch_size * world_size * config.gradient_accumulation_steps
-    inputs = StepInputs(images, labels, class_contexts, config.p_uncond, config.max_grad_norm, memory_format)
     setup_start = time.perf_counter()
-    step = make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, noise_scheduler, inputs)
-    step_setup_seconds = time.perf_counter() - setup_start
+    inputs = step_inputs(config, data, conditional, device, memory_format)
+    run.step = make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, run.noise_scheduler, inputs)
+    run.step_setup_seconds = time.perf_counter() - setup_start
+    log_run(run)
+    return run
+
+
+def step_inputs(config, data: TrainingData, conditional: bool, device, memory_format) -> StepInputs:
+    """The whole data set on the device as uint8 (89,400 sprites = 69 MB): batches are gathered there."""
+    images = data.images.to(device)
+    labels = data.labels.to(device) if data.labels is not None else None
+    class_contexts = torch.eye(len(data.class_names), device=device) if conditional else None  # one-hot rows
+    return StepInputs(images, labels, class_contexts, config.p_uncond, config.max_grad_norm, memory_format)
+
+
+def log_run(run: Run) -> None:
+    config, data, accelerator = run.config, run.data, run.accelerator
     logger.info(
         f"{data.description}: {len(data)} images {tuple(data.images.shape[1:])}, "
-        f"{len(data.class_names) if conditional else 'no'} classes; {sum(p.numel() for p in unet.parameters()):,} "
-        f"parameters; {max_train_steps} steps of {images_per_step} images ({num_epochs} epochs) on {world_size} "
-        f"process(es), {device}, mixed precision {config.mixed_precision}, {type(step).__name__} "
-        f"(built in {step_setup_seconds:.1f} s).",
+        f"{len(data.class_names) if run.conditional else 'no'} classes; "
+        f"{sum(p.numel() for p in run.unet.parameters()):,} parameters; {run.max_train_steps} steps of "
+        f"{run.images_per_step} images ({run.num_epochs} epochs) on {accelerator.num_processes} process(es), "
+        f"{accelerator.device}, mixed precision {config.mixed_precision}, {type(run.step).__name__} "
+        f"(built in {run.step_setup_seconds:.1f} s).",
         main_process_only=True,
     )
 
+
+def run_steps(run: Run, trained_indices: list | None) -> tuple[Meter, dict]:
+    """The optimizer steps from run.global_step to the end; returns the meter and the last logged values.
+    `trained_indices`, when a list, receives each micro-batch's image indices (`debug_dump_dir`)."""
+    config, accelerator = run.config, run.accelerator
     progress = tqdm(
-        total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+        total=run.max_train_steps, initial=run.global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
-    generator = torch.Generator(device=device)
-    meter = Meter(images_per_step)
-    watch = LossWatch(accelerator)
-    trained_indices, logs = [], {}
-    for epoch, micro, indices in batches.iterate(global_step, num_epochs):
-        if global_step >= max_train_steps:
+    generator = torch.Generator(device=accelerator.device)
+    meter, watch, logs = Meter(run.images_per_step), LossWatch(accelerator), {}
+    for epoch, micro, indices in run.batches.iterate(run.global_step, run.num_epochs):
+        if run.global_step >= run.max_train_steps:
             break
         # Noise, timesteps and context dropout of this micro-batch depend only on where it is in the run.
-        generator.manual_seed(stream_seed(config.seed, rank, epoch, micro))
-        loss, finished_step = step(indices, generator)
+        generator.manual_seed(stream_seed(config.seed, accelerator.process_index, epoch, micro))
+        loss, finished_step = run.step(indices, generator)
         meter.add(loss, finished_step)
-        if config.debug_dump_dir:
+        if trained_indices is not None:
             trained_indices.append(indices.cpu())
         if not finished_step:
             continue
-
-        global_step += 1
+        run.global_step += 1
         progress.update(1)
-        check_loss(config, watch.push(loss, global_step))
-        if global_step % config.logging_steps == 0 or global_step == max_train_steps:
-            logs = {**meter.read(accelerator), "lr": float(lr_scheduler.get_last_lr()[0]), "epoch": epoch}
-            if ema is not None:
-                logs["ema_decay"] = ema.cur_decay_value
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_second']:.0f}")
-            accelerator.log(logs, step=global_step)
-        if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
-            check_loss(config, watch.flush())  # never a checkpoint of diverged weights
-            state = {"global_step": global_step, "epoch": epoch, **run_shape}
-            save_checkpoint(accelerator, config.output_dir, state, config.checkpoints_total_limit)
-        if global_step % config.validation_steps == 0 or global_step == max_train_steps:
-            check_loss(config, watch.flush())
-            if accelerator.is_main_process:
-                validate(accelerator, config, unet, ema, noise_scheduler, global_step)
+        check_loss(config, watch.push(loss, run.global_step))
+        logs = log_progress(run, meter, progress, epoch) or logs
+        checkpoint_and_validate(run, watch, epoch)
     progress.close()
     check_loss(config, watch.flush())
+    return meter, logs
 
+
+def log_progress(run: Run, meter: Meter, progress, epoch: int) -> dict | None:
+    """Every --logging_steps and at the end: loss, images/s, LR and EMA decay to the trackers and the progress bar."""
+    step = run.global_step
+    if step % run.config.logging_steps != 0 and step != run.max_train_steps:
+        return None
+    logs = {**meter.read(run.accelerator), "lr": float(run.lr_scheduler.get_last_lr()[0]), "epoch": epoch}
+    if run.ema is not None:
+        logs["ema_decay"] = run.ema.get_decay(step)  # the EMA steps once per optimizer step, resumed ones included
+    progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_second']:.0f}")
+    run.accelerator.log(logs, step=step)
+    return logs
+
+
+def checkpoint_and_validate(run: Run, watch: LossWatch, epoch: int) -> None:
+    """Every --checkpointing_steps a checkpoint; every --validation_steps and at the end a validation grid. Neither
+    from diverged weights: the pending loss checks are read first."""
+    config, step = run.config, run.global_step
+    if config.checkpointing_steps and step % config.checkpointing_steps == 0:
+        check_loss(config, watch.flush())
+        state = {"global_step": step, "epoch": epoch, **run.run_shape}
+        save_checkpoint(run.accelerator, config.output_dir, state, config.checkpoints_total_limit)
+    if step % config.validation_steps == 0 or step == run.max_train_steps:
+        check_loss(config, watch.flush())
+        if run.accelerator.is_main_process:
+            validate(run.accelerator, config, run.unet, run.ema, run.noise_scheduler, step)
+
+
+def finish(run: Run, debug_dump_dir: str | None, trained_indices: list | None) -> None:
+    """The EMA pipeline and samples.png (main process), the testing aid's dump (every process), the trackers closed."""
+    accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_final(accelerator, config, unet, ema, noise_scheduler, global_step)
-    if config.debug_dump_dir:
-        dump_debug(config, rank, trained_indices, unet)
+        save_final(accelerator, run.config, run.unet, run.ema, run.noise_scheduler, run.global_step)
+    if debug_dump_dir:
+        dump_debug(debug_dump_dir, accelerator.process_index, trained_indices, run.unet)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainingResult(
-        config.output_dir, global_step, meter.steady_images_per_second(), logs.get("loss"), step_setup_seconds
-    )

@@ -13,6 +13,7 @@ resuming stays exact and a graphed run follows an eager one within floating-poin
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -157,6 +158,36 @@ def make_optimizer_capturable(optimizer: torch.optim.Optimizer, device: torch.de
             state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
+class CapturedEMA:
+    """EMAModel's update as a CUDA graph can replay it; the one place in training that reaches past EMAModel's methods.
+
+    EMAModel.step computes the decay on the host and hands it to its kernels as a Python number, which a captured
+    graph would replay forever at its first value. So the graph runs the same update, shadow <- shadow - (1 - decay)
+    (shadow - param), on EMAModel's own shadow tensors (`shadow_params`, captured by address) with 1 - decay read from
+    a device tensor, and `advance` does the rest of EMAModel.step on the host: the decay for the next step and the
+    step count that get_decay reads and state_dict checkpoints. Parameters without gradients keep their shadow, as the
+    graph's clip and optimizer never change them."""
+
+    def __init__(self, ema, unet, device: torch.device):
+        self.ema = ema
+        self.trainable = [p.requires_grad for p in unet.parameters()]
+        self.captured_ema = CapturedEMA(ema, unet, device) if ema is not None else None
+
+    def update(self, params: list[torch.Tensor]) -> None:
+        """The captured part; `params` are the trainable parameters, in order."""
+        shadow = [s for s, trainable in zip(self.ema.shadow_params, self.trainable) if trainable]
+        difference = torch._foreach_sub(shadow, params)
+        torch._foreach_mul_(difference, self.one_minus_decay)
+        torch._foreach_sub_(shadow, difference)
+
+    def advance(self) -> None:
+        """The host part, before each replay."""
+        step = self.ema.optimization_step + 1
+        decay = self.ema.get_decay(step)
+        self.ema.optimization_step, self.ema.cur_decay_value = step, decay
+        self.one_minus_decay.fill_(1.0 - decay)
+
+
 class GraphedStep:
     """The whole optimizer step (gather, forward, backward, clip, AdamW, EMA) captured once in a CUDA graph and
     replayed every step; only the random draws, the LR schedule and the EMA decay run from Python.
@@ -189,7 +220,7 @@ class GraphedStep:
             self.num_train_timesteps,
             self.conditional,
         )
-        self.one_minus_decay = torch.zeros((), dtype=torch.float32, device=device)
+        self.captured_ema = CapturedEMA(ema, unet, device) if ema is not None else None
         raw_optimizer = getattr(optimizer, "optimizer", optimizer)  # past Accelerate's wrapper: no host bookkeeping
         make_optimizer_capturable(raw_optimizer, device)
         self.raw_optimizer = raw_optimizer
@@ -203,12 +234,8 @@ class GraphedStep:
         if self.inputs.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.inputs.max_grad_norm, foreach=True)
         self.raw_optimizer.step()
-        if self.ema is not None:
-            # shadow <- shadow - (1 - decay) (shadow - param), as EMAModel.step, with the decay read from the device.
-            shadow = [s for s, p in zip(self.ema.shadow_params, self.unet.parameters()) if p.requires_grad]
-            difference = torch._foreach_sub(shadow, self.params)
-            torch._foreach_mul_(difference, self.one_minus_decay)
-            torch._foreach_sub_(shadow, difference)
+        if self.captured_ema is not None:
+            self.captured_ema.update(self.params)
         return loss.detach()
 
     def _warm_up_and_capture(self) -> torch.Tensor:
@@ -235,8 +262,8 @@ class GraphedStep:
             for p in self.params
             if p in self.raw_optimizer.state
         }
-        shadow = [s.clone() for s in self.ema.shadow_params] if self.ema is not None else []
-        return {"params": [p.detach().clone() for p in self.params], "optimizer": optimizer_state, "ema": shadow}
+        ema = copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None  # state_dict holds references
+        return {"params": [p.detach().clone() for p in self.params], "optimizer": optimizer_state, "ema": ema}
 
     @torch.no_grad()
     def _restore(self, saved: dict) -> None:
@@ -251,19 +278,15 @@ class GraphedStep:
                 else:
                     value.copy_(before[key])
         if self.ema is not None:
-            for shadow, value in zip(self.ema.shadow_params, saved["ema"]):
-                shadow.copy_(value)
+            self.ema.load_state_dict(saved["ema"])  # new shadow tensors, which the capture that follows then uses
 
     def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
         self.indices.copy_(indices)
         draw_step_noise(
             generator, indices.shape[0], self.image_shape, self.num_train_timesteps, self.conditional, out=self.draws
         )
-        if self.ema is not None:  # EMAModel.step's bookkeeping; the update itself is in the graph
-            self.ema.optimization_step += 1
-            decay = self.ema.get_decay(self.ema.optimization_step)
-            self.ema.cur_decay_value = decay
-            self.one_minus_decay.fill_(1.0 - decay)
+        if self.captured_ema is not None:
+            self.captured_ema.advance()
         self.graph.replay()
         self.lr_scheduler.step()  # fills the lr tensor in place for the next replay
         return self.loss, True
