@@ -183,7 +183,7 @@ def require_matplotlib():
     """matplotlib's (Figure, FigureCanvasAgg), imported on first use: only the plots need matplotlib, not sampling,
     training or sample grids. Raises an ImportError that names the extra to install when it is missing."""
     try:
-        import matplotlib  # noqa: F401  (imported first, so a missing or blocked matplotlib fails here)
+        import matplotlib  # noqa: F401  (first: a matplotlib blocked in sys.modules fails even if submodules are loaded)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
