@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
+
+# The one upload path lives with the pipeline (it travels as code to diffusers-only users): re-exported here under
+# the names training and earlier releases use. `push_pipeline_folder(folder, repo_id, private, token, commit_message,
+# create_pr)` uploads exactly the pipeline files of a saved folder, without checkpoints, logs or validation images.
+from hfdiff.pipelines.pipeline_sprite_diffusion import pipeline_files
+from hfdiff.pipelines.pipeline_sprite_diffusion import upload_pipeline_folder as push_pipeline_folder
+
+__all__ = ["build_model_card", "pipeline_files", "push_pipeline_folder"]
 
 CARD_TEMPLATE = """\
 ---
@@ -78,12 +85,22 @@ def build_model_card(
         conditioning = f"one-hot classes ({', '.join(class_names)}); mixtures and classifier-free guidance work"
     else:
         conditioning = f"context vectors of length {unet_config.context_dim}"
-    tags = ["hfdiff", "diffusers", "unconditional-image-generation", "diffusion", "pixel-art"]
-    if unet_config.context_dim is not None:
-        tags.append("class-conditional")
+    # The Hub's tasks have "unconditional-image-generation" and "text-to-image" but nothing for class-conditional
+    # generation: such a model gets no pipeline_tag (which would file it under the wrong task) and says what it is
+    # in its tags instead.
+    tags = ["hfdiff", "diffusers", "diffusion", "pixel-art"]
+    if unet_config.context_dim is None:
+        pipeline_tag = "unconditional-image-generation"
+        tags.append(pipeline_tag)
+    elif class_names:
+        pipeline_tag = None
+        tags.append("class-conditional-image-generation")
+    else:
+        pipeline_tag = None
+        tags.append("context-conditional-image-generation")
     card_data = ModelCardData(
         library_name="diffusers",
-        pipeline_tag="unconditional-image-generation",
+        pipeline_tag=pipeline_tag,
         license=license,
         tags=tags,
         metrics=sorted(metrics) if metrics else None,
@@ -107,43 +124,3 @@ def build_model_card(
         metrics=metrics,
         training_config=json.dumps(training_config, indent=2, default=str) if training_config else None,
     )
-
-
-def pipeline_files(folder: str | Path) -> list[str]:
-    """allow_patterns covering a saved pipeline and nothing else in its folder: model_index.json, the model card and
-    its sample grid, the exported code, and the component folders model_index.json names (so checkpoints, logs and
-    validation images that training keeps beside them stay local)."""
-    folder = Path(folder)
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(
-            f"{index_path} does not exist: {folder} is not a saved pipeline folder (save one with "
-            "pipe.save_pretrained(path), or train one with train_conditional.py)."
-        )
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
-    code_files = sorted(path.name for path in folder.glob("*.py"))
-    return ["model_index.json", "README.md", "samples.png", *code_files, *(f"{name}/*" for name in components)]
-
-
-def push_pipeline_folder(
-    folder: str | Path,
-    repo_id: str,
-    private: bool | None = None,
-    token: str | None = None,
-    commit_message: str | None = None,
-    create_pr: bool = False,
-) -> str:
-    """Upload the pipeline saved in `folder` (see `pipeline_files`) to the Hub repo `repo_id`, creating it if needed,
-    with huggingface_hub's create_repo + upload_folder. Returns the URL of the commit."""
-    allow_patterns = pipeline_files(folder)
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        allow_patterns=allow_patterns,
-        commit_message=commit_message or "Upload SpriteDiffusionPipeline trained with hfdiff",
-        create_pr=create_pr,
-    )
-    return str(getattr(commit, "commit_url", commit))

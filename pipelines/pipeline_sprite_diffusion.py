@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 ClassLabel = int | str
-_DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 # Weight formats loaded through pickle, which can run code: never loaded, named in an error instead.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Libraries a diffusers-only user has: components from these are referenced by name, everything else travels as code.
@@ -62,77 +62,50 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SpriteDiffusionPipeline":
-        """Load a saved pipeline from a local folder or a Hub repo id.
+        """Load a saved pipeline from a local folder or a Hub repo id, with `DiffusionPipeline.from_pretrained`'s
+        keywords:
 
-        Where hfdiff is installed, each component is built from its installed class (hfdiff's, or diffusers' for a
-        swapped-in diffusers scheduler): code files exported next to the weights for diffusers-only users are never
-        executed here, so no trust_remote_code is needed. Weights load from safetensors only. Components may also be
-        passed in (`unet=...`, `scheduler=...`); `torch_dtype` applies to the UNet; Hub options (`revision`, `token`,
-        `cache_dir`, `local_files_only`, `force_download`, `proxies`) are passed to the download.
+        - Hub download: `revision`, `token`, `cache_dir`, `local_files_only`, `force_download`, `proxies`. Only the
+          pipeline's files are fetched (model_index.json, then each component's configs and the weights of the
+          requested variant), never the rest of the repo.
+        - `variant` ("fp16", ...): load `*.{variant}.safetensors` weights, as written by
+          `save_pretrained(..., variant=...)`.
+        - `torch_dtype`: a dtype for every model component, or a dict {component name or "default": dtype}.
+        - `use_safetensors`: None or True; weights load from safetensors only, so False is refused.
+        - `low_cpu_mem_usage`: passed to each model's `from_pretrained`.
+        - `trust_remote_code`: accepted and unused here: where hfdiff is installed, each component is built from its
+          installed class (hfdiff's, diffusers' or transformers'), and code files exported next to the weights for
+          diffusers-only users are never executed.
+        - components passed in (`unet=...`, `scheduler=...`) are used instead of loading them.
+
+        Keywords of diffusers' loader that do not apply to this pipeline (`custom_pipeline`, `device_map`,
+        `quantization_config`, ...) raise a ValueError that says what to do instead.
         """
         if importlib.util.find_spec("hfdiff") is None:  # exported code running without hfdiff: diffusers' loading
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        import diffusers
-        from huggingface_hub import snapshot_download
-
-        hfdiff = importlib.import_module("hfdiff")
-
-        download_kwargs = {key: kwargs.pop(key) for key in _DOWNLOAD_KEYS if key in kwargs}
-        torch_dtype = kwargs.pop("torch_dtype", None)
-        components = {name: kwargs.pop(name) for name in ("unet", "scheduler") if name in kwargs}
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for SpriteDiffusionPipeline.from_pretrained: {sorted(kwargs)}.")
-
-        folder = str(pretrained_model_name_or_path)
-        if not os.path.isdir(folder):
-            # A plain file download: nothing in the repo is imported or unpickled by fetching it.
-            folder = snapshot_download(folder, **download_kwargs)
-        index_path = os.path.join(folder, "model_index.json")
-        if not os.path.isfile(index_path):
-            if any(os.path.isdir(os.path.join(folder, name)) for name in ("unet", "scheduler")):
-                raise FileNotFoundError(
-                    f"{index_path} does not exist, but {folder} has pipeline components: a save that was cut short "
-                    "(model_index.json is written last). Save the pipeline again with pipe.save_pretrained(path), "
-                    "or rerun the training with --resume_from_checkpoint latest, which saves it at the end."
-                )
-            raise FileNotFoundError(
-                f"{index_path} does not exist: {pretrained_model_name_or_path} is not a saved pipeline folder "
-                "(save one with pipe.save_pretrained(path))."
-            )
-        index = _read_json(index_path)
-        for name in ("unet", "scheduler"):
-            if name in components:
-                continue
-            entry = index.get(name)
-            if not (isinstance(entry, list) and len(entry) == 2):
-                raise ValueError(f"{index_path} has no [library, class] entry for {name!r}; the folder is incomplete.")
-            component_cls = getattr(hfdiff, entry[1], None) or getattr(diffusers, entry[1], None)
-            if component_cls is None:
-                raise ValueError(
-                    f"{index_path} names {entry[1]!r} for {name!r}, which neither hfdiff nor diffusers defines; "
-                    "upgrade hfdiff/diffusers or pass the component in (e.g. scheduler=...)."
-                )
-            component_folder = Path(folder) / name
-            if not component_folder.is_dir():
-                raise FileNotFoundError(
-                    f"{index_path} names a {name!r} component but {component_folder} does not exist; the folder is "
-                    "incomplete: save it again with pipe.save_pretrained(path)."
-                )
-            _check_config(component_cls, component_folder, name)
-            if name == "unet":
-                _check_weights(component_folder)
-                components[name] = component_cls.from_pretrained(
-                    folder, subfolder=name, torch_dtype=torch_dtype, use_safetensors=True
-                )
-            else:
-                components[name] = component_cls.from_pretrained(folder, subfolder=name)
+        expected = cls._component_names()
+        passed = {name: kwargs.pop(name) for name in expected if name in kwargs}
+        options = _LoadOptions.from_kwargs(kwargs)
+        folder = _pipeline_folder(pretrained_model_name_or_path, options)
+        index = _read_json(folder / "model_index.json")
+        components = {
+            name: passed[name] if name in passed else _load_component(folder, name, index, options)
+            for name in expected
+        }
         return cls(**components)
+
+    @classmethod
+    def _component_names(cls) -> list[str]:
+        """The pipeline's component slots, read from `__init__` as diffusers does (`_get_signature_keys`)."""
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
 
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
         safe_serialization: bool = True,
         variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
         model_card=None,
         **kwargs,
     ):
@@ -141,6 +114,12 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
 
             SpriteDiffusionPipeline.from_pretrained(folder)                            # where hfdiff is installed
             DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)          # with diffusers alone
+
+        The keywords are `DiffusionPipeline.save_pretrained`'s: `variant="fp16"` writes
+        `diffusion_pytorch_model.fp16.safetensors` (weights of other variants already in the folder are kept, as
+        diffusers keeps them, when the component's config is unchanged); `max_shard_size` shards large weights;
+        `push_to_hub=True` then uploads the folder's pipeline files (see `push_to_hub`) with `repo_id` (default:
+        the folder's name), `commit_message`, `private`, `token` and `create_pr` from `kwargs`.
 
         The folder is written beside the target first and then moved in: the old model_index.json is removed first
         and the new one moved in last, so a save killed at any moment leaves the previous complete pipeline or no
@@ -157,8 +136,11 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 "SpriteDiffusionPipeline saves safetensors only: pickled weights can run code when loaded. "
                 "Leave safe_serialization=True."
             )
-        if kwargs.pop("push_to_hub", False):
-            raise ValueError("Use pipe.push_to_hub(repo_id) to upload; save_pretrained only writes the folder.")
+        upload = _pop_upload_kwargs(kwargs, default_repo_id=Path(save_directory).absolute().name)
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for save_pretrained: {sorted(kwargs)}.")
+        if push_to_hub:
+            _check_repo_id(upload["repo_id"])  # before writing anything
         target = Path(save_directory).absolute()
         try:
             target.mkdir(parents=True, exist_ok=True)
@@ -174,12 +156,15 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
         try:
             try:
-                super().save_pretrained(staging, safe_serialization=True, variant=variant)
+                super().save_pretrained(
+                    staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size
+                )
                 self.export_code(staging)
                 if model_card is None and importlib.util.find_spec("hfdiff") is not None:
                     model_card = importlib.import_module("hfdiff.hub").build_model_card(self)
                 if model_card is not None:
                     model_card.save(staging / "README.md")
+                _keep_other_variants(staging, target)
             except Exception as error:  # OSError, or safetensors' SafetensorError, for the same full disk
                 try:
                     free = f"{shutil.disk_usage(target.parent).free / 2**20:,.0f} MiB free there"
@@ -193,6 +178,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             _move_entries(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        if push_to_hub:
+            upload_pipeline_folder(target, **upload)
 
     def push_to_hub(
         self,
@@ -201,41 +188,46 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         private: bool | None = None,
         token: str | None = None,
         create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        subfolder: str | None = None,
+        *,
         model_card=None,
         extra_files: Sequence[str | os.PathLike] = (),
     ) -> str:
-        """Save the pipeline (as `save_pretrained` does: safetensors, exported code, model card) into a temporary
-        folder and upload exactly that folder to the Hub repo `repo_id` (created if needed) with huggingface_hub's
-        create_repo + upload_folder. `extra_files` (e.g. a samples.png the model card shows) are uploaded beside it.
-        Returns the URL of the commit."""
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
+        """`DiffusionPipeline.push_to_hub`: save the pipeline (as `save_pretrained` does: safetensors, exported code,
+        model card) into a temporary folder and upload exactly its pipeline files to the Hub repo `repo_id` (created
+        if needed), into `subfolder` of the repo when given. `extra_files` (e.g. a samples.png the model card shows)
+        are uploaded beside them. Returns the URL of the commit."""
+        _check_repo_id(repo_id)
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, model_card=model_card)
+            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant, model_card=model_card)
             for path in map(Path, extra_files):
                 shutil.copyfile(path, Path(folder) / path.name)
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=commit_message or f"Upload {type(self).__name__}",
+            return upload_pipeline_folder(
+                folder,
+                repo_id,
+                private=private,
+                token=token,
+                commit_message=commit_message,
                 create_pr=create_pr,
+                path_in_repo=subfolder,
+                extra_files=[path.name for path in map(Path, extra_files)],
             )
-        return str(getattr(commit, "commit_url", commit))
 
     def export_code(self, folder: str | os.PathLike) -> None:
         """Copy the source of the pipeline and of every non-diffusers component into a saved folder, in the layout
         of diffusers' custom-code loader, and point model_index.json at those files:
-        `_class_name: [pipeline_file, class]` at the top, `[module_file, class]` for unet/ and scheduler/."""
+        `_class_name: [pipeline_file, class]` at the top, `[module_file, class]` for each component."""
         folder = Path(folder)
         index_path = folder / "model_index.json"
         index = json.loads(index_path.read_text(encoding="utf-8"))
         pipeline_entry = _copy_class_source(type(self), folder)
         if pipeline_entry is not None:
             index["_class_name"] = pipeline_entry
-        for name in ("unet", "scheduler"):
-            entry = _copy_class_source(type(getattr(self, name)), folder / name)
+        for name in self._component_names():
+            component = getattr(self, name, None)
+            entry = None if component is None else _copy_class_source(type(component), folder / name)
             if entry is not None:
                 index[name] = entry
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -518,6 +510,310 @@ def postprocess_sample(sample: torch.Tensor, output_type: str = "pil"):
     return _IMAGE_PROCESSOR.postprocess(sample.detach(), output_type=output_type)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Loading: DiffusionPipeline.from_pretrained's keywords, without running any code from the folder
+# ----------------------------------------------------------------------------------------------------------------
+
+_DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+# Keywords of DiffusionPipeline.from_pretrained that this pipeline does not take, with what to do instead.
+_UNSUPPORTED_LOAD_KEYS = {
+    "custom_pipeline": "the pipeline class is SpriteDiffusionPipeline itself; load other pipelines with their class",
+    "custom_revision": "no pipeline code is fetched where hfdiff is installed; pass `revision` for the weights",
+    "device_map": "load, then move the pipeline with pipe.to(device)",
+    "max_memory": "the models are small enough to load whole; move them with pipe.to(device)",
+    "offload_folder": "the models are small enough to load whole; use pipe.enable_model_cpu_offload() to offload",
+    "offload_state_dict": "the models are small enough to load whole",
+    "quantization_config": "quantizing a UNet of a few million parameters saves nothing; use torch_dtype",
+    "use_onnx": "only safetensors weights are loaded",
+    "use_flashpack": "only safetensors weights are loaded",
+    "load_connected_pipeline": "this pipeline has no connected pipelines",
+}
+# Each component slot's expected base class, as (library, class name): a model_index.json that names another kind
+# of class for a slot (say, a model class for the scheduler) is refused before anything is read from its folder.
+_SLOT_BASES = {
+    "unet": ("diffusers", "ModelMixin"),
+    "scheduler": ("diffusers", "SchedulerMixin"),
+    "text_encoder": ("transformers", "PreTrainedModel"),
+    "tokenizer": ("transformers", "PreTrainedTokenizerBase"),
+}
+# Where component classes are looked up by the name model_index.json gives: never an arbitrary module.
+_CLASS_SOURCES = ("hfdiff", "diffusers", "transformers")
+# Weights of other formats in a component folder are not downloaded (and never loaded).
+_NOT_DOWNLOADED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.msgpack", "*.h5", "*.onnx", "*.py"]
+
+
+@dataclass
+class _LoadOptions:
+    """The keywords of `from_pretrained`, sorted by what they are for."""
+
+    download: dict
+    variant: str | None = None
+    torch_dtype: torch.dtype | dict | None = None
+    low_cpu_mem_usage: bool | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> "_LoadOptions":
+        for key, instead in _UNSUPPORTED_LOAD_KEYS.items():
+            if kwargs.get(key) is not None:
+                raise ValueError(f"SpriteDiffusionPipeline.from_pretrained does not take {key}: {instead}.")
+            kwargs.pop(key, None)
+        if kwargs.pop("use_safetensors", None) is False:
+            raise ValueError(
+                "use_safetensors=False: hfdiff loads safetensors weights only (pickled weights can run code when "
+                "loaded). Leave use_safetensors unset, or convert the weights once with diffusers."
+            )
+        kwargs.pop("trust_remote_code", None)  # no remote code runs where hfdiff is installed (see from_pretrained)
+        options = cls(
+            download={key: kwargs.pop(key) for key in _DOWNLOAD_KEYS if key in kwargs},
+            variant=kwargs.pop("variant", None),
+            torch_dtype=kwargs.pop("torch_dtype", kwargs.pop("dtype", None)),
+            low_cpu_mem_usage=kwargs.pop("low_cpu_mem_usage", None),
+        )
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for SpriteDiffusionPipeline.from_pretrained: {sorted(kwargs)}.")
+        return options
+
+    def dtype_for(self, name: str) -> torch.dtype | None:
+        if isinstance(self.torch_dtype, dict):
+            return self.torch_dtype.get(name, self.torch_dtype.get("default"))
+        return self.torch_dtype
+
+
+def _pipeline_folder(name_or_path: str | os.PathLike, options: _LoadOptions) -> Path:
+    """A local pipeline folder, or the Hub repo's pipeline files downloaded into the cache (files only: nothing in the
+    repo is imported or unpickled by fetching it)."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(str(name_or_path))
+        except HFValidationError:
+            raise FileNotFoundError(
+                f"{name_or_path} is not a folder (and not a Hub repo id such as 'user/model'): check the path, or "
+                "save a pipeline there with pipe.save_pretrained(path)."
+            ) from None
+        index = _read_json(hf_hub_download(str(name_or_path), "model_index.json", **options.download))
+        components = [name for name in index if name in _SLOT_BASES]
+        allow = ["model_index.json"]
+        for name in components:  # configs and tokenizer files, then the weights of the requested variant only
+            allow += [f"{name}/*.json", f"{name}/*.txt", f"{name}/*.model"]
+            if options.variant is None:
+                allow += [f"{name}/*.safetensors"]
+            else:
+                allow += [f"{name}/*.{options.variant}.safetensors", f"{name}/*.{options.variant}-*.safetensors"]
+        # `name.fp16.safetensors` matches `*.safetensors` too: with no variant asked for, leave variants out.
+        ignore = _NOT_DOWNLOADED + (["*.*.safetensors"] if options.variant is None else [])
+        folder = Path(
+            snapshot_download(str(name_or_path), allow_patterns=allow, ignore_patterns=ignore, **options.download)
+        )
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        if any((folder / name).is_dir() for name in _SLOT_BASES):
+            raise FileNotFoundError(
+                f"{index_path} does not exist, but {folder} has pipeline components: a save that was cut short "
+                "(model_index.json is written last). Save the pipeline again with pipe.save_pretrained(path), "
+                "or rerun the training with --resume_from_checkpoint latest, which saves it at the end."
+            )
+        raise FileNotFoundError(
+            f"{index_path} does not exist: {name_or_path} is not a saved pipeline folder "
+            "(save one with pipe.save_pretrained(path))."
+        )
+    return folder
+
+
+def _component_class(index_path: Path, name: str, entry) -> type:
+    """The installed class model_index.json names for slot `name`, checked against the slot's expected base."""
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
+        raise ValueError(f"{index_path} has no [library, class] entry for {name!r}; the folder is incomplete.")
+    modules = [importlib.import_module(source) for source in _CLASS_SOURCES if importlib.util.find_spec(source)]
+    component_cls = next((getattr(m, entry[1]) for m in modules if isinstance(getattr(m, entry[1], None), type)), None)
+    if component_cls is None:
+        raise ValueError(
+            f"{index_path} names {entry[1]!r} for {name!r}, which none of {', '.join(_CLASS_SOURCES)} defines; "
+            f"upgrade them or pass the component in (e.g. {name}=...)."
+        )
+    library, base_name = _SLOT_BASES.get(name, ("diffusers", "ConfigMixin"))
+    base = getattr(importlib.import_module(library), base_name)
+    if not issubclass(component_cls, base):
+        raise ValueError(
+            f"{index_path} names {entry[1]!r} for the {name!r} slot, which takes a {base_name} ({library}); the "
+            "index is damaged or was edited. Save the pipeline again with pipe.save_pretrained(path)."
+        )
+    return component_cls
+
+
+def _load_component(folder: Path, name: str, index: dict, options: _LoadOptions):
+    """One component from its subfolder, by its installed class: configs checked, weights from safetensors only."""
+    index_path = folder / "model_index.json"
+    entry = index.get(name)
+    if entry is None or entry == [None, None]:
+        return None  # an optional component the pipeline was saved without
+    component_cls = _component_class(index_path, name, entry)
+    component_folder = folder / name
+    if not component_folder.is_dir():
+        raise FileNotFoundError(
+            f"{index_path} names a {name!r} component but {component_folder} does not exist; the folder is "
+            "incomplete: save it again with pipe.save_pretrained(path)."
+        )
+    if name in _REQUIRED_CONFIG:
+        _check_config(component_cls, component_folder, name)
+    if issubclass(component_cls, torch.nn.Module):
+        _check_weights(component_folder, options.variant)
+        model_kwargs = {"torch_dtype": options.dtype_for(name), "use_safetensors": True, "variant": options.variant}
+        if options.low_cpu_mem_usage is not None:
+            model_kwargs["low_cpu_mem_usage"] = options.low_cpu_mem_usage
+        return component_cls.from_pretrained(str(component_folder), **model_kwargs)
+    return component_cls.from_pretrained(str(component_folder))  # schedulers, tokenizers: configs and vocabularies
+
+
+def _weights_variant(path: Path) -> str | None:
+    """The variant in a weights file name, as diffusers and transformers write them: "model.fp16.safetensors" and
+    "model.fp16-00001-of-00002.safetensors" -> "fp16"; "model.safetensors" -> None."""
+    parts = path.name.removesuffix(".safetensors").split(".")
+    return parts[-1].split("-")[0] if len(parts) > 1 else None
+
+
+def _check_weights(component_folder: Path, variant: str | None = None) -> None:
+    """Refuse pickled weights, a missing variant, and safetensors files that are truncated or corrupted, with an error
+    naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    all_files = sorted(component_folder.glob("*.safetensors"))
+    variants = sorted({_weights_variant(path) for path in all_files} - {None})
+    safetensors_files = [path for path in all_files if _weights_variant(path) == variant]
+    if not safetensors_files:
+        pickled = sorted(path for path in component_folder.iterdir() if path.suffix in _PICKLE_SUFFIXES)
+        if pickled:
+            raise ValueError(
+                f"{pickled[0]} holds pickled weights, which hfdiff never loads (unpickling can run arbitrary code). "
+                "If you trust the file, convert it once with diffusers or transformers: load it with "
+                "`use_safetensors=False` and `save_pretrained` it, which writes safetensors."
+            )
+        found = f" (it has the variant(s) {sorted(variants)})" if variants else ""
+        wanted = f"{variant!r} weights" if variant is not None else "weights without a variant"
+        hint = " pass variant=... to choose one," if variants and variant is None else ""
+        raise FileNotFoundError(
+            f"{component_folder} has no {wanted}{found}: expected a .safetensors file;{hint} or save the pipeline "
+            f"again with pipe.save_pretrained(path{', variant=' + repr(variant) if variant else ''})."
+        )
+    for path in safetensors_files:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({error}): it is truncated or corrupted. Download or "
+                "save the pipeline again."
+            ) from error
+
+
+def _keep_other_variants(staging: Path, target: Path) -> None:
+    """Copy into the staged components the weights of other variants already saved in `target` (a save with
+    variant="fp16" beside a full-precision one keeps both, as diffusers does), where the component's config is
+    unchanged; a changed config means other weights no longer fit, and they are dropped with the old folder."""
+    for staged in (path for path in staging.iterdir() if path.is_dir()):
+        existing = target / staged.name
+        configs = [name for name in ("config.json",) if (staged / name).is_file()]
+        if not configs or not (existing / configs[0]).is_file():
+            continue
+        if _read_json(existing / configs[0]) != _read_json(staged / configs[0]):
+            continue
+        written = {_weights_variant(path) for path in staged.glob("*.safetensors")}
+        for path in existing.glob("*.safetensors"):
+            if _weights_variant(path) not in written and not (staged / path.name).exists():
+                shutil.copy2(path, staged / path.name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Uploading: exactly the files a save wrote
+# ----------------------------------------------------------------------------------------------------------------
+
+_UPLOAD_KEYS = ("repo_id", "commit_message", "private", "token", "create_pr")
+_CARD_FILES = ("README.md", "samples.png")  # the model card and the sample grid it shows
+
+
+def _pop_upload_kwargs(kwargs: dict, default_repo_id: str) -> dict:
+    """save_pretrained(push_to_hub=True)'s upload keywords, as DiffusionPipeline.save_pretrained takes them."""
+    upload = {key: kwargs.pop(key) for key in _UPLOAD_KEYS if key in kwargs}
+    upload.setdefault("repo_id", default_repo_id)
+    return upload
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo_id {repo_id!r} is not a valid Hub repo id ({error}); use 'user/model-name'.") from None
+
+
+def pipeline_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the pipeline saved in `folder`, relative to it, and nothing else there: model_index.json, the
+    model card and its sample grid, the exported pipeline code, and the plain files of each component folder that
+    model_index.json names. Checkpoints, logs and validation images that training keeps beside them, hidden files,
+    nested folders and symbolic links are left out."""
+    folder = Path(folder)
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"{index_path} does not exist: {folder} is not a saved pipeline folder (save one with "
+            "pipe.save_pretrained(path), or train one with train_conditional.py)."
+        )
+    index = _read_json(index_path)
+    files = ["model_index.json", *(name for name in _CARD_FILES if (folder / name).is_file())]
+    pipeline_entry = index.get("_class_name")
+    if isinstance(pipeline_entry, list) and (folder / f"{pipeline_entry[0]}.py").is_file():
+        files.append(f"{pipeline_entry[0]}.py")
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry == [None, None]:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"{index_path} names a component {name!r}, which is not a valid component name.")
+        component = folder / name
+        if component.is_symlink() or not component.is_dir():
+            continue
+        files += [
+            f"{name}/{path.name}"
+            for path in sorted(component.iterdir())
+            if path.is_file() and not path.is_symlink() and not path.name.startswith(".")
+        ]
+    return files
+
+
+def upload_pipeline_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    path_in_repo: str | None = None,
+    extra_files: Sequence[str] = (),
+) -> str:
+    """Upload the pipeline saved in `folder` (exactly `pipeline_files(folder)`, plus `extra_files` named relative to
+    it) to the Hub repo `repo_id`, created if needed, with huggingface_hub's create_repo + upload_folder: the one
+    upload path of `push_to_hub`, `save_pretrained(push_to_hub=True)` and training's --push_to_hub. Returns the URL
+    of the commit."""
+    from huggingface_hub import HfApi
+
+    _check_repo_id(repo_id)
+    files = [*pipeline_files(folder), *(name for name in extra_files if name not in pipeline_files(folder))]
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        path_in_repo=path_in_repo,
+        allow_patterns=[glob.escape(name) for name in files],  # exact names: no pattern widens the upload
+        commit_message=commit_message or "Upload SpriteDiffusionPipeline trained with hfdiff",
+        create_pr=create_pr,
+    )
+    return str(getattr(commit, "commit_url", commit))
+
+
 def _copy_class_source(cls: type, folder: Path) -> list[str] | None:
     """Copy the module defining `cls` (and the sibling modules it imports relatively) into `folder`; returns the
     model_index.json entry [module_file_stem, class_name], or None for classes diffusers users already have."""
@@ -581,35 +877,6 @@ def _check_config(component_cls: type, component_folder: Path, name: str) -> Non
             f"a different {what} from the saved one. Add {them} with the values the model was trained with, or save "
             "the pipeline again with pipe.save_pretrained(path)."
         )
-
-
-def _check_weights(component_folder: Path) -> None:
-    """Refuse pickled weights, and safetensors files that are truncated or corrupted, with an error naming the file."""
-    from safetensors import SafetensorError, safe_open
-
-    safetensors_files = sorted(component_folder.glob("*.safetensors"))
-    if not safetensors_files:
-        pickled = sorted(path for path in component_folder.iterdir() if path.suffix in _PICKLE_SUFFIXES)
-        if pickled:
-            raise ValueError(
-                f"{pickled[0]} holds pickled weights, which hfdiff never loads (unpickling can run arbitrary code). "
-                "If you trust the file, convert it once with diffusers: "
-                f"`ContextUNet2DModel.from_pretrained({str(component_folder)!r}, use_safetensors=False)"
-                f".save_pretrained({str(component_folder)!r})` writes diffusion_pytorch_model.safetensors."
-            )
-        raise FileNotFoundError(
-            f"{component_folder} has no weights: expected diffusion_pytorch_model.safetensors. Save the pipeline "
-            "again with pipe.save_pretrained(path)."
-        )
-    for path in safetensors_files:
-        try:
-            with safe_open(str(path), framework="pt") as weights:
-                weights.keys()
-        except (SafetensorError, OSError) as error:
-            raise ValueError(
-                f"{path} is not a readable safetensors file ({error}): it is truncated or corrupted. Download or "
-                "save the pipeline again."
-            ) from error
 
 
 def retired_path(path: str | os.PathLike) -> Path:

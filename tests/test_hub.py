@@ -163,7 +163,11 @@ def test_model_card(saved, tmp_path):
     pipe, folder = saved
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "diffusers"
-    assert card.data.pipeline_tag == "unconditional-image-generation"
+    # class-conditional: the Hub has no task for it, so no pipeline_tag that would call it unconditional
+    assert card.data.pipeline_tag is None and "class-conditional-image-generation" in card.data.tags
+    assert "unconditional-image-generation" not in card.data.tags
+    unconditional = build_model_card(make_pipe(context_dim=None))
+    assert unconditional.data.pipeline_tag == "unconditional-image-generation"
     assert card.data.license == "apache-2.0" and "hfdiff" in card.data.tags
     for name in SPRITE_CLASSES:
         assert name in card.text
