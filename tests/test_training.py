@@ -156,6 +156,18 @@ def test_latest_takes_only_complete_checkpoints(tmp_path):
         find_checkpoint(str(tmp_path), "checkpoint-14")
     prune_checkpoints(str(tmp_path), 1)
     assert [step for step, _ in list_checkpoints(str(tmp_path))] == [10]
+    assert not (tmp_path / ".checkpoint-2.old").exists()  # retired (renamed) before it was deleted
+
+
+def test_stale_temporaries_of_killed_saves_are_removed(tmp_path):
+    from hfdiff.training.checkpoints import _remove_stale_temporaries
+
+    stale = ["checkpoint-6.tmp", ".checkpoint-4.old", "checkpoint-2.old"]  # the last: as versions before retired_path
+    kept = ["checkpoint-8", ".checkpoint-notes.old", "checkpoint-8.tmp.keep", "samples.png"]
+    for name in stale + kept:
+        (tmp_path / name).mkdir()
+    _remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
 
 
 # ---- end to end
