@@ -36,7 +36,9 @@ class RestoredProcessState:
         return self
 
     def keep_cuda_rng(self) -> None:
-        if torch.cuda.is_initialized() and self.cuda_rng is None:
+        """Call once CUDA is in use (and before anything writes its RNGs): all devices, as Accelerate's load_state
+        writes them all."""
+        if self.cuda_rng is None:
             self.cuda_rng = torch.cuda.get_rng_state_all()
 
     def __exit__(self, *exc_info) -> None:
