@@ -457,6 +457,36 @@ def test_loss_watch_reports_the_first_bad_step(fresh_accelerate_state):
     ) == 4
 
 
+def test_captured_ema_follows_emamodel_step():
+    """The CUDA-graph step's EMA update (CapturedEMA), run eagerly on the CPU, against diffusers' EMAModel.step over
+    the warmup: the same shadow weights, step count and decay, a frozen parameter included."""
+    from diffusers.training_utils import EMAModel
+
+    from hfdiff.training.step import CapturedEMA
+
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+    model[0].bias.requires_grad_(False)
+    kwargs = {"decay": 0.999, "use_ema_warmup": True, "inv_gamma": 1.0, "power": 0.75, "foreach": True}
+    reference, ema = EMAModel(model.parameters(), **kwargs), EMAModel(model.parameters(), **kwargs)
+    captured = CapturedEMA(ema, model, torch.device("cpu"))
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    for _ in range(6):
+        with torch.no_grad():
+            for param in trainable:  # an optimizer step
+                param.add_(torch.randn(param.shape, generator=generator))
+        reference.step(model.parameters())
+        captured.advance()
+        captured.update(trainable)
+        assert ema.state_dict()["optimization_step"] == reference.state_dict()["optimization_step"]
+        assert ema.cur_decay_value == reference.cur_decay_value
+        torch.testing.assert_close(ema.state_dict()["shadow_params"], reference.state_dict()["shadow_params"])
+    assert 0 < reference.cur_decay_value < 0.999
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
 def test_cuda_graph_step_follows_the_eager_step(tmp_path, fresh_accelerate_state, mixed_precision):

@@ -171,7 +171,7 @@ class CapturedEMA:
     def __init__(self, ema, unet, device: torch.device):
         self.ema = ema
         self.trainable = [p.requires_grad for p in unet.parameters()]
-        self.captured_ema = CapturedEMA(ema, unet, device) if ema is not None else None
+        self.one_minus_decay = torch.zeros((), dtype=torch.float32, device=device)  # filled before each replay
 
     def update(self, params: list[torch.Tensor]) -> None:
         """The captured part; `params` are the trainable parameters, in order."""
