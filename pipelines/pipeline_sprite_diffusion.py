@@ -10,6 +10,7 @@ import glob
 import importlib.util
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -269,19 +270,26 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 )
         return torch.nn.functional.one_hot(torch.tensor(indices), context_dim).float()
 
-    def check_inputs(self, batch_size, class_labels, context, guidance_scale, num_inference_steps, eta, extra_noise):
+    def check_inputs(
+        self, batch_size, class_labels, context, guidance_scale, num_inference_steps, eta, extra_noise, output_type
+    ):
+        """Every argument checked before any work (a bad output_type found after denoising would waste the run)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if class_labels is not None and context is not None:
             raise ValueError("Pass either class_labels or context, not both (class labels become one-hot contexts).")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (1.0 = plain conditional), got {guidance_scale}."
+            )
         conditional = self.unet.config.context_dim is not None
         if not conditional and guidance_scale != 1.0:
             raise ValueError(
                 f"guidance_scale={guidance_scale} needs a conditional model, but this one is unconditional "
                 "(context_dim=None); use guidance_scale=1.0."
             )
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1.0 = plain conditional sampling), got {guidance_scale}.")
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if num_inference_steps is not None and not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(
@@ -306,9 +314,13 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         """Turn hfdiff's CUDA-graph sampler on (the default where hfdiff is installed) or off.
 
         On: calls on CUDA run their denoising loop as replays of one recorded step through
-        `hfdiff.fast_sampling.FastSampler(self, **options)` (bf16 by default, so images match the step-by-step loop
-        to bf16 rounding), except calls it cannot run exactly (see `FastSampler.fallback_reason`). Off: always the
-        step-by-step loop, in the UNet's own dtype.
+        `hfdiff.fast_sampling.FastSampler(self, **options)`, except calls it cannot run exactly (see
+        `FastSampler.fallback_reason`). By default it is faithful: the UNet's own dtype and the step-by-step loop's
+        noise for the same generator, so images match the loop to float rounding. Faster, one line away:
+        `enable_fast_sampling(dtype=torch.bfloat16)` (a bf16 copy of the UNet; or load the pipeline with
+        `torch_dtype=torch.bfloat16`), `compile=True` (torch.compile before recording), and a
+        `torch.Generator("cuda")` (a CPU generator's noise is drawn on the CPU and copied over, as diffusers'
+        `randn_tensor` does). benchmarks/results/fast_sampling-cuda*.md time each. Off: always the step-by-step loop.
         """
         self._fast_sampling_options = dict(options) if enabled else None
         self._fast_sampler = None
@@ -329,12 +341,63 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         )
         return self._fast_sampler if reason is None else None
 
+    @property
+    def guidance_scale(self) -> float:
+        """w of classifier-free guidance in the current (or last) call."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the current call runs the null-context pass beside the conditional one: only with a guidance
+        scale other than 1 and a context (class labels or vectors) to guide towards; with neither, the two passes
+        would be the same null pass, so one is run."""
+        return self._do_classifier_free_guidance
+
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps of the current (or last) call."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` from a step callback to skip the remaining steps (diffusers' convention)."""
+        return self._interrupt
+
     def prepare_context(self, class_labels, context, batch_size, device, dtype) -> torch.Tensor | None:
         """The context for each image (B, context_dim), the null context (zeros) when neither input is given, or
         None for an unconditional model."""
         if class_labels is not None:
             context = self.encode_class_labels(class_labels, batch_size)
         return self.unet.prepare_context(context, batch_size, device, dtype)
+
+    def prepare_timesteps(self, num_inference_steps: int | None, device) -> torch.Tensor:
+        """Set the scheduler's timesteps: None = every training step for DDPM schedulers (the course's sampler),
+        50 for others. Returns them, (N,)."""
+        if num_inference_steps is None:
+            num_train_timesteps = self.scheduler.config.num_train_timesteps
+            num_inference_steps = (
+                num_train_timesteps if isinstance(self.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
+            )
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        return self.scheduler.timesteps
+
+    def prepare_latents(self, batch_size, dtype, device, generator, latents=None) -> torch.Tensor:
+        """x_T ~ N(0, I) (B, C, H, W) drawn with `generator` (or the given `latents`), scaled by the scheduler's
+        init_noise_sigma for schedulers that start from a larger sigma."""
+        sample_size = self.unet.config.sample_size
+        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        shape = (batch_size, self.unet.config.in_channels, height, width)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)} but batch_size and the model need {shape}.")
+        return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(self, generator, eta: float, extra_noise: bool) -> dict:
+        """The keywords this scheduler's `step` takes, of generator, eta (DDIM) and extra_noise (sprite DDPM)."""
+        step_params = inspect.signature(self.scheduler.step).parameters
+        candidates = {"generator": generator, "eta": eta, "extra_noise": extra_noise}
+        return {name: value for name, value in candidates.items() if name in step_params}
 
     @torch.no_grad()
     def __call__(
@@ -362,13 +425,14 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             context: (B, context_dim) or (context_dim,) context vectors, as a tensor or nested lists; real-valued
                 mixtures such as hero 1.0 + food 0.6 are fine. Neither class_labels nor context: the null context.
             guidance_scale: w of classifier-free guidance, eps_hat = eps(x,t,null) + w (eps(x,t,c) - eps(x,t,null)).
-                1.0 is plain conditional sampling (one forward pass); any other value batches the conditional and
-                the null pass into one forward pass of 2B images.
+                1.0 is plain conditional sampling (one forward pass); any other value, with a context to guide
+                towards, batches the conditional and the null pass into one forward pass of 2B images.
             num_inference_steps: denoising steps; None = every training step for DDPM schedulers, 50 for others.
             eta: DDIM's noise scale (0 deterministic, 1 DDPM-like); only for schedulers whose step takes eta.
             extra_noise: False skips the sigma_t z term of every DDPM step (needs SpriteDDPMScheduler), the
                 classic demonstration that samples collapse to blurry means without it.
-            generator: torch.Generator (or one per image) for the initial noise and every step's noise.
+            generator: torch.Generator (or one per image) for the initial noise and every step's noise. A CPU
+                generator gives the same images on every device.
             latents: (B, C, H, W) starting noise x_T to use instead of drawing it from `generator` (e.g. to compare
                 samplers from the same start); scaled by the scheduler's init_noise_sigma like drawn noise.
             output_type: "pil" (list of PIL images), "np" ((B, H, W, C) float in [0, 1]) or "pt"
@@ -382,78 +446,85 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         Returns:
             `ImagePipelineOutput` with `images` in the chosen output_type.
         """
-        self.check_inputs(batch_size, class_labels, context, guidance_scale, num_inference_steps, eta, extra_noise)
+        # 0. every input checked before any work
+        self.check_inputs(
+            batch_size, class_labels, context, guidance_scale, num_inference_steps, eta, extra_noise, output_type
+        )
         for name in callback_on_step_end_tensor_inputs:
             if name not in self._callback_tensor_inputs:
                 raise ValueError(
                     f"callback_on_step_end_tensor_inputs has {name!r}; choose from {self._callback_tensor_inputs}."
                 )
-        device = self._execution_device
-        dtype = self.unet.dtype
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device, dtype = self._execution_device, self.unet.dtype
 
         # 1. context c for each image, and the null context for the unconditional half of guidance
+        guided = class_labels is not None or context is not None
         context = self.prepare_context(class_labels, context, batch_size, device, dtype)  # (B, D) or None
-        do_guidance = context is not None and guidance_scale != 1.0
-        if do_guidance:
+        self._do_classifier_free_guidance = guided and guidance_scale != 1.0
+        if self.do_classifier_free_guidance:
             context = torch.cat([context, torch.zeros_like(context)])  # (2B, D): conditional, then null
 
-        # 2. timesteps
-        if num_inference_steps is None:
-            num_train_timesteps = self.scheduler.config.num_train_timesteps
-            num_inference_steps = (
-                num_train_timesteps if isinstance(self.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
-            )
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # 2. timesteps, 3. x_T, 4. the scheduler's step keywords
+        timesteps = self.prepare_timesteps(num_inference_steps, device)
+        self._num_timesteps = len(timesteps)
+        latents = self.prepare_latents(batch_size, dtype, device, generator, latents)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, extra_noise)
 
-        # 3. x_T ~ N(0, I), scaled for schedulers that start from a larger sigma
-        sample_size = self.unet.config.sample_size
-        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
-        shape = (batch_size, self.unet.config.in_channels, height, width)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)} but batch_size and the model need {shape}.")
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
-
-        step_params = inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {}
-        if "generator" in step_params:
-            step_kwargs["generator"] = generator
-        if "eta" in step_params:
-            step_kwargs["eta"] = eta
-        if "extra_noise" in step_params:
-            step_kwargs["extra_noise"] = extra_noise
-
-        # 4. denoising loop: x_T -> x_0. On CUDA, hfdiff's FastSampler replays one recorded step (the same math in
-        #    bf16; the same noise stream for a CUDA generator) unless the call needs this step-by-step loop.
+        # 5. denoising loop x_T -> x_0: on CUDA, hfdiff's FastSampler replays one recorded step (the same math and
+        #    noise) unless the call needs the step-by-step loop
         fast_sampler = self._fast_sampler_for(device, generator, callback_on_step_end)
         if fast_sampler is not None:
             latents = fast_sampler.sample(
-                latents, context, guidance_scale=guidance_scale, eta=eta, extra_noise=extra_noise, generator=generator
+                latents,
+                context,
+                guidance_scale=guidance_scale if self.do_classifier_free_guidance else 1.0,
+                eta=eta,
+                extra_noise=extra_noise,
+                generator=generator,
             )
         else:
-            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-                model_input = torch.cat([latents, latents]) if do_guidance else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                model_output = self.unet(model_input, t, context=context).sample
-                if do_guidance:
-                    # classifier-free guidance (Ho & Salimans 2022, eq. 6)
-                    cond, null = model_output.chunk(2)
-                    model_output = null + guidance_scale * (cond - null)
-                latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+            latents = self.denoise(
+                latents,
+                context,
+                timesteps,
+                extra_step_kwargs,
+                callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+            )
 
-                if callback_on_step_end is not None:
-                    available = {"latents": latents}
-                    callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                    latents = callback_outputs.get("latents", latents)
-
-        # 5. [-1, 1] -> [0, 1] images
+        # 6. [-1, 1] -> [0, 1] images
         images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    def denoise(
+        self, latents, context, timesteps, extra_step_kwargs, callback_on_step_end=None, callback_tensor_inputs=()
+    ) -> torch.Tensor:
+        """The step-by-step loop: x_T (B, C, H, W) -> x_0, one UNet pass (2B images with guidance) and one
+        scheduler step per timestep."""
+        guidance = self.do_classifier_free_guidance
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
+            model_input = torch.cat([latents, latents]) if guidance else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_output = self.unet(model_input, t, context=context).sample
+            if guidance:
+                # classifier-free guidance (Ho & Salimans 2022, eq. 6)
+                cond, null = model_output.chunk(2)
+                model_output = null + self.guidance_scale * (cond - null)
+            latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
+
+            if callback_on_step_end is not None:
+                available = {"latents": latents}
+                callback_kwargs = {name: available[name] for name in callback_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                latents = callback_outputs.get("latents", latents)
+        return latents
 
     def postprocess(self, sample: torch.Tensor, output_type: str = "pil"):
         """sample: (B, C, H, W) in about [-1, 1] -> images in [0, 1]; see `postprocess_sample`."""

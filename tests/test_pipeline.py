@@ -239,7 +239,8 @@ def test_trajectory_recorder():
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"eta": 1.5}, "eta must be in"),
         ({"eta": 0.5}, "takes no eta"),
-        ({"guidance_scale": -1.0}, "guidance_scale must be >= 0"),
+        ({"guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0"),
+        ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
         ({"output_type": "jpeg"}, "output_type"),
     ],
 )
@@ -247,6 +248,47 @@ def test_bad_arguments(kwargs, message):
     pipe = make_pipe()
     with pytest.raises(ValueError, match=message):
         pipe(**{"num_inference_steps": 2, **kwargs})
+
+
+def test_inputs_are_checked_before_any_step():
+    pipe = make_pipe()
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(class_labels="hero", output_type="jpeg")
+    hook.remove()
+    assert calls == []
+
+
+def test_no_context_runs_no_doubled_guidance_batch():
+    """Without labels or context both guidance halves would be the same null pass: one pass of B images runs, and
+    the images are those of guidance_scale=1."""
+    pipe = make_pipe()
+    sizes = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, output: sizes.append(args[0].shape[0]))
+    guided = run(pipe, batch_size=2, guidance_scale=3.0)
+    hook.remove()
+    assert sizes == [2] * T and not pipe.do_classifier_free_guidance
+    assert torch.equal(guided, run(pipe, batch_size=2, guidance_scale=1.0))
+    run(pipe, batch_size=2, class_labels="food", guidance_scale=3.0)
+    assert pipe.do_classifier_free_guidance and pipe.guidance_scale == 3.0 and pipe.num_timesteps == T
+
+
+def test_interrupt_from_a_callback_skips_the_remaining_steps():
+    pipe = make_pipe()
+    seen = []
+
+    def stop_after_three(pipe, i, t, callback_kwargs):
+        seen.append(i)
+        if i == 2:
+            pipe._interrupt = True
+        return {}
+
+    sizes = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, output: sizes.append(1))
+    pipe(batch_size=1, callback_on_step_end=stop_after_three, output_type="pt")
+    hook.remove()
+    assert seen == [0, 1, 2] and len(sizes) == 3 and pipe.interrupt
 
 
 def test_extra_noise_needs_the_sprite_ddpm_scheduler():
