@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,6 +50,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+
+from .pipelines.pipeline_sprite_diffusion import scheduler_step_kwargs
 
 __all__ = ["FastSampler", "StepCoefficients", "side_stream", "step_coefficients", "step_update"]
 
@@ -78,14 +79,6 @@ class StepCoefficients:
     timesteps: torch.Tensor
     coefficients: torch.Tensor
     draws_noise: list[bool]
-
-
-def step_kwargs(scheduler, generator: torch.Generator | None, eta: float, extra_noise: bool) -> dict:
-    """The keywords SpriteDiffusionPipeline.__call__ passes to `scheduler.step`: those its signature takes (diffusers'
-    `prepare_extra_step_kwargs`, with the sprite schedulers' extra_noise)."""
-    parameters = inspect.signature(scheduler.step).parameters
-    candidates = {"generator": generator, "eta": eta, "extra_noise": extra_noise}
-    return {name: value for name, value in candidates.items() if name in parameters}
 
 
 def config_fallback_reason(scheduler) -> str | None:
@@ -131,7 +124,7 @@ def step_coefficients(scheduler, eta: float = 0.0, extra_noise: bool = True) -> 
         (3, len(timesteps), *PROBE_SHAPE), generator=inputs, dtype=torch.float64
     )
     prev_samples = torch.zeros_like(samples)  # (N, *PROBE_SHAPE)
-    kwargs = step_kwargs(scheduler, None, eta, extra_noise)
+    kwargs = scheduler_step_kwargs(scheduler, None, eta, extra_noise)
     draws_noise, output_dtype = [], torch.float64
     for i, t in enumerate(timesteps.tolist()):
         prev_sample, draws = _probe_step(probe_scheduler, t, samples[i], outputs[i], noises[i], kwargs)
@@ -360,7 +353,7 @@ class FastSampler:
 
     def _step_coefficients(self, scheduler, eta: float, extra_noise: bool) -> StepCoefficients:
         """`step_coefficients`, cached: probing costs ~0.1 ms a timestep, a noticeable part of a 500-step call."""
-        kwargs = step_kwargs(scheduler, None, eta, extra_noise)  # only what this step takes enters the key
+        kwargs = scheduler_step_kwargs(scheduler, None, eta, extra_noise)  # only what this step takes enters the key
         key = (
             scheduler,
             repr(scheduler.config),

@@ -271,7 +271,15 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         return torch.nn.functional.one_hot(torch.tensor(indices), context_dim).float()
 
     def check_inputs(
-        self, batch_size, class_labels, context, guidance_scale, num_inference_steps, eta, extra_noise, output_type
+        self,
+        batch_size,
+        class_labels,
+        context,
+        guidance_scale,
+        num_inference_steps,
+        eta,
+        extra_noise,
+        output_type="pil",
     ):
         """Every argument checked before any work (a bad output_type found after denoising would waste the run)."""
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -395,9 +403,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
 
     def prepare_extra_step_kwargs(self, generator, eta: float, extra_noise: bool) -> dict:
         """The keywords this scheduler's `step` takes, of generator, eta (DDIM) and extra_noise (sprite DDPM)."""
-        step_params = inspect.signature(self.scheduler.step).parameters
-        candidates = {"generator": generator, "eta": eta, "extra_noise": extra_noise}
-        return {name: value for name, value in candidates.items() if name in step_params}
+        return scheduler_step_kwargs(self.scheduler, generator, eta, extra_noise)
 
     @torch.no_grad()
     def __call__(
@@ -564,6 +570,14 @@ class TrajectoryRecorder:
             images = [image.resize((image.width * scale, image.height * scale), resample=0) for image in images]
             frames.append(make_image_grid(images, rows=rows, cols=len(images) // rows))
         return frames
+
+
+def scheduler_step_kwargs(scheduler, generator, eta: float, extra_noise: bool) -> dict:
+    """The keywords of generator, eta (DDIM) and extra_noise (sprite DDPM) that `scheduler.step` takes, by its
+    signature: what the pipeline's loop passes, and what hfdiff's fast sampler probes the step with."""
+    parameters = inspect.signature(scheduler.step).parameters
+    candidates = {"generator": generator, "eta": eta, "extra_noise": extra_noise}
+    return {name: value for name, value in candidates.items() if name in parameters}
 
 
 OUTPUT_TYPES = ("pil", "np", "pt")
