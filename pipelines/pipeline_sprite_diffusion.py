@@ -90,7 +90,9 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         folder = _pipeline_folder(pretrained_model_name_or_path, options)
         index = _read_json(folder / "model_index.json")
         components = {
-            name: passed[name] if name in passed else _load_component(folder, name, index, options)
+            name: passed[name]
+            if name in passed
+            else _load_component(folder, name, index, options, optional=name in cls._optional_components)
             for name in expected
         }
         return cls(**components)
@@ -729,11 +731,11 @@ def _component_class(index_path: Path, name: str, entry) -> type:
     return component_cls
 
 
-def _load_component(folder: Path, name: str, index: dict, options: _LoadOptions):
+def _load_component(folder: Path, name: str, index: dict, options: _LoadOptions, optional: bool = False):
     """One component from its subfolder, by its installed class: configs checked, weights from safetensors only."""
     index_path = folder / "model_index.json"
     entry = index.get(name)
-    if entry is None or entry == [None, None]:
+    if optional and entry in (None, [None, None]):
         return None  # an optional component the pipeline was saved without
     component_cls = _component_class(index_path, name, entry)
     component_folder = folder / name
@@ -745,7 +747,9 @@ def _load_component(folder: Path, name: str, index: dict, options: _LoadOptions)
     if name in _REQUIRED_CONFIG:
         _check_config(component_cls, component_folder, name)
     if issubclass(component_cls, torch.nn.Module):
-        _check_weights(component_folder, options.variant)
+        # diffusers models save diffusion_pytorch_model.safetensors, transformers models model.safetensors
+        diffusers_model = component_cls.__module__.split(".")[0] in ("diffusers", "hfdiff") or name == "unet"
+        _check_weights(component_folder, options.variant, "diffusion_pytorch_model" if diffusers_model else "model")
         model_kwargs = {"torch_dtype": options.dtype_for(name), "use_safetensors": True, "variant": options.variant}
         if options.low_cpu_mem_usage is not None:
             model_kwargs["low_cpu_mem_usage"] = options.low_cpu_mem_usage
@@ -760,7 +764,7 @@ def _weights_variant(path: Path) -> str | None:
     return parts[-1].split("-")[0] if len(parts) > 1 else None
 
 
-def _check_weights(component_folder: Path, variant: str | None = None) -> None:
+def _check_weights(component_folder: Path, variant: str | None = None, weights_stem: str = "model") -> None:
     """Refuse pickled weights, a missing variant, and safetensors files that are truncated or corrupted, with an error
     naming the file."""
     from safetensors import SafetensorError, safe_open
@@ -776,12 +780,11 @@ def _check_weights(component_folder: Path, variant: str | None = None) -> None:
                 "If you trust the file, convert it once with diffusers or transformers: load it with "
                 "`use_safetensors=False` and `save_pretrained` it, which writes safetensors."
             )
-        found = f" (it has the variant(s) {sorted(variants)})" if variants else ""
-        wanted = f"{variant!r} weights" if variant is not None else "weights without a variant"
-        hint = " pass variant=... to choose one," if variants and variant is None else ""
+        expected = f"{weights_stem}.{variant}.safetensors" if variant else f"{weights_stem}.safetensors"
+        found = f" (it has the variant(s) {variants}: pass variant=... to load one)" if variants else ""
         raise FileNotFoundError(
-            f"{component_folder} has no {wanted}{found}: expected a .safetensors file;{hint} or save the pipeline "
-            f"again with pipe.save_pretrained(path{', variant=' + repr(variant) if variant else ''})."
+            f"{component_folder} has no weights: expected {expected}{found}. Save the pipeline again with "
+            f"pipe.save_pretrained(path{', variant=' + repr(variant) if variant else ''})."
         )
     for path in safetensors_files:
         try:
