@@ -118,6 +118,24 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def conv_body(in_channels: int = 3, feature_dim: int = 64) -> nn.Sequential:
+    """The classifiers' shared trunk: (B, C, H, W) in [-1, 1] -> conv 32 -> conv 64 /2 -> conv 64 /2 -> conv 64 ->
+    global mean -> Linear -> features (B, feature_dim)."""
+
+    def block(c_in, c_out, stride):
+        return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(in_channels, 32, 1),
+        *block(32, 64, 2),
+        *block(64, 64, 2),
+        *block(64, 64, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, feature_dim),
+    )
+
+
 class SpriteClassifier(nn.Module):
     """A small CNN (about 100k parameters) for sprite classes; its penultimate layer is the Fréchet feature space.
 
@@ -139,18 +157,7 @@ class SpriteClassifier(nn.Module):
             "feature_dim": feature_dim,
         }
 
-        def block(c_in, c_out, stride):
-            return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-        self.body = nn.Sequential(
-            *block(in_channels, 32, 1),
-            *block(32, 64, 2),
-            *block(64, 64, 2),
-            *block(64, 64, 1),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(64, feature_dim),
-        )
+        self.body = conv_body(in_channels, feature_dim)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, len(class_names)))
 
     @property
@@ -211,21 +218,50 @@ def train_classifier(
         )
     torch.manual_seed(seed)
     model = SpriteClassifier(class_names, image_size=images.shape[1], in_channels=images.shape[3]).to(device)
-    x_all, y_all = to_model_input(images).to(device), torch.from_numpy(labels).to(device)
+    targets = torch.from_numpy(labels).to(device)
+    return fit(
+        model,
+        images,
+        lambda logits, index: nn.functional.cross_entropy(logits, targets[index]),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        progress=progress,
+        desc="classifier",
+    )
+
+
+def fit(
+    model: nn.Module,
+    images: np.ndarray,
+    loss_fn,
+    epochs: int = 3,
+    batch_size: int = 128,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "classifier",
+) -> nn.Module:
+    """The classifiers' training loop: AdamW with a one-cycle learning rate, random horizontal flips (sprites face
+    both ways in every class). `loss_fn(model(x), index)` gets the batch's outputs and its row indices (on the
+    model's device) into `images` (N, H, W, C) uint8. Returns the model in eval mode."""
+    device = next(model.parameters()).device
+    x_all = to_model_input(images).to(device)
     steps_per_epoch = max(1, len(images) // batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    bar = tqdm(total=epochs * steps_per_epoch, desc="classifier", disable=not progress)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress)
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator).to(device)
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
-            x, y = x_all[index], y_all[index]
+            x = x_all[index]
             flip = torch.rand(len(x), generator=generator).to(device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = loss_fn(model(x), index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -238,32 +274,43 @@ def train_classifier(
 
 def save_classifier(model: SpriteClassifier, folder: str | os.PathLike, trained_on: str = "") -> None:
     """Write `folder`/classifier.safetensors and `folder`/classifier_config.json (class names, input size, data)."""
-    from safetensors.torch import save_file
-
-    os.makedirs(folder, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, os.path.join(folder, CLASSIFIER_WEIGHTS))
-    with open(os.path.join(folder, CLASSIFIER_CONFIG), "w", encoding="utf-8") as f:
-        json.dump({**model.config, "trained_on": trained_on}, f, indent=2)
+    save_module(model, folder, CLASSIFIER_WEIGHTS, CLASSIFIER_CONFIG, {**model.config, "trained_on": trained_on})
 
 
 def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu") -> SpriteClassifier:
     """Load a classifier written by save_classifier (safetensors only; nothing is unpickled)."""
+    config, state = read_module(folder, CLASSIFIER_WEIGHTS, CLASSIFIER_CONFIG, "hfdiff train-classifier")
+    config.pop("trained_on", None)
+    model = SpriteClassifier(**config)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def save_module(model: nn.Module, folder: str | os.PathLike, weights_name: str, config_name: str, config: dict):
+    """`folder`/`weights_name` (safetensors state dict) and `folder`/`config_name` (JSON `config`)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, os.path.join(folder, weights_name))
+    with open(os.path.join(folder, config_name), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+
+
+def read_module(folder: str | os.PathLike, weights_name: str, config_name: str, maker: str) -> tuple[dict, dict]:
+    """(config, state dict) of a module written by save_module; `maker` names the command that writes one."""
     from safetensors.torch import load_file
 
-    config_path = os.path.join(folder, CLASSIFIER_CONFIG)
-    weights_path = os.path.join(folder, CLASSIFIER_WEIGHTS)
+    config_path = os.path.join(folder, config_name)
+    weights_path = os.path.join(folder, weights_name)
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{path} does not exist: {folder} is not a saved classifier (make one with `hfdiff train-classifier`)."
+                f"{path} does not exist: {folder} is not a saved classifier (make one with `{maker}`)."
             )
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
-    config.pop("trained_on", None)
-    model = SpriteClassifier(**config)
-    model.load_state_dict(load_file(weights_path))
-    return model.to(device).eval()
+    return config, load_file(weights_path)
 
 
 def classifier_trained_on(folder: str | os.PathLike) -> str | None:
