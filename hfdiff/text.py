@@ -11,10 +11,14 @@ model through CLIPTextModel (its pooled output). transformers is imported by the
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
+
+# The encoding itself lives beside the pipeline, which uses it and travels as code to diffusers-only users.
+from hfdiff.pipelines.text_encoding import encode_text, text_embedding_dim
+
+__all__ = ["default_text_encoder_path", "encode_text", "load_text_encoder", "text_embedding_dim"]
 
 TEXT_EXTRA = 'pip install "hfdiff[text]"'
 
@@ -104,75 +108,3 @@ def _check_pair(tokenizer, text_encoder, name: str) -> None:
             f"The tokenizer of {name} has {vocab} tokens but the text encoder's embedding table only {rows} rows: "
             f"they do not belong together. Load the tokenizer from the same folder or Hub id as the encoder."
         )
-
-
-def text_embedding_dim(text_encoder) -> int:
-    """Width of encode_text's vectors: the model's hidden size (or projection size for CLIP with projection)."""
-    config = text_encoder.config
-    if hasattr(text_encoder, "text_projection"):
-        return int(config.projection_dim)
-    return int(config.hidden_size)
-
-
-def _max_length(tokenizer, text_encoder) -> int:
-    # Tokenizers without a limit report a huge model_max_length; the position table is the real bound.
-    positions = getattr(text_encoder.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    return int(min(tokenizer.model_max_length, positions))
-
-
-def _pool(outputs, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Model outputs -> (B, D): the pooled output (CLIP), the first token, or the attention-masked mean."""
-    if mode == "pooler":
-        return outputs.text_embeds if hasattr(outputs, "text_embeds") else outputs.pooler_output
-    hidden = outputs.last_hidden_state  # (B, T, D)
-    if mode == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): padding adds nothing to the sum
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
-@torch.no_grad()
-def encode_text(tokenizer, text_encoder, texts: list[str], batch_size: int = 256, device=None) -> torch.Tensor:
-    """Captions -> one float32 vector each, (N, text_embedding_dim), on `device`.
-
-    Args:
-        texts: a non-empty list of strings ("" is allowed: the empty prompt).
-        batch_size: captions per forward pass.
-        device: where to run the encoder (it is moved there); None keeps the encoder's device.
-
-    Captions longer than the tokenizer's maximum are truncated, with one warning per call that says how many.
-    """
-    if isinstance(texts, str) or texts is None or len(texts) == 0:
-        raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}; wrap one caption as [caption].")
-    bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
-    if bad:
-        raise ValueError(f"texts[{bad[0]}] is {texts[bad[0]]!r}, not a string; use '' for the empty prompt.")
-    if device is not None:
-        text_encoder.to(device)
-    device = text_encoder.device
-    max_length = _max_length(tokenizer, text_encoder)
-    mode = getattr(text_encoder.config, "hfdiff_pooling", "pooler" if hasattr(text_encoder, "text_model") else "mean")
-
-    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
-    too_long = sum(length > max_length for length in lengths)
-    if too_long:
-        warnings.warn(
-            f"{too_long} of {len(texts)} captions are longer than the text encoder's {max_length} tokens and were "
-            f"truncated; shorten them to keep their ends.",
-            stacklevel=2,
-        )
-    vectors = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            list(texts[start : start + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        ).to(device)
-        outputs = text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        vectors.append(_pool(outputs, batch["attention_mask"], mode).float())
-    vectors = torch.cat(vectors)  # (N, D)
-    if getattr(text_encoder.config, "hfdiff_normalize", False):
-        vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    return vectors

@@ -25,6 +25,8 @@ from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from .text_encoding import encode_text, text_embedding_dim
+
 ClassLabel = int | str
 # Weight formats loaded through pickle, which can run code: never loaded, named in an error instead.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -42,6 +44,10 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             (None for unconditional models) and `class_names` decide which contexts the pipeline accepts.
         scheduler ([`SchedulerMixin`]): the sampler, e.g. `SpriteDDPMScheduler`, `SpriteDDIMScheduler`, or any
             diffusers scheduler made with `from_config(pipe.scheduler.config)`.
+        text_encoder ([`~transformers.PreTrainedModel`], *optional*): a frozen transformers text encoder whose one
+            vector per prompt (see `text_encoding.encode_text`) is the context c; its width is the UNet's
+            `context_dim`. None for models conditioned on classes or context vectors.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*): the text encoder's tokenizer.
 
     Example:
     ```py
@@ -51,15 +57,29 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
     >>> pipe(context=[[1.0, 0, 0.6, 0, 0]]).images  # a mixture: hero + 0.6 food
     >>> pipe.scheduler = SpriteDDIMScheduler.from_config(pipe.scheduler.config)
     >>> pipe(batch_size=5, class_labels=[0, 1, 2, 3, 4], num_inference_steps=25).images  # fast DDIM
+    >>> text_pipe = SpriteDiffusionPipeline.from_pretrained("sprite-text-model")  # trained with --conditioning text
+    >>> text_pipe(prompt="a green slime monster", num_images_per_prompt=4, guidance_scale=3.0).images
     ```
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "text_encoder->unet"
+    _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, text_encoder=None, tokenizer=None):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        if (text_encoder is None) != (tokenizer is None):
+            raise ValueError(
+                "Pass text_encoder and tokenizer together (a text model needs both), or neither for a model "
+                "conditioned on classes or context vectors."
+            )
+        if text_encoder is not None and text_embedding_dim(text_encoder) != unet.config.context_dim:
+            raise ValueError(
+                f"The text encoder gives vectors of length {text_embedding_dim(text_encoder)} but the UNet takes "
+                f"context_dim={unet.config.context_dim}: build the UNet with context_dim equal to the encoder's width "
+                "(train_conditional.py --conditioning text does), or pass the encoder it was trained with."
+            )
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SpriteDiffusionPipeline":
@@ -282,8 +302,30 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         eta,
         extra_noise,
         output_type="pil",
+        *,
+        prompt=None,
+        negative_prompt=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        num_images_per_prompt=1,
+        callback_on_step_end_tensor_inputs=(),
     ):
         """Every argument checked before any work (a bad output_type found after denoising would waste the run)."""
+        for name in callback_on_step_end_tensor_inputs:
+            if name not in self._callback_tensor_inputs:
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs has {name!r}; choose from {self._callback_tensor_inputs}."
+                )
+        self.check_text_inputs(
+            batch_size,
+            class_labels,
+            context,
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
+        )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if class_labels is not None and context is not None:
@@ -300,6 +342,10 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 f"guidance_scale={guidance_scale} needs a conditional model, but this one is unconditional "
                 "(context_dim=None); use guidance_scale=1.0."
             )
+        self.check_scheduler_inputs(num_inference_steps, eta, extra_noise)
+
+    def check_scheduler_inputs(self, num_inference_steps, eta, extra_noise) -> None:
+        """A step count the scheduler can take, and eta / extra_noise only where its step takes them."""
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if num_inference_steps is not None and not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(
@@ -373,6 +419,143 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         """Set `pipe._interrupt = True` from a step callback to skip the remaining steps (diffusers' convention)."""
         return self._interrupt
 
+    def check_text_inputs(
+        self,
+        batch_size,
+        class_labels,
+        context,
+        prompt,
+        negative_prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
+        num_images_per_prompt=1,
+    ) -> None:
+        """Prompts only for text models, one way of conditioning per call, and prompt counts that fit the batch."""
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+        text_given = prompt is not None or prompt_embeds is not None
+        if self.text_encoder is None and prompt is not None:
+            raise ValueError(
+                "This model has no text encoder (it was trained on classes or context vectors), so it cannot take a "
+                "prompt: pass class_labels or context, or load a model trained with --conditioning text."
+            )
+        if self.text_encoder is not None and class_labels is not None:
+            raise ValueError(
+                "This model is conditioned on text: describe the class in a prompt (e.g. prompt='a hero') instead of "
+                "class_labels."
+            )
+        if text_given and (class_labels is not None or context is not None):
+            raise ValueError("Pass a prompt (or prompt_embeds) or class_labels/context, not both.")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass prompt or prompt_embeds, not both.")
+        if not text_given and (negative_prompt is not None or negative_prompt_embeds is not None):
+            raise ValueError("negative_prompt needs a prompt (or prompt_embeds) to guide towards.")
+        if prompt is not None and not isinstance(prompt, str):
+            prompts = list(prompt)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+            if batch_size not in (1, len(prompts)):
+                raise ValueError(
+                    f"Got {len(prompts)} prompts for batch_size={batch_size}: give one prompt per image, one prompt "
+                    "for all, or leave batch_size at 1 and use num_images_per_prompt for more images per prompt."
+                )
+        if prompt_embeds is not None:
+            rows = 1 if prompt_embeds.ndim == 1 else prompt_embeds.shape[0]
+            width = prompt_embeds.shape[-1]
+            if prompt_embeds.ndim > 2 or width != self.unet.config.context_dim or batch_size not in (1, rows):
+                raise ValueError(
+                    f"prompt_embeds has shape {tuple(prompt_embeds.shape)}; expected (N, "
+                    f"{self.unet.config.context_dim}) with N = 1 or batch_size={batch_size}."
+                )
+
+    @staticmethod
+    def _batch_prompts(prompt, prompt_embeds, batch_size: int) -> tuple[list[str] | None, torch.Tensor | None]:
+        """One prompt (or prompt vector) per image before num_images_per_prompt: a single one is repeated
+        batch_size times."""
+        if prompt_embeds is not None:
+            prompt_embeds = prompt_embeds.reshape(-1, prompt_embeds.shape[-1])  # (D,) -> (1, D)
+            return None, prompt_embeds.expand(batch_size, -1) if len(prompt_embeds) == 1 else prompt_embeds
+        return ([prompt] * batch_size if isinstance(prompt, str) else list(prompt)), None
+
+    def encode_prompt(
+        self,
+        prompt: Sequence[str] | None,
+        device,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = False,
+        negative_prompt: str | Sequence[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompts -> (prompt_embeds, negative_prompt_embeds), each (N * num_images_per_prompt, context_dim) in the
+        UNet's dtype; the negatives are None without guidance. The empty prompt, and the negative when no
+        negative_prompt is given, is the null context (zeros): what caption dropout trains the model on."""
+        if prompt_embeds is None:
+            prompt_embeds = self._encode_texts(list(prompt), device)
+        prompt_embeds = prompt_embeds.reshape(-1, prompt_embeds.shape[-1]).to(device=device, dtype=self.unet.dtype)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            if negative_prompt is None:
+                negative_prompt_embeds = torch.zeros_like(prompt_embeds)
+            else:
+                negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+                if len(negatives) not in (1, len(prompt_embeds)):
+                    raise ValueError(
+                        f"Got {len(negatives)} negative prompts for {len(prompt_embeds)} prompts; give one for all "
+                        "or one per prompt."
+                    )
+                negative_prompt_embeds = self._encode_texts(negatives, device).expand(len(prompt_embeds), -1)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.reshape(-1, prompt_embeds.shape[-1])
+            negative_prompt_embeds = negative_prompt_embeds.to(device, self.unet.dtype).expand_as(prompt_embeds)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        return prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0), negative_prompt_embeds
+
+    def _encode_texts(self, texts: list[str], device) -> torch.Tensor:
+        """(N,) sentences -> (N, D) float32 on `device`; the empty prompt is the null context (zeros)."""
+        vectors = encode_text(self.tokenizer, self.text_encoder, texts).to(device)
+        empty = torch.tensor([text.strip() == "" for text in texts], device=device)
+        return vectors.masked_fill(empty[:, None], 0.0)
+
+    def prepare_guidance_context(
+        self,
+        batch_size,
+        class_labels,
+        context,
+        prompt,
+        negative_prompt,
+        num_images_per_prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
+        device,
+        dtype,
+    ) -> tuple[torch.Tensor | None, int]:
+        """What the UNet is called with: (B, D) contexts, or (2B, D) with guidance (conditional rows, then the null
+        or negative rows), or None for an unconditional model; and the number of images B. Guidance runs only with
+        a guidance scale other than 1 and something to guide towards (a prompt, class labels or a context)."""
+        if prompt is not None or prompt_embeds is not None:
+            prompts, prompt_embeds = self._batch_prompts(prompt, prompt_embeds, batch_size)
+            context, null_context = self.encode_prompt(
+                prompts,
+                device,
+                num_images_per_prompt,
+                self.guidance_scale != 1.0,
+                negative_prompt,
+                prompt_embeds,
+                negative_prompt_embeds,
+            )
+            guided = True
+        else:
+            guided = class_labels is not None or context is not None
+            context = self.prepare_context(class_labels, context, batch_size, device, dtype)  # (B, D) or None
+            null_context = None if context is None else torch.zeros_like(context)
+        self._do_classifier_free_guidance = guided and self.guidance_scale != 1.0
+        if context is None:
+            return None, batch_size
+        batch_size = context.shape[0]
+        if self.do_classifier_free_guidance:
+            context = torch.cat([context, null_context])  # (2B, D)
+        return context, batch_size
+
     def prepare_context(self, class_labels, context, batch_size, device, dtype) -> torch.Tensor | None:
         """The context for each image (B, context_dim), the null context (zeros) when neither input is given, or
         None for an unconditional model."""
@@ -423,6 +606,11 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        num_images_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate images.
@@ -450,57 +638,68 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 `callback_kwargs["latents"]` the current x_{t-1} (B, C, H, W) in about [-1, 1]; it may return a dict
                 whose "latents" replaces the current sample. `TrajectoryRecorder` is a ready one for denoising GIFs.
             callback_on_step_end_tensor_inputs: names passed in `callback_kwargs`; only "latents" is available.
+            prompt: for a text model (one with a `text_encoder`): a sentence for the whole batch, or one per image
+                (then `batch_size` may be left at 1). The empty prompt "" is the null context.
+            negative_prompt: with guidance, what the unconditional pass is pulled away from: one sentence, or one
+                per prompt. None: the null context (zeros), which is what caption dropout trained.
+            num_images_per_prompt: images generated for each prompt.
+            prompt_embeds, negative_prompt_embeds: (N, context_dim) precomputed prompt vectors (from
+                `encode_prompt`, or `hfdiff.text.encode_text`) instead of `prompt` / `negative_prompt`.
 
         Returns:
             `ImagePipelineOutput` with `images` in the chosen output_type.
         """
         # 0. every input checked before any work
         self.check_inputs(
-            batch_size, class_labels, context, guidance_scale, num_inference_steps, eta, extra_noise, output_type
+            batch_size,
+            class_labels,
+            context,
+            guidance_scale,
+            num_inference_steps,
+            eta,
+            extra_noise,
+            output_type,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            num_images_per_prompt=num_images_per_prompt,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        for name in callback_on_step_end_tensor_inputs:
-            if name not in self._callback_tensor_inputs:
-                raise ValueError(
-                    f"callback_on_step_end_tensor_inputs has {name!r}; choose from {self._callback_tensor_inputs}."
-                )
         self._guidance_scale = guidance_scale
         self._interrupt = False
         device, dtype = self._execution_device, self.unet.dtype
 
-        # 1. context c for each image, and the null context for the unconditional half of guidance
-        guided = class_labels is not None or context is not None
-        context = self.prepare_context(class_labels, context, batch_size, device, dtype)  # (B, D) or None
-        self._do_classifier_free_guidance = guided and guidance_scale != 1.0
-        if self.do_classifier_free_guidance:
-            context = torch.cat([context, torch.zeros_like(context)])  # (2B, D): conditional, then null
+        # 1. context c for each image, then the null (or negative) context for the unconditional half of guidance
+        context, batch_size = self.prepare_guidance_context(
+            batch_size,
+            class_labels,
+            context,
+            prompt,
+            negative_prompt,
+            num_images_per_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            device,
+            dtype,
+        )
 
-        # 2. timesteps, 3. x_T, 4. the scheduler's step keywords
+        # 2. timesteps, 3. x_T
         timesteps = self.prepare_timesteps(num_inference_steps, device)
         self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(batch_size, dtype, device, generator, latents)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, extra_noise)
 
-        # 5. denoising loop x_T -> x_0: on CUDA, hfdiff's FastSampler replays one recorded step (the same math and
-        #    noise) unless the call needs the step-by-step loop
-        fast_sampler = self._fast_sampler_for(device, generator, callback_on_step_end)
-        if fast_sampler is not None:
-            latents = fast_sampler.sample(
-                latents,
-                context,
-                guidance_scale=guidance_scale if self.do_classifier_free_guidance else 1.0,
-                eta=eta,
-                extra_noise=extra_noise,
-                generator=generator,
-            )
-        else:
-            latents = self.denoise(
-                latents,
-                context,
-                timesteps,
-                extra_step_kwargs,
-                callback_on_step_end,
-                callback_on_step_end_tensor_inputs,
-            )
+        # 5. denoising loop x_T -> x_0
+        latents = self.run_denoising(
+            latents,
+            context,
+            timesteps,
+            generator,
+            eta,
+            extra_noise,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
 
         # 6. [-1, 1] -> [0, 1] images
         images = self.postprocess(latents, output_type)
@@ -508,6 +707,26 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    def run_denoising(
+        self, latents, context, timesteps, generator, eta, extra_noise, callback_on_step_end, callback_tensor_inputs
+    ) -> torch.Tensor:
+        """x_T (B, C, H, W) -> x_0: on CUDA, hfdiff's FastSampler replays one recorded step (the same math, dtype and
+        noise as the step-by-step loop) unless the call needs the step-by-step loop (`denoise`)."""
+        fast_sampler = self._fast_sampler_for(latents.device, generator, callback_on_step_end)
+        if fast_sampler is not None:
+            return fast_sampler.sample(
+                latents,
+                context,
+                guidance_scale=self.guidance_scale if self.do_classifier_free_guidance else 1.0,
+                eta=eta,
+                extra_noise=extra_noise,
+                generator=generator,
+            )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, extra_noise)
+        return self.denoise(
+            latents, context, timesteps, extra_step_kwargs, callback_on_step_end, callback_tensor_inputs
+        )
 
     def denoise(
         self, latents, context, timesteps, extra_step_kwargs, callback_on_step_end=None, callback_tensor_inputs=()
@@ -854,7 +1073,10 @@ def pipeline_files(folder: str | os.PathLike) -> list[str]:
     files = ["model_index.json", *(name for name in _CARD_FILES if (folder / name).is_file())]
     pipeline_entry = index.get("_class_name")
     if isinstance(pipeline_entry, list) and (folder / f"{pipeline_entry[0]}.py").is_file():
-        files.append(f"{pipeline_entry[0]}.py")
+        from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+        code = folder / f"{pipeline_entry[0]}.py"  # and the modules it imports relatively (text_encoding.py)
+        files += sorted(str(Path(path).relative_to(folder)) for path in [code, *get_relative_import_files(code)])
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or entry == [None, None]:
             continue

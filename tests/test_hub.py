@@ -189,6 +189,7 @@ PIPELINE_FILES = {
     "README.md",
     "model_index.json",
     "pipeline_sprite_diffusion.py",
+    "text_encoding.py",
     "scheduler/_math.py",
     "scheduler/scheduler_config.json",
     "scheduler/scheduling_sprite_ddim.py",
