@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import ImageDraw, ImageFont
 
 from hfdiff.data import SPRITE_CLASSES, generate_sprites
+from hfdiff.pipelines.pipeline_sprite_diffusion import postprocess_sample, upscale_images
 
 # The course's context-mixture examples: row label -> {class name: weight}; names as in SPRITE_CLASSES.
 CLASSIC_MIXTURES: dict[str, dict[str, float]] = {
@@ -129,10 +130,8 @@ def _text_size(text: str, font) -> tuple[int, int]:
 
 
 def upscale(images: Sequence[PIL.Image.Image], scale: int = SCALE) -> list[PIL.Image.Image]:
-    """Nearest-neighbour upscaling (crisp pixels) of each image by an integer factor."""
-    if scale == 1:
-        return list(images)
-    return [image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST) for image in images]
+    """Nearest-neighbour upscaling (crisp pixels) of each image by an integer factor (the pipeline's helper)."""
+    return upscale_images(images, scale)
 
 
 def labelled_rows(
@@ -310,7 +309,6 @@ def forward_process_strip(
 
 def _to_pil(sample: torch.Tensor) -> list[PIL.Image.Image]:
     """sample: (B, C, H, W) in about [-1, 1] -> PIL images, by the pipeline's own conversion."""
-    from hfdiff.pipelines.pipeline_sprite_diffusion import postprocess_sample
 
     return postprocess_sample(sample.float().cpu(), "pil")
 

@@ -788,7 +788,7 @@ class TrajectoryRecorder:
         frames = []
         for sample in self.samples:
             images = postprocess_sample(sample, "pil")
-            images = [image.resize((image.width * scale, image.height * scale), resample=0) for image in images]
+            images = upscale_images(images, scale)
             frames.append(make_image_grid(images, rows=rows, cols=len(images) // rows))
         return frames
 
@@ -1122,6 +1122,14 @@ def upload_pipeline_folder(
         create_pr=create_pr,
     )
     return str(getattr(commit, "commit_url", commit))
+
+
+def upscale_images(images, scale: int) -> list:
+    """Nearest-neighbour upscaling (crisp pixels) of PIL images by an integer factor: how hfdiff shows 16x16 sprites
+    (the trajectory recorder here; grids in hfdiff.visualize and training)."""
+    if scale == 1:
+        return list(images)
+    return [image.resize((image.width * scale, image.height * scale), resample=0) for image in images]  # 0: NEAREST
 
 
 def _copy_class_source(cls: type, folder: Path) -> list[str] | None:
