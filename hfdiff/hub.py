@@ -40,7 +40,7 @@ With hfdiff installed (no remote code runs):
 from hfdiff import SpriteDiffusionPipeline
 
 pipe = SpriteDiffusionPipeline.from_pretrained("{{ repo_id }}")
-images = pipe(batch_size=4{% if first_class %}, class_labels="{{ first_class }}"{% endif %}).images
+images = pipe({% if text %}prompt="a green slime monster", num_images_per_prompt=4{% else %}batch_size=4{% if first_class %}, class_labels="{{ first_class }}"{% endif %}{% endif %}).images
 ```
 
 With diffusers alone: the pipeline, UNet and scheduler code travels in this repository, so loading it runs that code
@@ -66,6 +66,23 @@ pipe = DiffusionPipeline.from_pretrained("{{ repo_id }}", trust_remote_code=True
 {% endif %}"""
 
 
+def _conditioning(unet_config, class_names, text_encoder) -> tuple[str, str | None, str]:
+    """(what the card says the model is conditioned on, its pipeline_tag, its kind tag). The Hub's tasks have
+    "unconditional-image-generation" and "text-to-image" but nothing for class-conditional generation: such a model
+    gets no pipeline_tag (which would file it under the wrong task) and says what it is in its tags instead."""
+    if unet_config.context_dim is None:
+        return "none (unconditional)", "unconditional-image-generation", "unconditional-image-generation"
+    if text_encoder is not None:
+        what = (
+            f"text: one sentence embedding ({unet_config.context_dim}-d) from a frozen {type(text_encoder).__name__}"
+        )
+        return what, "text-to-image", "text-to-image"
+    if class_names:
+        what = f"one-hot classes ({', '.join(class_names)}); mixtures and classifier-free guidance work"
+        return what, None, "class-conditional-image-generation"
+    return f"context vectors of length {unet_config.context_dim}", None, "context-conditional-image-generation"
+
+
 def build_model_card(
     pipe,
     repo_id: str | None = None,
@@ -79,25 +96,9 @@ def build_model_card(
     and the training configuration when known, and how to load it with and without hfdiff."""
     unet_config, scheduler_config = pipe.unet.config, pipe.scheduler.config
     class_names = pipe.class_names
-    if unet_config.context_dim is None:
-        conditioning = "none (unconditional)"
-    elif class_names:
-        conditioning = f"one-hot classes ({', '.join(class_names)}); mixtures and classifier-free guidance work"
-    else:
-        conditioning = f"context vectors of length {unet_config.context_dim}"
-    # The Hub's tasks have "unconditional-image-generation" and "text-to-image" but nothing for class-conditional
-    # generation: such a model gets no pipeline_tag (which would file it under the wrong task) and says what it is
-    # in its tags instead.
-    tags = ["hfdiff", "diffusers", "diffusion", "pixel-art"]
-    if unet_config.context_dim is None:
-        pipeline_tag = "unconditional-image-generation"
-        tags.append(pipeline_tag)
-    elif class_names:
-        pipeline_tag = None
-        tags.append("class-conditional-image-generation")
-    else:
-        pipeline_tag = None
-        tags.append("context-conditional-image-generation")
+    text_encoder = getattr(pipe, "text_encoder", None)
+    conditioning, pipeline_tag, kind_tag = _conditioning(unet_config, class_names, text_encoder)
+    tags = ["hfdiff", "diffusers", "diffusion", "pixel-art", kind_tag]
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag=pipeline_tag,
@@ -121,6 +122,7 @@ def build_model_card(
         beta_schedule=scheduler_config.beta_schedule,
         prediction_type=scheduler_config.prediction_type,
         first_class=class_names[0] if class_names else None,
+        text=text_encoder is not None,
         metrics=metrics,
         training_config=json.dumps(training_config, indent=2, default=str) if training_config else None,
     )

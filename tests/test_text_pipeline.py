@@ -160,3 +160,11 @@ def test_class_models_save_without_text_components(tmp_path):
     index = json.loads((tmp_path / "m" / "model_index.json").read_text())
     assert index.get("text_encoder") in (None, [None, None]) and not (tmp_path / "m" / "text_encoder").exists()
     assert SpriteDiffusionPipeline.from_pretrained(tmp_path / "m").text_encoder is None
+
+
+def test_model_card_of_a_text_model(encoder_folder):
+    from hfdiff.hub import build_model_card
+
+    card = build_model_card(make_text_pipe(encoder_folder))
+    assert card.data.pipeline_tag == "text-to-image" and "text-to-image" in card.data.tags
+    assert 'prompt="a green slime monster"' in card.text and "frozen BertModel" in card.text
