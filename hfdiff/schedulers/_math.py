@@ -76,3 +76,13 @@ def add_sprite_compatibles(cls, diffusers_compatibles: list, root: type) -> list
         stack.extend(candidate.__subclasses__())
     found[cls.__name__] = cls
     return list(found.values())
+
+
+def keep_x0_in_range(scheduler, x0_hat: torch.Tensor) -> torch.Tensor:
+    """Keep x0_hat (B, C, H, W) in the data range as the scheduler's config asks: dynamic thresholding (Saharia et al.
+    2022; diffusers' `_threshold_sample`), a clamp to +-clip_sample_range, or unchanged (the sprite default)."""
+    if scheduler.config.thresholding:
+        return scheduler._threshold_sample(x0_hat)
+    if scheduler.config.clip_sample:
+        return x0_hat.clamp(-scheduler.config.clip_sample_range, scheduler.config.clip_sample_range)
+    return x0_hat

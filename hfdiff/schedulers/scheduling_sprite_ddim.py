@@ -20,6 +20,7 @@ from ._math import (
     TIMESTEP_SPACINGS,
     add_sprite_compatibles,
     check_choice,
+    keep_x0_in_range,
     x0_and_eps_from_model_output,
 )
 
@@ -147,18 +148,7 @@ class SpriteDDIMScheduler(DDIMScheduler):
         Returns:
             DDIMSchedulerOutput: prev_sample x_{t'} and pred_original_sample x0_hat, both (B, C, H, W).
         """
-        if self.num_inference_steps is None:
-            raise ValueError(
-                f"{type(self).__name__}.step() was called before set_timesteps(): DDIM strides the chain, so it must "
-                "know how many steps it takes. Call scheduler.set_timesteps(num_inference_steps) first (e.g. 25) "
-                "and loop over scheduler.timesteps."
-            )
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(
-                f"eta={eta} is outside [0, 1]. eta scales sigma_t (eq. 16): 0 is deterministic DDIM, 1 matches DDPM's "
-                "posterior variance; above 1, sigma_t^2 can exceed 1 - abar_{t-1} and eq. 12's direction term has no "
-                "real square root. Pass an eta between 0 and 1."
-            )
+        self._check_step_inputs(eta)
 
         # 1. previous timestep t' = t - T // n. This is DDIMScheduler's rule, kept so a model samples the same under
         #    either class; it is the next entry of self.timesteps for "leading" spacing and for "trailing" when n
@@ -173,11 +163,8 @@ class SpriteDDIMScheduler(DDIMScheduler):
         #    network's own eps, or recomputed from its x_0 or v prediction: see _math)
         x0_hat, eps_hat = x0_and_eps_from_model_output(model_output, sample, alpha_bar_t, self.config.prediction_type)
 
-        # 4. keep x0_hat in the data range: dynamic thresholding (Saharia et al. 2022, DDIMScheduler's) or a clamp
-        if self.config.thresholding:
-            x0_hat = self._threshold_sample(x0_hat)
-        elif self.config.clip_sample:
-            x0_hat = x0_hat.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        # 4. keep x0_hat in the data range: dynamic thresholding (Saharia et al. 2022), a clamp, or neither
+        x0_hat = keep_x0_in_range(self, x0_hat)
 
         # 5. sigma_t(eta) = eta sqrt((1 - abar_{t'}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t'}), eq. 16
         sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)) ** 0.5
@@ -206,3 +193,18 @@ class SpriteDDIMScheduler(DDIMScheduler):
         if not return_dict:
             return (prev_sample, x0_hat)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)
+
+    def _check_step_inputs(self, eta: float) -> None:
+        """set_timesteps has run (DDIM strides the chain) and eta is in [0, 1]."""
+        if self.num_inference_steps is None:
+            raise ValueError(
+                f"{type(self).__name__}.step() was called before set_timesteps(): DDIM strides the chain, so it must "
+                "know how many steps it takes. Call scheduler.set_timesteps(num_inference_steps) first (e.g. 25) "
+                "and loop over scheduler.timesteps."
+            )
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(
+                f"eta={eta} is outside [0, 1]. eta scales sigma_t (eq. 16): 0 is deterministic DDIM, 1 matches DDPM's "
+                "posterior variance; above 1, sigma_t^2 can exceed 1 - abar_{t-1} and eq. 12's direction term has no "
+                "real square root. Pass an eta between 0 and 1."
+            )

@@ -21,6 +21,7 @@ from ._math import (
     TIMESTEP_SPACINGS,
     add_sprite_compatibles,
     check_choice,
+    keep_x0_in_range,
     x0_and_eps_from_model_output,
 )
 
@@ -148,16 +149,7 @@ class SpriteDDPMScheduler(DDPMScheduler):
         """
         t = timestep
         prev_t = self.previous_timestep(t)
-        channels = sample.shape[1]
-        predicted_variance = None
-        if self.variance_type in ("learned", "learned_range"):
-            if model_output.shape[1] != 2 * channels:
-                raise ValueError(
-                    f"variance_type={self.variance_type!r} needs a model output with 2 x {channels} channels (the "
-                    f"prediction, then the variance), but it has {model_output.shape[1]}. Give the UNet "
-                    f"out_channels={2 * channels}, or use a fixed variance_type such as 'fixed_large'."
-                )
-            model_output, predicted_variance = torch.split(model_output, channels, dim=1)
+        model_output, predicted_variance = self._split_variance(model_output, sample.shape[1])
 
         # 1. abar_t and abar_{t'}; before the first forward step abar = 1 (x_{t'} is x_0 itself). alpha_t and beta_t
         #    are the single forward step t' -> t of eq. 2 (equal to the schedule's own when t' = t - 1).
@@ -169,11 +161,8 @@ class SpriteDDPMScheduler(DDPMScheduler):
         # 2. x0_hat = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t), eq. 15 (x_0 and v predictions: see _math)
         x0_hat, _ = x0_and_eps_from_model_output(model_output, sample, alpha_bar_t, self.config.prediction_type)
 
-        # 3. keep x0_hat in the data range: dynamic thresholding (Saharia et al. 2022, DDPMScheduler's) or a clamp
-        if self.config.thresholding:
-            x0_hat = self._threshold_sample(x0_hat)
-        elif self.config.clip_sample:
-            x0_hat = x0_hat.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        # 3. keep x0_hat in the data range: dynamic thresholding (Saharia et al. 2022), a clamp, or neither
+        x0_hat = keep_x0_in_range(self, x0_hat)
 
         # 4. posterior mean, eq. 7: mu~_t = sqrt(abar_{t'}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t'}) /
         #    (1 - abar_t) x_t. Without clipping, putting eq. 15's x0_hat in gives Alg. 2's line 4 (eq. 11): the x_t
@@ -184,7 +173,26 @@ class SpriteDDPMScheduler(DDPMScheduler):
         xt_coeff = alpha_t**0.5 * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
         mu = x0_coeff * x0_hat + xt_coeff * sample
 
-        # 5. sigma_t. Sec. 3.2: sigma_t^2 = beta_t ("fixed_large", best for x_0 ~ N(0, I)) or beta~_t ("fixed_small",
+        # 5. sigma_t (see `_sigma`)
+        sigma = self._sigma(alpha_bar_t, alpha_bar_prev, beta_t, predicted_variance)
+
+        # 6. x_{t'} = mu~_t + sigma_t z, with z = 0 on the step that lands on x_0 (Alg. 2: "z = 0 if t = 1") and on
+        #    every step when extra_noise is False.
+        prev_sample = mu
+        if prev_t >= 0 and extra_noise:
+            z = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
+            prev_sample = mu + sigma * z
+
+        if not return_dict:
+            return (prev_sample, x0_hat)
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)
+
+    def _sigma(self, alpha_bar_t, alpha_bar_prev, beta_t, predicted_variance):
+        """sigma_t of the reverse step t -> t', by variance_type (predicted_variance: the network's variance output,
+        (B, C, H, W), for the learned types; None otherwise)."""
+        # Sec. 3.2: sigma_t^2 = beta_t ("fixed_large", best for x_0 ~ N(0, I)) or beta~_t ("fixed_small",
         #    best for a fixed x_0); "_log" variants compute through the log (GLIDE's "max_log" is fixed_large_log);
         #    "learned" takes sigma_t^2 from the network directly (diffusers' convention); "learned_range" is
         #    exp(v log beta_t + (1 - v) log beta~_t), v = (network output + 1) / 2 (Nichol & Dhariwal 2021, eq. 15).
@@ -204,16 +212,17 @@ class SpriteDDPMScheduler(DDPMScheduler):
             frac = (predicted_variance + 1) / 2
             log_variance = frac * torch.log(beta_t) + (1 - frac) * torch.log(posterior_variance)
             sigma = torch.exp(0.5 * log_variance)
+        return sigma
 
-        # 6. x_{t'} = mu~_t + sigma_t z, with z = 0 on the step that lands on x_0 (Alg. 2: "z = 0 if t = 1") and on
-        #    every step when extra_noise is False.
-        prev_sample = mu
-        if prev_t >= 0 and extra_noise:
-            z = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+    def _split_variance(self, model_output, channels: int):
+        """(prediction, variance output) for the learned variance types, whose model output has 2 x C channels
+        (the prediction, then the variance); (model_output, None) for the fixed ones."""
+        if self.variance_type not in ("learned", "learned_range"):
+            return model_output, None
+        if model_output.shape[1] != 2 * channels:
+            raise ValueError(
+                f"variance_type={self.variance_type!r} needs a model output with 2 x {channels} channels (the "
+                f"prediction, then the variance), but it has {model_output.shape[1]}. Give the UNet "
+                f"out_channels={2 * channels}, or use a fixed variance_type such as 'fixed_large'."
             )
-            prev_sample = mu + sigma * z
-
-        if not return_dict:
-            return (prev_sample, x0_hat)
-        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)
+        return torch.split(model_output, channels, dim=1)
