@@ -46,6 +46,19 @@ def load_npy_sprites(sprites_path, labels_path) -> tuple[np.ndarray, np.ndarray]
     images = _load(sprites_path, "sprites")
     labels = _load(labels_path, "labels")
 
+    images = _checked_images(images, sprites_path)
+    labels = _checked_labels(labels, labels_path)
+
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{os.fspath(sprites_path)!r} holds {len(images)} images but {os.fspath(labels_path)!r} holds "
+            f"{len(labels)} labels; expected one label per image. Check that the two files belong together."
+        )
+    return images, labels
+
+
+def _checked_images(images: np.ndarray, sprites_path) -> np.ndarray:
+    """(N, H, W[, C]) integer pixels -> (N, H, W, C) uint8, or a ValueError saying how to convert them."""
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
@@ -68,7 +81,11 @@ def load_npy_sprites(sprites_path, labels_path) -> tuple[np.ndarray, np.ndarray]
                 "integers in 0..255). Convert floats in [0, 1] with (images * 255).round().astype(np.uint8)."
             )
         images = images.astype(np.uint8)
+    return images
 
+
+def _checked_labels(labels: np.ndarray, labels_path) -> np.ndarray:
+    """One-hot (N, K) or indices (N,) -> (N,) int64 class indices, or a ValueError saying what was expected."""
     if labels.dtype == np.bool_:
         labels = labels.astype(np.uint8)
     if labels.ndim == 2:
@@ -97,11 +114,4 @@ def load_npy_sprites(sprites_path, labels_path) -> tuple[np.ndarray, np.ndarray]
             f"labels in {os.fspath(labels_path)!r} have shape {labels.shape}; expected one-hot (N, K), e.g. "
             "(89400, 5), or class indices (N,)."
         )
-    labels = labels.astype(np.int64)
-
-    if len(images) != len(labels):
-        raise ValueError(
-            f"{os.fspath(sprites_path)!r} holds {len(images)} images but {os.fspath(labels_path)!r} holds "
-            f"{len(labels)} labels; expected one label per image. Check that the two files belong together."
-        )
-    return images, labels
+    return labels.astype(np.int64)
