@@ -7,9 +7,13 @@
     hfdiff train-classifier --output_dir sprite-model/classifier              # the metrics' classifier (< 1 min, CPU)
     hfdiff evaluate sprite-model --per_class 100                              # accuracy + Fréchet distance vs floor
     hfdiff report sprite-model --output_dir report --per_class 20 --steps 10 25 50 100 full
+    hfdiff sample text-model --prompt "a green slime monster" --prompt "a small emerald blob" --guidance_scale 3
+    hfdiff evaluate text-model --guidance_scales 1 3 --held_out kind=slime,colour=purple   # does it follow the text?
 
 `evaluate` and `report` use the classifier in --classifier (default: MODEL/classifier); when there is none they
 train one on the real data (procedural sprites, or --npy_images/--npy_labels) and save it there for next time.
+`evaluate` on a text model (one with a text encoder) samples prompts instead of classes and also uses the attribute
+classifier in --attribute_classifier (default: MODEL/attribute_classifier, trained there when missing).
 Every subcommand is a thin layer over hfdiff.visualize and hfdiff.evaluate, whose functions take the same options.
 """
 
@@ -84,17 +88,62 @@ def _sampling_kwargs(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _is_text_model(pipe) -> bool:
+    return getattr(pipe, "text_encoder", None) is not None
+
+
+def _check_conditioning(args, pipe) -> None:
+    """--prompt for text models, --class_names for class models: one line naming the fix otherwise."""
+    prompts = getattr(args, "prompt", None)
+    if _is_text_model(pipe) and args.class_names:
+        raise UserError(f"{args.model} is a text model: describe the rows with --prompt \"a green slime\" instead of "
+                        "--class_names.")  # fmt: skip
+    if not _is_text_model(pipe) and prompts:
+        raise UserError(f"{args.model} has no text encoder, so it takes no --prompt: use --class_names, or a model "
+                        "trained with --conditioning text.")  # fmt: skip
+    if getattr(args, "negative_prompt", None) is not None and not prompts:
+        raise UserError("--negative_prompt needs --prompt (the text to guide towards).")
+
+
+def prompt_grid(pipe, prompts, negative_prompt=None, num_images_per_prompt=8, scale=None, **sampling):
+    """A sample grid with a row per prompt, each row labelled with its prompt."""
+    from hfdiff.visualize import SCALE, labelled_rows, upscale
+
+    images = pipe(
+        prompt=list(prompts),
+        negative_prompt=negative_prompt,
+        num_images_per_prompt=num_images_per_prompt,
+        **sampling,
+    ).images
+    images = upscale(images, scale or SCALE)
+    n = num_images_per_prompt
+    return labelled_rows([images[r * n : (r + 1) * n] for r in range(len(prompts))], list(prompts))
+
+
 def cmd_sample(args) -> None:
     from hfdiff.visualize import class_grid
 
     pipe = sampling_pipeline(args)
-    grid = class_grid(
-        pipe,
-        per_class=args.per_class,
-        class_names=args.class_names,
-        generator=_generator(args),
-        **_sampling_kwargs(args),
-    )
+    _check_conditioning(args, pipe)
+    if _is_text_model(pipe):
+        if not args.prompt:
+            raise UserError(f'{args.model} is a text model: give one or more --prompt "..." (a row each).')
+        grid = prompt_grid(
+            pipe,
+            args.prompt,
+            negative_prompt=[args.negative_prompt] * len(args.prompt) if args.negative_prompt is not None else None,
+            num_images_per_prompt=args.num_images_per_prompt or args.per_class,
+            generator=_generator(args),
+            **_sampling_kwargs(args),
+        )
+    else:
+        grid = class_grid(
+            pipe,
+            per_class=args.per_class,
+            class_names=args.class_names,
+            generator=_generator(args),
+            **_sampling_kwargs(args),
+        )
     _makedirs_for(args.output)
     grid.save(args.output)
     print(f"wrote {args.output}")
@@ -204,7 +253,16 @@ def get_classifier(args, real):
 
 def cmd_train_classifier(args) -> None:
     from hfdiff import evaluate as ev
+    from hfdiff import evaluate_text as et
 
+    if args.attributes:
+        probe, accuracy = et.train_attribute_classifier_on_sprites(
+            num_train=args.num_train_images, epochs=args.attribute_epochs, device=args.device
+        )
+        et.save_attribute_classifier(probe, args.output_dir, f"{args.num_train_images} procedural sprites", accuracy)
+        shown = ", ".join(f"{head} {value:.1%}" for head, value in accuracy.items())
+        print(f"held-out accuracy: {shown}; wrote {args.output_dir}")
+        return
     real = real_data(args)
     classifier = ev.train_classifier(
         real.train_images, real.train_labels, real.class_names, epochs=args.classifier_epochs, device=args.device
@@ -215,10 +273,67 @@ def cmd_train_classifier(args) -> None:
     print(f"held-out accuracy {accuracy:.1%}; wrote {args.output_dir}")
 
 
+def get_attribute_classifier(args):
+    """args.attribute_classifier (default MODEL/attribute_classifier), trained on procedural sprites and saved there
+    when missing; returns (probe, its held-out accuracy per head)."""
+    from hfdiff import evaluate_text as et
+
+    folder = args.attribute_classifier or os.path.join(args.model, "attribute_classifier")
+    if os.path.isfile(os.path.join(folder, et.ATTRIBUTE_CLASSIFIER_CONFIG)):
+        print(f"attribute classifier: {folder}")
+        return et.load_attribute_classifier(folder, args.device)
+    print(f"attribute classifier: none in {folder}; training one on {args.num_train_images} procedural sprites")
+    probe, accuracy = et.train_attribute_classifier_on_sprites(
+        num_train=args.num_train_images, epochs=args.attribute_epochs, device=args.device
+    )
+    et.save_attribute_classifier(probe, folder, f"{args.num_train_images} procedural sprites (seed 0)", accuracy)
+    return probe, accuracy
+
+
+def held_out_combinations(args) -> list[str | dict]:
+    """--held_out, else the model's training_config.json "held_out_combinations" (what training left out)."""
+    if args.held_out:
+        return args.held_out
+    path = os.path.join(args.model, "training_config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return list(json.load(f).get("held_out_combinations") or [])
+    return []
+
+
+def evaluate_text_model(args, pipe) -> dict:
+    """Class and named-attribute accuracy of prompts, held-out combinations and paraphrases (hfdiff.evaluate_text)."""
+    from hfdiff import evaluate_text as et
+
+    classifier = get_classifier(args, real_data(args))
+    probe, probe_accuracy = get_attribute_classifier(args)
+    metrics = et.evaluate_text_pipeline(
+        pipe,
+        classifier,
+        probe,
+        guidance_scales=args.guidance_scales,
+        prompts_per_class=args.prompts_per_class,
+        images_per_prompt=args.images_per_prompt,
+        held_out=held_out_combinations(args),
+        per_held_out=args.per_held_out,
+        batch_size=args.batch_size,
+        num_inference_steps=args.num_inference_steps,
+        seed=args.seed,
+    )
+    metrics["attribute_classifier_accuracy"] = probe_accuracy
+    print(et.text_report_markdown(metrics, probe_accuracy))
+    return metrics
+
+
 def cmd_evaluate(args) -> None:
     from hfdiff import evaluate as ev
 
     pipe = sampling_pipeline(args)
+    if _is_text_model(pipe):
+        _write_json(evaluate_text_model(args, pipe), args.output)
+        return
+    if args.held_out:
+        raise UserError(f"--held_out is for text models, and {args.model} has no text encoder.")
     count = args.per_class * (pipe.unet.config.context_dim or 5)
     real = real_data(args, count)
     classifier = get_classifier(args, real)
@@ -233,11 +348,15 @@ def cmd_evaluate(args) -> None:
         **_sampling_kwargs(args),
     )
     print(ev.format_metrics(metrics))
-    if args.output:
-        _makedirs_for(args.output)
-        with open(args.output, "w", encoding="utf-8") as f:
+    _write_json(metrics, args.output)
+
+
+def _write_json(metrics: dict, path: str | None) -> None:
+    if path:
+        _makedirs_for(path)
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2)
-        print(f"wrote {args.output}")
+        print(f"wrote {path}")
 
 
 def cmd_report(args) -> None:
@@ -316,6 +435,9 @@ def _add_real_data(parser: argparse.ArgumentParser) -> None:
         "--num_train_images", type=int, default=20_000, help="Procedural sprites to train the classifier on."
     )
     group.add_argument("--classifier_epochs", type=int, default=3, help="Epochs when a classifier is trained.")
+    group.add_argument(
+        "--attribute_epochs", type=int, default=4, help="Epochs when an attribute classifier is trained."
+    )
 
 
 def _add_classifier(parser: argparse.ArgumentParser) -> None:
@@ -339,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--class_names", nargs="+", default=None, help="Rows to draw (names or indices); default all.")
     sample.add_argument("--per_class", type=int, default=8, help="Images per row.")
     sample.add_argument("--output", default="samples.png", help="PNG file to write.")
+    sample.add_argument(
+        "--prompt", action="append", default=None, help="Text models: a row of this prompt (repeat for more rows)."
+    )
+    sample.add_argument("--negative_prompt", default=None, help="Text models: guide away from this text.")
+    sample.add_argument(
+        "--num_images_per_prompt", type=int, default=None, help="Text models: images per row; default --per_class."
+    )
     _add_sampling(sample)
     sample.set_defaults(func=cmd_sample)
 
@@ -365,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train-classifier", help="Train the small classifier the metrics use (safetensors).")
     train.add_argument("--output_dir", required=True, help="Folder for classifier.safetensors + its config.")
     train.add_argument("--device", default=None, help="Torch device; default cuda when available, else cpu.")
+    train.add_argument(
+        "--attributes",
+        action="store_true",
+        help="Train the attribute classifier (class, kind, colour) that text evaluation uses, on procedural sprites.",
+    )
     _add_real_data(train)
     train.set_defaults(func=cmd_train_classifier)
 
@@ -372,6 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="Pipeline folder or Hub repo id.")
     evaluate.add_argument("--per_class", type=int, default=100, help="Images generated per class.")
     evaluate.add_argument("--output", default=None, help="Also write the metrics to this JSON file.")
+    text = evaluate.add_argument_group("text models")
+    text.add_argument("--guidance_scales", type=float, nargs="+", default=[1.0, 3.0], help="Guidance w per row.")
+    text.add_argument("--prompts_per_class", type=int, default=20, help="Generator captions per class.")
+    text.add_argument("--images_per_prompt", type=int, default=5, help="Images sampled per prompt.")
+    text.add_argument(
+        "--held_out",
+        nargs="+",
+        default=None,
+        help="Combinations training left out, as KEY=VALUE[,KEY=VALUE] (e.g. kind=slime,colour=purple); default: "
+        "MODEL/training_config.json's held_out_combinations.",
+    )
+    text.add_argument("--per_held_out", type=int, default=20, help="Prompts per held-out combination.")
+    text.add_argument(
+        "--attribute_classifier",
+        default=None,
+        help="Folder of an attribute classifier; default MODEL/attribute_classifier (trained there if missing).",
+    )
     _add_classifier(evaluate)
     _add_sampling(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
