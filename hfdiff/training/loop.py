@@ -5,7 +5,8 @@ the Accelerator), `set_up` (load the whole data set onto the device, build the U
 schedule and EMA, resume if asked), `run_steps` (the loop below) and `finish`:
 
     for each optimizer step (epoch, micro-batch):
-        x_0, c   <- images[indices] gathered on the device, scaled to [-1, 1]; c one-hot, zeroed with prob. p_uncond
+        x_0, c   <- images[indices] gathered on the device, scaled to [-1, 1]; c = table[index[indices]] (one-hot
+                    class or caption embedding, context.py), zeroed with prob. p_uncond
         t, eps   ~ U{0..T-1}, N(0, I) from a generator seeded by (seed, rank, epoch, micro-batch)
         x_t      =  sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                         (DDPM eq. 4)
         loss     =  ||target - model(x_t, t, c)||^2, target = eps | x_0 | v          (DDPM Alg. 1)
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import find_checkpoint, list_checkpoints, read_training_state, save_checkpoint, save_error
 from .config import TrainingConfig, cpu_threads, model_config_overrides, resolve_defaults
+from .context import Contexts, build_contexts
 from .data import TrainingData, check_image_size, load_training_data
 from .process_state import RestoredProcessState, use_fast_cuda_kernels
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
@@ -133,8 +135,9 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     )
 
 
-def build_unet(config: TrainingConfig, data: TrainingData, conditional: bool):
-    """The preset's ContextUNet2DModel, shaped by the data: image size and channels, one context entry per class."""
+def build_unet(config: TrainingConfig, data: TrainingData, conditional: bool, contexts: Contexts | None = None):
+    """The preset's ContextUNet2DModel, shaped by the data: image size and channels, and when `conditional` the
+    context width: the text encoder's for a text model (`contexts` from build_contexts), else one entry per class."""
     from hfdiff.models import UNET_PRESETS, ContextUNet2DModel
 
     overrides = model_config_overrides(config)
@@ -151,12 +154,15 @@ def build_unet(config: TrainingConfig, data: TrainingData, conditional: bool):
             "classes); use --resolution, or change the data."
         )
     height, width = data.size
+    text = contexts is not None and contexts.text_encoder is not None
     shape = {
         "sample_size": height if height == width else (height, width),
         "in_channels": data.channels,
         "out_channels": data.channels,
-        "context_dim": len(data.class_names) if conditional else None,
-        "class_names": list(data.class_names) if conditional else None,
+        "context_dim": (contexts.context_dim if contexts is not None else len(data.class_names))
+        if conditional
+        else None,
+        "class_names": list(data.class_names) if conditional and not text else None,  # text contexts are not classes
     }
     block_out_channels = overrides.get("block_out_channels", UNET_PRESETS[config.preset]["block_out_channels"])
     check_image_size((height, width), block_out_channels, data.description)
@@ -229,7 +235,9 @@ def schedule_length(config: TrainingConfig, batches: EpochBatches) -> tuple[int,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def resume(accelerator: Accelerator, config: TrainingConfig, ema: EMAModel | None, expected: dict) -> int:
+def resume(
+    accelerator: Accelerator, config: TrainingConfig, ema: EMAModel | None, expected: dict, conditioning: str
+) -> int:
     """Load the checkpoint --resume_from_checkpoint names; returns its optimizer step (0 for a fresh start)."""
     if not config.resume_from_checkpoint:
         return 0
@@ -239,6 +247,7 @@ def resume(accelerator: Accelerator, config: TrainingConfig, ema: EMAModel | Non
             f"No checkpoint in {config.output_dir} to resume from; starting a new run.", main_process_only=True
         )
         return 0
+    check_conditioning(path, conditioning)
     accelerator.load_state(path)
     if ema is not None:
         ema.to(accelerator.device)  # EMAModel.load_state_dict keeps the loaded tensors where they were (CPU)
@@ -252,6 +261,20 @@ def resume(accelerator: Accelerator, config: TrainingConfig, ema: EMAModel | Non
         )
     logger.info(f"Resumed from {path} at step {state['global_step']}.", main_process_only=True)
     return state["global_step"]
+
+
+def check_conditioning(path: str, conditioning: str) -> None:
+    """Refuse to resume a checkpoint trained on another kind of context: its UNet's context width differs, and
+    load_state would fail deep inside torch. Checkpoints from before text conditioning are class or unconditional."""
+    saved = read_training_state(path).get("conditioning")
+    if saved is None:
+        saved = "none" if conditioning == "none" else "class"
+    if saved != conditioning:
+        raise ValueError(
+            f"--resume_from_checkpoint {path} was trained with {saved} conditioning, this run uses {conditioning}: "
+            "its weights do not fit. Resume it with the flags it was trained with (e.g. --conditioning "
+            f"{saved if saved != 'none' else 'class, or train_unconditional.py'}), or pass a new --output_dir."
+        )
 
 
 class Meter:
@@ -287,13 +310,25 @@ class Meter:
         return self.steady_images / self.steady_seconds if self.steady_seconds > 0 else None
 
 
-def validate(accelerator, config, unet, ema, noise_scheduler, step: int) -> None:
+def ema_pipeline(unet, ema, scheduler, contexts: Contexts | None):
+    """A SpriteDiffusionPipeline of the EMA weights (fp32 copy) with `scheduler`; a text model's carries its text
+    encoder and tokenizer, so that it samples from prompts and saves them. Returns (pipe, prompts of the grid rows or
+    None for a class or unconditional model)."""
+    from hfdiff import SpriteDiffusionPipeline
+
+    text = contexts is not None and contexts.text_encoder is not None
+    encoder = {"text_encoder": contexts.text_encoder, "tokenizer": contexts.tokenizer} if text else {}
+    pipe = SpriteDiffusionPipeline(unet=weights_copy(unet, ema), scheduler=scheduler, **encoder)
+    return pipe, contexts.validation_prompts if text else None
+
+
+def validate(accelerator, config, unet, ema, noise_scheduler, step: int, contexts: Contexts | None = None) -> None:
     """A grid from the EMA weights, fixed seed, DDIM: output_dir/validation/step-XXXXXX.png and the trackers."""
-    from hfdiff import SpriteDDIMScheduler, SpriteDiffusionPipeline
+    from hfdiff import SpriteDDIMScheduler
 
     scheduler = SpriteDDIMScheduler.from_config(noise_scheduler.config)
-    pipe = SpriteDiffusionPipeline(unet=weights_copy(unet, ema), scheduler=scheduler)
-    grid = sample_grid(pipe, config.num_validation_images, config.seed, config.validation_inference_steps)
+    pipe, prompts = ema_pipeline(unet, ema, scheduler, contexts)
+    grid = sample_grid(pipe, config.num_validation_images, config.seed, config.validation_inference_steps, prompts)
     path = os.path.join(config.output_dir, "validation", f"step-{step:06d}.png")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -303,14 +338,13 @@ def validate(accelerator, config, unet, ema, noise_scheduler, step: int) -> None
     log_image(accelerator, "validation", grid, step)
 
 
-def save_final(accelerator, config, unet, ema, noise_scheduler, step: int) -> None:
-    """The EMA pipeline (fp32, full DDPM scheduler of training) and samples.png beside it, in --output_dir."""
-    from hfdiff import SpriteDDPMScheduler, SpriteDiffusionPipeline
+def save_final(accelerator, config, unet, ema, noise_scheduler, step: int, contexts: Contexts | None = None) -> None:
+    """The EMA pipeline (fp32, full DDPM scheduler of training; a text model's with its text encoder and tokenizer)
+    and samples.png beside it, in --output_dir."""
+    from hfdiff import SpriteDDPMScheduler
 
-    pipe = SpriteDiffusionPipeline(
-        unet=weights_copy(unet, ema), scheduler=SpriteDDPMScheduler.from_config(noise_scheduler.config)
-    )
-    samples = sample_grid(pipe, config.num_validation_images, config.seed)  # every DDPM step, what users get
+    pipe, prompts = ema_pipeline(unet, ema, SpriteDDPMScheduler.from_config(noise_scheduler.config), contexts)
+    samples = sample_grid(pipe, config.num_validation_images, config.seed, prompts=prompts)  # every DDPM step
     save_pipeline(pipe, config.output_dir, samples, training_config=dataclasses.asdict(config))
     log_image(accelerator, "samples", samples, step)
     logger.info(f"Saved the pipeline and samples.png to {config.output_dir}.", main_process_only=True)
@@ -345,6 +379,7 @@ def tracker_config(config: TrainingConfig, data: TrainingData, max_train_steps: 
     """The config as trackers take it: scalars and strings only (tensorboard's hparams refuse None)."""
     values = {**dataclasses.asdict(config), "data": data.description, "num_images": len(data)}
     values["max_train_steps"] = max_train_steps
+    values["holdout"] = "; ".join(config.holdout or []) or None  # tensorboard's hparams take no lists
     return {key: "None" if value is None else value for key, value in values.items()}
 
 
@@ -395,6 +430,7 @@ class Run:
     conditional: bool
     accelerator: Accelerator
     data: TrainingData
+    contexts: Contexts | None  # the context table and index (None when unconditional)
     unet: torch.nn.Module  # the bare UNet (the step may run a compiled, DDP-wrapped view of it)
     noise_scheduler: object
     lr_scheduler: object
@@ -406,6 +442,11 @@ class Run:
     global_step: int = 0  # optimizer steps done, resumed ones included
     step: EagerStep | GraphedStep | None = None
     step_setup_seconds: float = 0.0
+
+    @property
+    def conditioning(self) -> str:
+        """ "class", "text" or "none": what checkpoints record, so that a resume with other context is refused."""
+        return self.config.conditioning if self.conditional else "none"
 
     @property
     def images_per_step(self) -> int:
@@ -453,9 +494,10 @@ def start_accelerator(
 def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) -> Run:
     """Data on the device, UNet, noise schedule, optimizer, LR schedule and EMA, prepared and resumed; the step."""
     device, world_size = accelerator.device, accelerator.num_processes
-    with accelerator.main_process_first():  # the first process fills the datasets cache, the others then read it
+    with accelerator.main_process_first():  # the first process fills the datasets (and Hub) caches, the others read
         data = load_training_data(config, conditional)
-    unet = build_unet(config, data, conditional)
+        contexts = build_contexts(config, data, conditional, device)
+    unet = build_unet(config, data, conditional, contexts)
     batches = EpochBatches(
         len(data), config.train_batch_size, config.gradient_accumulation_steps, config.seed,
         accelerator.process_index, world_size, device,
@@ -481,6 +523,7 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
         conditional=conditional,
         accelerator=accelerator,
         data=data,
+        contexts=contexts,
         unet=unet,
         noise_scheduler=build_noise_scheduler(config),
         lr_scheduler=lr_scheduler,
@@ -489,40 +532,49 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
         max_train_steps=max_train_steps,
         num_epochs=num_epochs,
         run_shape=run_shape,
-        global_step=resume(accelerator, config, ema, run_shape),
     )
+    run.global_step = resume(accelerator, config, ema, run_shape, run.conditioning)
     if accelerator.is_main_process:
         accelerator.init_trackers(
             "train_conditional" if conditional else "train_unconditional",
             config=tracker_config(config, data, max_train_steps),
         )
     setup_start = time.perf_counter()
-    inputs = step_inputs(config, data, conditional, device, memory_format)
+    inputs = step_inputs(config, data, contexts, device, memory_format)
     run.step = make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, run.noise_scheduler, inputs)
     run.step_setup_seconds = time.perf_counter() - setup_start
     log_run(run)
     return run
 
 
-def step_inputs(config, data: TrainingData, conditional: bool, device, memory_format) -> StepInputs:
-    """The whole data set on the device as uint8 (89,400 sprites = 69 MB): batches are gathered there."""
+def step_inputs(config, data: TrainingData, contexts: Contexts | None, device, memory_format) -> StepInputs:
+    """The whole data set on the device as uint8 (89,400 sprites = 69 MB), and the context table and index: batches
+    are gathered there."""
     images = data.images.to(device)
-    labels = data.labels.to(device) if data.labels is not None else None
-    class_contexts = torch.eye(len(data.class_names), device=device) if conditional else None  # one-hot rows
-    return StepInputs(images, labels, class_contexts, config.p_uncond, config.max_grad_norm, memory_format)
+    index, table = (contexts.index, contexts.table) if contexts is not None else (None, None)
+    return StepInputs(images, index, table, config.p_uncond, config.max_grad_norm, memory_format)
 
 
 def log_run(run: Run) -> None:
     config, data, accelerator = run.config, run.data, run.accelerator
     logger.info(
         f"{data.description}: {len(data)} images {tuple(data.images.shape[1:])}, "
-        f"{len(data.class_names) if run.conditional else 'no'} classes; "
+        f"{context_description(run)}; "
         f"{sum(p.numel() for p in run.unet.parameters()):,} parameters; {run.max_train_steps} steps of "
         f"{run.images_per_step} images ({run.num_epochs} epochs) on {accelerator.num_processes} process(es), "
         f"{accelerator.device}, mixed precision {config.mixed_precision}, {type(run.step).__name__} "
         f"(built in {run.step_setup_seconds:.1f} s).",
         main_process_only=True,
     )
+
+
+def context_description(run: Run) -> str:
+    if not run.conditional:
+        return "unconditional"
+    if run.contexts.text_encoder is None:
+        return f"{len(run.data.class_names)} classes"
+    name = run.config.text_encoder_name_or_path or "all-MiniLM-L6-v2"
+    return f"{run.contexts.table.shape[0]} distinct captions embedded by {name} ({run.contexts.context_dim} dims)"
 
 
 def run_steps(run: Run, trained_indices: list | None) -> tuple[Meter, dict]:
@@ -574,12 +626,12 @@ def checkpoint_and_validate(run: Run, watch: LossWatch, epoch: int) -> None:
     config, step = run.config, run.global_step
     if config.checkpointing_steps and step % config.checkpointing_steps == 0:
         check_loss(config, watch.flush())
-        state = {"global_step": step, "epoch": epoch, **run.run_shape}
+        state = {"global_step": step, "epoch": epoch, **run.run_shape, "conditioning": run.conditioning}
         save_checkpoint(run.accelerator, config.output_dir, state, config.checkpoints_total_limit)
     if step % config.validation_steps == 0 or step == run.max_train_steps:
         check_loss(config, watch.flush())
         if run.accelerator.is_main_process:
-            validate(run.accelerator, config, run.unet, run.ema, run.noise_scheduler, step)
+            validate(run.accelerator, config, run.unet, run.ema, run.noise_scheduler, step, run.contexts)
 
 
 def finish(run: Run, debug_dump_dir: str | None, trained_indices: list | None) -> None:
@@ -587,7 +639,7 @@ def finish(run: Run, debug_dump_dir: str | None, trained_indices: list | None) -
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_final(accelerator, run.config, run.unet, run.ema, run.noise_scheduler, run.global_step)
+        save_final(accelerator, run.config, run.unet, run.ema, run.noise_scheduler, run.global_step, run.contexts)
     if debug_dump_dir:
         dump_debug(debug_dump_dir, accelerator.process_index, trained_indices, run.unet)
     accelerator.wait_for_everyone()

@@ -27,20 +27,27 @@ def weights_copy(unet: torch.nn.Module, ema=None) -> torch.nn.Module:
     return copy.to(next(unet.parameters()).device).eval()
 
 
-def sample_grid(pipe, per_row: int, seed: int, num_inference_steps: int | None = None) -> PIL.Image.Image:
-    """A grid of samples from a fixed seed: a row per class (names from the UNet's config) or UNCONDITIONAL_ROWS rows."""
+def sample_grid(
+    pipe, per_row: int, seed: int, num_inference_steps: int | None = None, prompts: list[str] | None = None
+) -> PIL.Image.Image:
+    """A grid of samples from a fixed seed: a row per prompt (text models), per class (names from the UNet's config),
+    or UNCONDITIONAL_ROWS rows."""
     num_classes = pipe.unet.config.context_dim
-    if num_classes is not None:
+    conditioning = {}
+    if prompts is not None:
+        rows = len(prompts)
+        conditioning["prompt"] = [prompt for prompt in prompts for _ in range(per_row)]
+    elif num_classes is not None:
         rows = min(num_classes, MAX_CLASS_ROWS)
-        class_labels = [k for k in range(rows) for _ in range(per_row)]
+        conditioning["class_labels"] = [k for k in range(rows) for _ in range(per_row)]
     else:
-        rows, class_labels = UNCONDITIONAL_ROWS, None
+        rows = UNCONDITIONAL_ROWS
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         batch_size=rows * per_row,
-        class_labels=class_labels,
         num_inference_steps=num_inference_steps,
         generator=torch.Generator("cpu").manual_seed(seed),  # CPU: the same grid on every device
+        **conditioning,
     ).images
     images = upscale(images, scale=max(1, GRID_CELL // max(images[0].size)))
     return make_image_grid(images, rows=rows, cols=per_row)

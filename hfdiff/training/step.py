@@ -53,16 +53,17 @@ def draw_step_noise(generator, batch_size, image_shape, num_train_timesteps, con
     return StepNoise(keep_draw, noise, timesteps)
 
 
-def get_batch(images, labels, class_contexts, indices, keep_draw, p_uncond, memory_format):
-    """Gather a batch on the device: x_0 (B, C, H, W) float in [-1, 1], and the context (B, K) one-hot, each row zeroed
-    (the null context) where keep_draw < p_uncond, or None for unconditional training.
+def get_batch(images, context_index, context_table, indices, keep_draw, p_uncond, memory_format):
+    """Gather a batch on the device: x_0 (B, C, H, W) float in [-1, 1], and the context (B, D) = rows of
+    `context_table` picked by `context_index` (context.py: one-hot classes or caption embeddings), each row zeroed
+    (the null context) where keep_draw < p_uncond; or None for unconditional training.
 
-    class_contexts is the (K, K) identity: a row lookup gives the one-hot vectors without F.one_hot, which checks its
-    input's range on the host and so waits for the GPU at every step."""
+    For classes the table is the (K, K) identity: a row lookup gives the one-hot vectors without F.one_hot, which
+    checks its input's range on the host and so waits for the GPU at every step."""
     x0 = images[indices].float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)  # uint8 -> [-1, 1]
-    if labels is None:
+    if context_index is None:
         return x0, None
-    context = class_contexts[labels[indices]]  # (B, K)
+    context = context_table[context_index[indices]]  # (B, D)
     return x0, context * (keep_draw >= p_uncond).to(context.dtype)[:, None]
 
 
@@ -86,15 +87,21 @@ class StepInputs:
     """What every step reads and nothing changes: the data on the device and how to turn it into a batch."""
 
     images: torch.Tensor  # (N, C, H, W) uint8, on the device
-    labels: torch.Tensor | None  # (N,) int64, or None when unconditional
-    class_contexts: torch.Tensor | None  # (K, K) identity
+    context_index: torch.Tensor | None  # (N,) int64: each image's row of context_table; None when unconditional
+    context_table: torch.Tensor | None  # (U, D) float32: the (K, K) identity for classes, caption embeddings for text
     p_uncond: float
     max_grad_norm: float
     memory_format: torch.memory_format
 
     def batch_and_loss(self, model, noise_scheduler, indices, draws: StepNoise) -> torch.Tensor:
         x0, context = get_batch(
-            self.images, self.labels, self.class_contexts, indices, draws.keep_draw, self.p_uncond, self.memory_format
+            self.images,
+            self.context_index,
+            self.context_table,
+            indices,
+            draws.keep_draw,
+            self.p_uncond,
+            self.memory_format,
         )
         return diffusion_loss(model, noise_scheduler, x0, context, draws.noise, draws.timesteps, self.memory_format)
 
@@ -116,7 +123,7 @@ class EagerStep:
             indices.shape[0],
             self.image_shape,
             self.noise_scheduler.config.num_train_timesteps,
-            conditional=self.inputs.labels is not None,
+            conditional=self.inputs.context_index is not None,
         )
         with accelerator.accumulate(self.model):
             loss = self.inputs.batch_and_loss(self.model, self.noise_scheduler, indices, draws)
@@ -208,7 +215,7 @@ class GraphedStep:
         self.lr_scheduler, self.ema, self.noise_scheduler, self.inputs = lr_scheduler, ema, noise_scheduler, inputs
         self.image_shape = tuple(inputs.images.shape[1:])
         self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
-        self.conditional = inputs.labels is not None
+        self.conditional = inputs.context_index is not None
         device = inputs.images.device
         self.params = [p for p in unet.parameters() if p.requires_grad]
         # Static inputs of the graph.
