@@ -111,3 +111,57 @@ def test_evaluate_trains_the_classifier_on_first_use_then_report(model_dir, tmp_
     assert "training one" not in out and "classifier:" in out  # the cached classifier is reused
     assert sorted(path.name for path in report.iterdir()) == ["report.json", "report.md", "report.png"]
     assert json.loads((report / "report.json").read_text())[1]["steps"] == 20  # "full" = T steps
+
+
+@pytest.fixture(scope="module")
+def text_model_dir(tmp_path_factory):
+    from test_evaluate_text import make_text_pipe
+
+    folder = tmp_path_factory.mktemp("tiny-text-model")
+    make_text_pipe(folder / "bert").save_pretrained(folder / "pipe")
+    return folder / "pipe"
+
+
+def test_sample_prompts_write_a_row_per_prompt(text_model_dir, tmp_path):
+    output = tmp_path / "prompts.png"
+    args = ["sample", str(text_model_dir), "--prompt", "a green slime", "--prompt", "a red apple", "--prompt", "hero"]
+    assert main([*args, "--num_images_per_prompt", "2", "--output", str(output), "--device", "cpu"]) == 0
+    with PIL.Image.open(output) as image:
+        assert image.height == 3 * 64 + 2 * 2 and image.width > 2 * 64
+
+
+@pytest.mark.parametrize(
+    "which, extra, message",
+    [
+        ("class", ["--prompt", "a green slime"], "has no text encoder"),
+        ("text", ["--class_names", "hero"], "is a text model"),
+        ("text", [], "give one or more --prompt"),
+        ("text", ["--negative_prompt", "blue"], "--negative_prompt needs --prompt"),
+    ],
+)
+def test_sample_conditioning_mistakes_are_one_line_errors(which, extra, message, model_dir, text_model_dir, capsys):
+    folder = text_model_dir if which == "text" else model_dir
+    assert main(["sample", str(folder), *extra, "--device", "cpu"]) == 2
+    # the last line: transformers may draw a "Loading weights" bar on stderr before it
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("hfdiff sample: error: ") and message in err, err
+
+
+def test_evaluate_a_text_model(text_model_dir, tmp_path, capsys):
+    output = tmp_path / "text_metrics.json"
+    small = ["--num_train_images", "500", "--classifier_epochs", "1", "--attribute_epochs", "1"]
+    text = ["--guidance_scales", "1", "--prompts_per_class", "1", "--images_per_prompt", "1"]
+    args = ["evaluate", str(text_model_dir), *small, *text, "--held_out", "kind=slime,colour=purple"]
+    args += ["--per_held_out", "1", "--classifier", str(tmp_path / "clf"), "--output", str(output), "--device", "cpu"]
+    assert main([*args, "--attribute_classifier", str(tmp_path / "probe")]) == 0
+    out = capsys.readouterr().out
+    assert "| held-out combinations | 1 |" in out and "| paraphrases | 1 |" in out
+    metrics = json.loads(output.read_text())
+    assert metrics["held_out_combinations"] == [{"kind": "slime", "colour": "purple"}]
+    assert set(metrics["attribute_classifier_accuracy"]) == {"class", "kind", "colour"}
+    assert (tmp_path / "probe" / "attribute_classifier.safetensors").is_file()
+
+
+def test_held_out_on_a_class_model_is_an_error(model_dir, capsys):
+    assert main(["evaluate", str(model_dir), "--held_out", "kind=slime,colour=purple", "--device", "cpu"]) == 2
+    assert "--held_out is for text models" in capsys.readouterr().err
