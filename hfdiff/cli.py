@@ -291,14 +291,23 @@ def get_attribute_classifier(args):
 
 
 def held_out_combinations(args) -> list[str | dict]:
-    """--held_out, else the model's training_config.json "held_out_combinations" (what training left out)."""
+    """--held_out, else what training left out: the "holdout" of the training configuration that
+    train_conditional.py writes into the model card (MODEL/README.md), or of MODEL/training_config.json."""
     if args.held_out:
         return args.held_out
-    path = os.path.join(args.model, "training_config.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return list(json.load(f).get("held_out_combinations") or [])
-    return []
+    config = {}
+    json_path, card_path = os.path.join(args.model, "training_config.json"), os.path.join(args.model, "README.md")
+    if os.path.isfile(json_path):
+        with open(json_path, encoding="utf-8") as f:
+            config = json.load(f)
+    elif os.path.isfile(card_path):
+        with open(card_path, encoding="utf-8") as f:
+            found = re.search(r"## Training configuration\s*```json\n(.*?)\n```", f.read(), re.DOTALL)
+        config = json.loads(found.group(1)) if found else {}
+    held_out = config.get("holdout") or []
+    if held_out:
+        print(f"held-out combinations from the training configuration: {'; '.join(map(str, held_out))}")
+    return list(held_out)
 
 
 def evaluate_text_model(args, pipe) -> dict:
@@ -515,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="Combinations training left out, as KEY=VALUE[,KEY=VALUE] (e.g. kind=slime,colour=purple); default: "
-        "MODEL/training_config.json's held_out_combinations.",
+        "the --holdout of the model's training configuration (in its model card).",
     )
     text.add_argument("--per_held_out", type=int, default=20, help="Prompts per held-out combination.")
     text.add_argument(

@@ -165,3 +165,17 @@ def test_evaluate_a_text_model(text_model_dir, tmp_path, capsys):
 def test_held_out_on_a_class_model_is_an_error(model_dir, capsys):
     assert main(["evaluate", str(model_dir), "--held_out", "kind=slime,colour=purple", "--device", "cpu"]) == 2
     assert "--held_out is for text models" in capsys.readouterr().err
+
+
+def test_held_out_combinations_come_from_the_model_card(tmp_path):
+    from hfdiff.cli import build_parser, held_out_combinations
+
+    config = {"conditioning": "text", "holdout": ["kind=slime,colour=purple", "kind=sword,colour=golden"]}
+    card = "# model\n\n## Training configuration\n\n```json\n" + json.dumps(config, indent=2) + "\n```\n"
+    (tmp_path / "README.md").write_text(card)
+    args = build_parser().parse_args(["evaluate", str(tmp_path)])
+    assert held_out_combinations(args) == config["holdout"]
+    args = build_parser().parse_args(["evaluate", str(tmp_path), "--held_out", "kind=bat,colour=red"])
+    assert held_out_combinations(args) == ["kind=bat,colour=red"]
+    (tmp_path / "README.md").write_text("# a card without a configuration\n")
+    assert held_out_combinations(build_parser().parse_args(["evaluate", str(tmp_path)])) == []
