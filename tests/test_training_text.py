@@ -1,0 +1,223 @@
+"""train_conditional.py --conditioning text: captions from each source, the caption table and its gather, --holdout,
+a tiny text run end to end (saved pipeline samples from prompts), exact resume, and resumes across conditionings
+refused. A tiny random BERT (tests/test_text.py) stands in for MiniLM."""
+
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_text import save_tiny_bert
+from test_training import TINY_RUN, fresh_accelerate_state  # noqa: F401 (a fixture)
+
+from hfdiff import SpriteDiffusionPipeline
+from hfdiff.data import SPRITE_CLASSES, generate_sprites, sprite_captions
+from hfdiff.text import encode_text
+from hfdiff.training import TrainingConfig, parse_config, resolve_defaults, train
+from hfdiff.training.context import build_contexts
+from hfdiff.training.data import load_training_data
+from hfdiff.training.step import get_batch
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    """A tiny BERT whose vocabulary holds the words of 64 sprites' captions, so that captions differ as vectors."""
+    _, labels, attributes = generate_sprites(64, seed=0, return_attributes=True)
+    words = sorted(
+        {word for caption in sprite_captions(labels, attributes) for word in caption.replace(",", " ").split()}
+    )
+    return str(save_tiny_bert(tmp_path_factory.mktemp("bert"), vocab_words=words, max_positions=64))
+
+
+def text_config(bert, output_dir, *flags):
+    return parse_config(
+        [*TINY_RUN, "--output_dir", str(output_dir), "--conditioning", "text", "--text_encoder_name_or_path", bert]
+        + ["--num_cpu_threads", "1", "--mixed_precision", "no", *flags]
+    )
+
+
+# ---- captions from each source
+
+
+def test_embedded_sprites_carry_their_generated_captions():
+    data = load_training_data(TrainingConfig(num_train_images=30, conditioning="text", seed=3), conditional=True)
+    images, labels, attributes = generate_sprites(30, seed=3, return_attributes=True)
+    assert data.captions == sprite_captions(labels, attributes, seed=3)
+    assert torch.equal(data.images, torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert load_training_data(TrainingConfig(num_train_images=30), conditional=True).captions is None  # class runs
+
+
+def write_captioned_folder(folder, metadata_rows):
+    """Solid-colour 16x16 PNGs named <colour>.png; metadata.jsonl rows as given."""
+    folder.mkdir()
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    for name, rgb in colours.items():
+        PIL.Image.new("RGB", (16, 16), rgb).save(folder / f"{name}.png")
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in metadata_rows))
+    return colours
+
+
+@pytest.mark.parametrize("column", ["text", "caption"])
+def test_image_folder_captions_from_metadata_jsonl(tmp_path, column):
+    rows = [{"file_name": f"{name}.png", column: f"a {name} square"} for name in ("red", "green", "blue")]
+    colours = write_captioned_folder(tmp_path / "folder", rows)
+    config = TrainingConfig(train_data_dir=str(tmp_path / "folder"), conditioning="text", caption_column=column)
+    data = load_training_data(config, conditional=True)
+    assert len(data.captions) == 3 and data.labels is None
+    for image, caption in zip(data.images, data.captions):  # each caption stays with its own image
+        name = caption.split()[1]
+        assert tuple(image[:, 0, 0].tolist()) == colours[name]
+
+
+def test_empty_or_missing_caption_column_is_refused(tmp_path):
+    write_captioned_folder(
+        tmp_path / "empty", [{"file_name": f"{n}.png", "text": ""} for n in ("red", "green", "blue")]
+    )
+    with pytest.raises(ValueError, match="'text' of --train_data_dir .* is empty.*\\['image', 'text'\\]"):
+        load_training_data(TrainingConfig(train_data_dir=str(tmp_path / "empty"), conditioning="text"), True)
+    write_captioned_folder(
+        tmp_path / "other", [{"file_name": f"{n}.png", "words": n} for n in ("red", "green", "blue")]
+    )
+    with pytest.raises(ValueError, match="--caption_column 'text' is not a column .*\\['image', 'words'\\]"):
+        load_training_data(TrainingConfig(train_data_dir=str(tmp_path / "other"), conditioning="text"), True)
+
+
+def test_dataset_caption_column(tmp_path):
+    import datasets
+
+    images = [PIL.Image.new("RGB", (16, 16), (10 * i, 0, 0)) for i in range(4)]
+    texts = ["one", None, "three", "four"]  # a missing caption trains as the empty prompt
+    datasets.Dataset.from_dict({"img": images, "sentence": texts}).save_to_disk(str(tmp_path / "d"))
+    config = TrainingConfig(dataset_name=str(tmp_path / "d"), image_column="img", conditioning="text")
+    with pytest.raises(ValueError, match="'text' is not a column .*\\['img', 'sentence'\\]"):
+        load_training_data(config, conditional=True)
+    config = TrainingConfig(
+        dataset_name=str(tmp_path / "d"), image_column="img", conditioning="text", caption_column="sentence"
+    )
+    assert load_training_data(config, conditional=True).captions == ["one", "", "three", "four"]
+
+
+# ---- --holdout
+
+
+def test_holdout_removes_exactly_the_matching_sprites():
+    images, labels, attributes = generate_sprites(200, seed=0, return_attributes=True)
+    slime = np.asarray(attributes["kind"]) == "slime"
+    colour = str(np.asarray(attributes["colour"])[slime][0])  # a combination this set has
+    match = slime & (np.asarray(attributes["colour"]) == colour)
+    sword = np.asarray(attributes["kind"]) == "sword"
+    flags = [f"kind=slime,colour={colour}", "kind=sword"]
+    data = load_training_data(TrainingConfig(num_train_images=200, conditioning="text", holdout=flags), True)
+    keep = np.flatnonzero(~(match | sword))
+    assert 0 < len(keep) < 200 - match.sum() and len(data) == len(keep)
+    assert torch.equal(data.images, torch.from_numpy(images[keep]).permute(0, 3, 1, 2))
+    assert data.labels.tolist() == labels[keep].tolist()
+    assert data.captions == [sprite_captions(labels, attributes)[i] for i in keep]
+
+
+@pytest.mark.parametrize(
+    "holdout, message",
+    [
+        (["kind:slime"], "not a list of key=value pairs"),
+        (["species=slime"], "unknown attributes \\['species'\\]"),
+        (["kind=slme"], "no sprite has kind 'slme'; known values: \\['apple'"),
+    ],
+)
+def test_bad_holdout_is_refused(holdout, message):
+    with pytest.raises(ValueError, match=message):
+        load_training_data(TrainingConfig(num_train_images=50, conditioning="text", holdout=holdout), True)
+
+
+@pytest.mark.parametrize(
+    "flags, conditional, message",
+    [
+        (["--holdout", "kind=slime"], True, "only apply to --conditioning text"),
+        (["--conditioning", "text", "--sprites_npy", "x.npy"], True, "the course's .npy files have none"),
+        (["--conditioning", "text", "--holdout", "kind=bat", "--dataset_name", "d"], True, "filter those data sets"),
+        (["--conditioning", "text"], False, "not train_unconditional.py"),
+    ],
+)
+def test_text_flag_errors(flags, conditional, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_defaults(parse_config(flags), "cpu", conditional=conditional)
+
+
+def test_holdout_flag_repeats():
+    config = parse_config(["--conditioning", "text", "--holdout", "kind=slime,colour=purple", "--holdout", "kind=bat"])
+    assert config.holdout == ["kind=slime,colour=purple", "kind=bat"]
+
+
+# ---- the caption table
+
+
+def test_table_gather_equals_encoding_each_caption(bert):
+    config = TrainingConfig(num_train_images=64, conditioning="text", text_encoder_name_or_path=bert)
+    data = load_training_data(config, conditional=True)
+    data.captions[5] = ""  # an empty caption is the null context, as the pipeline's empty prompt
+    contexts = build_contexts(config, data, conditional=True, device="cpu")
+    assert contexts.table.shape == (len(set(data.captions)), 32) and contexts.index.shape == (64,)
+    indices = torch.tensor([5, 0, 63, 17, 17, 40])
+    _, context = get_batch(
+        data.images, contexts.index, contexts.table, indices, torch.ones(6), 0.1, torch.contiguous_format
+    )
+    direct = encode_text(contexts.tokenizer, contexts.text_encoder, [data.captions[i] for i in indices.tolist()])
+    direct[0] = 0.0
+    torch.testing.assert_close(context, direct, atol=1e-5, rtol=1e-5)
+    dropped = get_batch(
+        data.images, contexts.index, contexts.table, indices, torch.zeros(6), 0.1, torch.contiguous_format
+    )
+    assert not dropped[1].any()  # caption dropout: the --p_uncond draw zeroes the whole row
+    assert contexts.validation_prompts == [
+        next(c for c, label in zip(data.captions, data.labels.tolist()) if label == k and c) for k in range(5)
+    ]
+
+
+# ---- end to end
+
+
+def test_text_run_saves_a_pipeline_that_samples_from_prompts(bert, tmp_path, fresh_accelerate_state):  # noqa: F811
+    out = tmp_path / "out"
+    config = text_config(bert, out, "--max_train_steps", "3", "--holdout", "kind=slime,colour=green")
+    train(config, conditional=True)
+    pipe = SpriteDiffusionPipeline.from_pretrained(out)
+    assert pipe.text_encoder is not None and pipe.tokenizer is not None
+    assert pipe.unet.config.context_dim == 32 and pipe.class_names is None
+    images = pipe(
+        prompt=["a green slime", "a red sword"],
+        num_images_per_prompt=2,
+        guidance_scale=2.0,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert len(images) == 4 and images[0].size == (16, 16)
+    card = (out / "README.md").read_text()
+    assert "text-to-image" in card and "kind=slime,colour=green" in card  # the evaluation reads the holdout there
+    samples = PIL.Image.open(out / "samples.png")
+    assert samples.size == (2 * 64, len(SPRITE_CLASSES) * 64)  # one row per class's prompt, 2 images per row
+    assert len(os.listdir(out / "validation")) == 1
+
+
+def test_text_resume_is_exact_and_other_conditioning_is_refused(bert, tmp_path, fresh_accelerate_state):  # noqa: F811
+    flags = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "none"]
+    flags += ["--validation_steps", "100", "--train_batch_size", "8"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(text_config(bert, straight, *flags), conditional=True)
+    os.makedirs(resumed)
+    os.rename(straight / "checkpoint-2", resumed / "checkpoint-2")
+    result = train(text_config(bert, resumed, *flags, "--resume_from_checkpoint", "latest"), conditional=True)
+    assert result.global_step == 4
+    for weights in ["unet/diffusion_pytorch_model.safetensors", "checkpoint-4/model.safetensors"]:
+        a, b = load_file(straight / weights), load_file(resumed / weights)
+        assert all(torch.equal(a[name], b[name]) for name in a), weights
+
+    # The text checkpoint under a class run, and a class checkpoint under a text run: refused before loading.
+    class_flags = [*TINY_RUN, "--num_cpu_threads", "1", "--mixed_precision", "no", *flags]
+    with pytest.raises(ValueError, match="trained with text conditioning, this run uses class"):
+        train(parse_config([*class_flags, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"]), True)
+    class_run = tmp_path / "class"
+    train(parse_config([*class_flags, "--output_dir", str(class_run), "--max_train_steps", "2"]), conditional=True)
+    with pytest.raises(ValueError, match="trained with class conditioning, this run uses text"):
+        train(text_config(bert, class_run, *flags, "--resume_from_checkpoint", "latest"), conditional=True)
