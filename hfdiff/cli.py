@@ -459,12 +459,7 @@ def _add_classifier(parser: argparse.ArgumentParser) -> None:
     _add_real_data(parser)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hfdiff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_sample_command(commands) -> None:
     sample = commands.add_parser("sample", help="Sample a grid with a row per class (PNG).")
     sample.add_argument("model", help="Pipeline folder (train_conditional.py --output_dir) or Hub repo id.")
     sample.add_argument("--class_names", nargs="+", default=None, help="Rows to draw (names or indices); default all.")
@@ -480,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(sample)
     sample.set_defaults(func=cmd_sample)
 
+
+def _add_visualize_command(commands) -> None:
     visualize = commands.add_parser(
         "visualize",
         help="Draw pictures: samples, forward process, denoising GIF, sampler comparisons, schedules, ...",
@@ -500,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(visualize)
     visualize.set_defaults(func=cmd_visualize)
 
+
+def _add_train_classifier_command(commands) -> None:
     train = commands.add_parser("train-classifier", help="Train the small classifier the metrics use (safetensors).")
     train.add_argument("--output_dir", required=True, help="Folder for classifier.safetensors + its config.")
     train.add_argument("--device", default=None, help="Torch device; default cuda when available, else cpu.")
@@ -511,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_real_data(train)
     train.set_defaults(func=cmd_train_classifier)
 
+
+def _add_evaluate_command(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="Conditional accuracy and Fréchet distance (vs the real floor).")
     evaluate.add_argument("model", help="Pipeline folder or Hub repo id.")
     evaluate.add_argument("--per_class", type=int, default=100, help="Images generated per class.")
@@ -536,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def _add_report_command(commands) -> None:
     report = commands.add_parser("report", help="DDPM vs DDIM: steps x sampler, time and metrics (md + PNG).")
     report.add_argument("model", help="Pipeline folder or Hub repo id.")
     report.add_argument("--output_dir", default="report", help="Folder for report.md, report.json, report.png.")
@@ -553,6 +556,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classifier(report)
     _add_sampling(report, scheduler_choice=False)
     report.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hfdiff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (
+        _add_sample_command,
+        _add_visualize_command,
+        _add_train_classifier_command,
+        _add_evaluate_command,
+        _add_report_command,
+    ):
+        add_command(commands)
     return parser
 
 
