@@ -483,6 +483,8 @@ def test_captured_ema_follows_emamodel_step():
         captured.update(trainable)
         assert ema.state_dict()["optimization_step"] == reference.state_dict()["optimization_step"]
         assert ema.cur_decay_value == reference.cur_decay_value
+        # no autograd history: the shadows stay plain tensors that checkpoints save and resume copies
+        assert not any(shadow.requires_grad or shadow.grad_fn is not None for shadow in ema.shadow_params)
         torch.testing.assert_close(ema.state_dict()["shadow_params"], reference.state_dict()["shadow_params"])
     assert 0 < reference.cur_decay_value < 0.999
 

@@ -180,8 +180,11 @@ class CapturedEMA:
         self.trainable = [p.requires_grad for p in unet.parameters()]
         self.one_minus_decay = torch.zeros((), dtype=torch.float32, device=device)  # filled before each replay
 
+    @torch.no_grad()
     def update(self, params: list[torch.Tensor]) -> None:
-        """The captured part; `params` are the trainable parameters, in order."""
+        """The captured part; `params` are the trainable parameters, in order. Without autograd, as EMAModel.step:
+        otherwise the shadow tensors join the parameters' graph (grad_fn), are checkpointed with requires_grad and
+        cannot be copied on resume."""
         shadow = [s for s, trainable in zip(self.ema.shadow_params, self.trainable) if trainable]
         difference = torch._foreach_sub(shadow, params)
         torch._foreach_mul_(difference, self.one_minus_decay)
