@@ -546,3 +546,18 @@ class FastSampler:
         self.stats["unet_copy_s"] = time.perf_counter() - start
         self._unet_copy, self._unet_source, self._unet_fingerprint = unet_copy, source, fingerprint
         return unet_copy
+
+
+# Names earlier releases exported, and what replaced them (a removed name should say where it went).
+_REPLACED = {
+    "scheduler_fallback_reason": "use config_fallback_reason(scheduler) for the config, or FastSampler(pipe).fallback_reason"
+    "(device=...) for a whole call (any scheduler whose step is affine is supported now)",
+    "SUPPORTED_SCHEDULERS": "any scheduler whose step is affine in (x_t, model output, noise) takes the fast "
+    "path; FastSampler(pipe).fallback_reason(device=...) says why one does not",
+}
+
+
+def __getattr__(name: str):
+    if name in _REPLACED:
+        raise AttributeError(f"hfdiff.fast_sampling.{name} was removed; {_REPLACED[name]}.")
+    raise AttributeError(f"module 'hfdiff.fast_sampling' has no attribute {name!r}")

@@ -182,3 +182,29 @@ def test_uploads_leave_out_hidden_nested_and_linked_files(saved, fake_hub, tmp_p
     push_pipeline_folder(folder, REPO_ID)
     (upload,) = fake_hub["uploads"]
     assert set(upload["files"]) == expected
+
+
+def test_revision_and_cache_dir_reach_the_download(saved, tmp_path):
+    from test_hub import REVISION
+
+    pipe, folder = saved
+    put_in_hub_cache(folder, tmp_path / "hf")
+    loaded = SpriteDiffusionPipeline.from_pretrained(
+        REPO_ID, cache_dir=hf_hub_cache(tmp_path / "hf"), revision=REVISION, local_files_only=True
+    )
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(sample(loaded), sample(pipe))
+    with pytest.raises(Exception, match="(?i)revision|snapshot|cannot find|not found"):
+        SpriteDiffusionPipeline.from_pretrained(
+            REPO_ID, cache_dir=hf_hub_cache(tmp_path / "hf"), revision="f" * 40, local_files_only=True
+        )
+
+
+def test_removed_names_say_what_replaced_them():
+    import hfdiff.fast_sampling
+    import hfdiff.visualize
+
+    with pytest.raises(AttributeError, match="plot_figure"):
+        hfdiff.visualize.line_plot
+    with pytest.raises(AttributeError, match="config_fallback_reason"):
+        hfdiff.fast_sampling.scheduler_fallback_reason
