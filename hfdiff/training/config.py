@@ -250,6 +250,13 @@ class TrainingConfig:
         default=None,
         metadata=_help("'latest' (the newest complete checkpoint in --output_dir; a fresh start if none) or a path."),
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata=_help(
+            "Start a new run in an --output_dir that holds another run's checkpoints (moved aside, deleted once this "
+            "run's first checkpoint exists)."
+        ),
+    )
     push_to_hub: bool = field(default=False, metadata=_help("Upload the final pipeline to the Hub."))
     hub_model_id: Optional[str] = field(
         default=None, metadata=_help("Hub repo id for --push_to_hub (default: the name of --output_dir).")
