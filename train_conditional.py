@@ -34,7 +34,10 @@ a text model's holds its text encoder and tokenizer: pipe(prompt="a green slime 
 All flags: python train_conditional.py --help.
 """
 
+import sys
+
 from hfdiff.training import configure_script_logging, parse_config, train
+from hfdiff.training.script import run_training_script
 
 
 def main(argv=None):
@@ -44,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_training_script(main))

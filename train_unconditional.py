@@ -24,7 +24,10 @@ The result is a pipeline folder: SpriteDiffusionPipeline.from_pretrained("sprite
 All flags: python train_unconditional.py --help.
 """
 
+import sys
+
 from hfdiff.training import configure_script_logging, parse_config, train
+from hfdiff.training.script import run_training_script
 
 
 def main(argv=None):
@@ -34,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_training_script(main))

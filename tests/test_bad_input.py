@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tiny import make_pipe
 
 from hfdiff import SpriteDiffusionPipeline
+from hfdiff.data import SPRITE_CLASSES
 from hfdiff.training import TrainingConfig, load_training_data, resolve_defaults
 
 
@@ -103,8 +104,10 @@ def test_a_sprites_file_that_is_not_npy(tmp_path):
     [
         ([0, -1, 1], datasets.ClassLabel(names=["a", "b"]), r"1 label\(s\) outside 0..1 \(row 1: -1; .*-1 .*missing"),
         ([0, -2, 1], datasets.Value("int64"), "has negative labels"),
+        ([0, 1, 999, 1], datasets.Value("int64"), r"largest is 999, so classes 2..998 of 0..999 have no images"),
+        ([0, 2, 2, 0], datasets.Value("int64"), r"classes 1 of 0..2 have no images \(classes above the gap: 2 \(2"),
     ],
-    ids=["missing-class-label", "negative-int"],
+    ids=["missing-class-label", "negative-int", "outlier-int", "gap-int"],
 )
 def test_labels_out_of_range(tmp_path, labels, feature, message):
     features = datasets.Features({"image": datasets.Image(), "label": feature})
@@ -113,6 +116,32 @@ def test_labels_out_of_range(tmp_path, labels, feature, message):
     with pytest.raises(ValueError, match=message):
         load(dataset_name=str(tmp_path / "d"))
     assert load(conditional=False, dataset_name=str(tmp_path / "d")).labels is None  # no labels needed, no error
+
+
+def save_npy(tmp_path, labels):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "sprites.npy", rng.integers(0, 256, (len(labels), 16, 16, 3), dtype=np.uint8))
+    np.save(tmp_path / "labels.npy", np.asarray(labels))
+    return {"sprites_npy": str(tmp_path / "sprites.npy"), "labels_npy": str(tmp_path / "labels.npy")}
+
+
+def test_npy_labels_must_be_0_to_k_minus_1_as_declared(tmp_path):
+    """K decides the model's width: one outlier label used to make a 1,000-class model, and 3 classes of 5 still got
+    the five course names."""
+    one_hot = np.eye(5)[[0, 1, 2, 3, 4, 2]]
+    data = load(**save_npy(tmp_path, one_hot))
+    assert data.class_names == list(SPRITE_CLASSES)
+    assert data.labels.tolist() == [0, 1, 2, 3, 4, 2]
+    # one-hot declares K by its width: 3 classes used of 5 keep K = 5 (the course's, with its names)
+    assert load(**save_npy(tmp_path, np.eye(5)[[0, 1, 2, 0]])).class_names == list(SPRITE_CLASSES)
+    with pytest.raises(ValueError, match=r"largest is 999, so classes 5..998 .*above the gap: 999 \(1 image.*relabel"):
+        load(**save_npy(tmp_path, [0, 1, 2, 3, 4, 999]))
+    with pytest.raises(ValueError, match=r"labels file .*labels.npy.* classes 1, 3 of 0..4 have no images"):
+        load(**save_npy(tmp_path, [0, 2, 4, 4]))
+    # index labels: K from the data, course names only for exactly 5 classes
+    assert load(**save_npy(tmp_path, [0, 2, 1, 2])).class_names == ["0", "1", "2"]
+    assert load(**save_npy(tmp_path, np.eye(7)[[0, 6]])).class_names == [str(k) for k in range(7)]
+    assert load(**save_npy(tmp_path, [0, 1, 2, 3, 4])).class_names == list(SPRITE_CLASSES)
 
 
 def test_image_size_the_unet_cannot_take():
@@ -144,6 +173,43 @@ def test_an_output_dir_without_write_permission(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: os.path.abspath(path) != str(tmp_path))
     with pytest.raises(PermissionError, match=rf"--output_dir {tmp_path}/run cannot be written: no write permission"):
         resolve_defaults(TrainingConfig(output_dir=str(tmp_path / "run")), "cpu", conditional=True)
+
+
+def test_output_dir_checks_before_training(tmp_path, monkeypatch):
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match=r"--output_dir is empty .*e.g. --output_dir sprite-model"):
+            resolve_defaults(TrainingConfig(output_dir=empty), "cpu", conditional=True)
+    # A parent that looks writable (os.access says yes, as it does for root) but is not: the probe finds out.
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    with pytest.raises(
+        PermissionError, match=r"--output_dir /proc/hfdiff-run cannot be written: creating a folder in"
+    ):
+        resolve_defaults(TrainingConfig(output_dir="/proc/hfdiff-run"), "cpu", conditional=True)
+    # A good one passes, and the check leaves nothing behind: neither --output_dir nor its probe.
+    resolve_defaults(TrainingConfig(output_dir=str(tmp_path / "new" / "run")), "cpu", conditional=True)
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "old").mkdir()
+    resolve_defaults(TrainingConfig(output_dir=str(tmp_path / "old")), "cpu", conditional=True)
+    assert os.listdir(tmp_path / "old") == []
+
+
+def test_push_to_hub_checks_before_training(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    out = str(tmp_path / "run")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=r"--push_to_hub .*HF_HUB_OFFLINE is set.*unset HF_HUB_OFFLINE"):
+        resolve_defaults(TrainingConfig(output_dir=out, push_to_hub=True), "cpu", conditional=True)
+    resolve_defaults(TrainingConfig(output_dir=out), "cpu", conditional=True)  # offline without a push is fine
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for repo_id in ("not a/valid/repo id", "me/../x", "a" * 97):
+        with pytest.raises(ValueError, match=r"--push_to_hub: .* \(--hub_model_id\) is not a valid Hub repo id"):
+            resolve_defaults(TrainingConfig(output_dir=out, push_to_hub=True, hub_model_id=repo_id), "cpu", True)
+    bad_name = str(tmp_path / "my run!")
+    with pytest.raises(ValueError, match=r"'my run!' \(the name of --output_dir .*\) is not a valid Hub repo id"):
+        resolve_defaults(TrainingConfig(output_dir=bad_name, push_to_hub=True), "cpu", conditional=True)
+    config = TrainingConfig(output_dir=bad_name, push_to_hub=True, hub_model_id="me/tiny-sprites")
+    assert resolve_defaults(config, "cpu", conditional=True).hub_model_id == "me/tiny-sprites"
 
 
 # ---- loading a pipeline folder

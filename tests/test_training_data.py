@@ -90,8 +90,8 @@ def test_save_to_disk_dataset_with_class_label(tmp_path):
 
 def test_plain_int_and_string_labels(tmp_path):
     images = [np.full((8, 8, 3), k, dtype=np.uint8) for k in range(3)]
-    ints = load(dataset_name=saved_dataset(tmp_path / "ints", image=images, y=[2, 0, 2]), label_column="y")
-    assert ints.class_names == ["0", "1", "2"] and ints.labels.tolist() == [2, 0, 2]
+    ints = load(dataset_name=saved_dataset(tmp_path / "ints", image=images, y=[2, 0, 1]), label_column="y")
+    assert ints.class_names == ["0", "1", "2"] and ints.labels.tolist() == [2, 0, 1]
     strings = load(
         dataset_name=saved_dataset(tmp_path / "str", image=images, y=["dog", "cat", "dog"]), label_column="y"
     )

@@ -30,31 +30,72 @@ def _is_integral(array: np.ndarray) -> bool:
     return array.dtype.kind == "f" and bool(np.all(np.isfinite(array))) and bool(np.all(array == np.round(array)))
 
 
-def load_npy_sprites(sprites_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
+def load_npy_sprites(sprites_path, labels_path, return_num_classes: bool = False):
     """Load the course's image and label arrays, checked and converted to hfdiff's layout.
 
     Args:
         sprites_path: .npy file of images (N, H, W, C) with C = 1 or 3 (or (N, H, W), read as C = 1), uint8 or
             integer-valued in 0..255 (cast to uint8).
         labels_path: .npy file of labels, either one-hot (N, K) (the course's float one-hot; each row's single
-            largest entry is its class) or class indices (N,).
+            largest entry is its class; K is the width, whether or not every class has images) or class indices
+            (N,), which must use every class of 0..K-1 (see `check_class_indices`).
+        return_num_classes: also return K.
 
     Returns:
         images: (N, H, W, C) uint8.
         labels: (N,) int64 class indices.
+        num_classes: K, only with `return_num_classes`.
     """
     images = _load(sprites_path, "sprites")
     labels = _load(labels_path, "labels")
 
     images = _checked_images(images, sprites_path)
-    labels = _checked_labels(labels, labels_path)
+    labels, num_classes = _checked_labels(labels, labels_path)
 
     if len(images) != len(labels):
         raise ValueError(
             f"{os.fspath(sprites_path)!r} holds {len(images)} images but {os.fspath(labels_path)!r} holds "
             f"{len(labels)} labels; expected one label per image. Check that the two files belong together."
         )
-    return images, labels
+    return (images, labels, num_classes) if return_num_classes else (images, labels)
+
+
+def _ranges(values) -> str:
+    """[5, 6, 7, 9] -> "5..7, 9" (long lists shortened), for messages about class indices."""
+    values, parts, start = sorted(values), [], None
+    for i, value in enumerate(values):
+        start = value if start is None else start
+        if i + 1 == len(values) or values[i + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}..{value}")
+            start = None
+    return ", ".join(parts[:8]) + (f", ... ({len(parts) - 8} more ranges)" if len(parts) > 8 else "")
+
+
+def check_class_indices(labels: np.ndarray, source: str) -> int:
+    """Class indices (N,) -> K, the number of classes, refusing labels that are not 0..K-1 with every class used.
+
+    K decides the model's context width (one context entry per class), so a gap would train and save classes that no
+    image shows: one outlier label of 999 among classes 0..4 would make a 1,000-class model. `source` names the labels
+    in the message."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return 0
+    if labels.min() < 0:
+        raise ValueError(f"{source} has negative class indices (e.g. {int(labels.min())}); expected 0..K-1.")
+    used, counts = np.unique(labels, return_counts=True)
+    num_classes = int(used[-1]) + 1
+    if len(used) == num_classes:
+        return num_classes
+    missing = sorted(set(range(num_classes)) - set(used.tolist()))
+    # An index far above the others is most likely a typo: name the rows that use the classes above the first gap.
+    above = used[used > missing[0]]
+    rare = ", ".join(f"{int(k)} ({int(counts[used == k][0])} image(s))" for k in above[:5])
+    raise ValueError(
+        f"{source} uses {len(used)} distinct class indices but the largest is {num_classes - 1}, so classes "
+        f"{_ranges(missing)} of 0..{num_classes - 1} have no images (classes above the gap: {rare}"
+        f"{', ...' if len(above) > 5 else ''}). Labels must be 0..K-1 with every class used: relabel them "
+        "(e.g. np.unique(labels, return_inverse=True)[1]) or remove the rows with outlier labels."
+    )
 
 
 def _checked_images(images: np.ndarray, sprites_path) -> np.ndarray:
@@ -84,8 +125,8 @@ def _checked_images(images: np.ndarray, sprites_path) -> np.ndarray:
     return images
 
 
-def _checked_labels(labels: np.ndarray, labels_path) -> np.ndarray:
-    """One-hot (N, K) or indices (N,) -> (N,) int64 class indices, or a ValueError saying what was expected."""
+def _checked_labels(labels: np.ndarray, labels_path) -> tuple[np.ndarray, int]:
+    """One-hot (N, K) or indices (N,) -> ((N,) int64 class indices, K), or a ValueError saying what was expected."""
     if labels.dtype == np.bool_:
         labels = labels.astype(np.uint8)
     if labels.ndim == 2:
@@ -102,16 +143,17 @@ def _checked_labels(labels: np.ndarray, labels_path) -> np.ndarray:
                 f"labels in {os.fspath(labels_path)!r} are not one-hot: row {row} is {labels[row].tolist()}. Expected "
                 "each row to have a single largest, positive entry (its class), as in the course's one-hot file."
             )
-        labels = labels.argmax(axis=1)
+        return labels.argmax(axis=1).astype(np.int64), labels.shape[1]
     elif labels.ndim == 1:
         if not _is_integral(labels) or (labels.size and labels.min() < 0):
             raise ValueError(
                 f"labels in {os.fspath(labels_path)!r} are a ({labels.shape[0]},) {labels.dtype} array; class indices "
                 "must be non-negative integers. Pass one-hot rows (N, K) or integer classes (N,)."
             )
+        labels = labels.astype(np.int64)
+        return labels, check_class_indices(labels, f"labels file {os.fspath(labels_path)!r}")
     else:
         raise ValueError(
             f"labels in {os.fspath(labels_path)!r} have shape {labels.shape}; expected one-hot (N, K), e.g. "
             "(89400, 5), or class indices (N,)."
         )
-    return labels.astype(np.int64)

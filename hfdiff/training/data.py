@@ -204,7 +204,8 @@ def _nhwc_to_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def _load_npy(config: TrainingConfig, conditional: bool):
-    from hfdiff.data import SPRITE_CLASSES, load_npy_sprites
+    from hfdiff.data import SPRITE_CLASSES
+    from hfdiff.data.npy import load_npy_sprites
 
     if conditional and not config.labels_npy:
         raise ValueError(
@@ -213,7 +214,9 @@ def _load_npy(config: TrainingConfig, conditional: bool):
             "labels with train_unconditional.py."
         )
     if config.labels_npy:
-        array, label_array = load_npy_sprites(config.sprites_npy, config.labels_npy)
+        array, label_array, num_classes = load_npy_sprites(
+            config.sprites_npy, config.labels_npy, return_num_classes=True
+        )
     else:
         if not os.path.isfile(config.sprites_npy):
             raise FileNotFoundError(f"--sprites_npy {config.sprites_npy} does not exist; check the path.")
@@ -237,8 +240,14 @@ def _load_npy(config: TrainingConfig, conditional: bool):
             "the images (N, H, W, C), N >= 1."
         )
     labels = None if label_array is None else torch.from_numpy(np.asarray(label_array, dtype=np.int64))
-    num_classes = 0 if labels is None else int(labels.max()) + 1
-    class_names = list(SPRITE_CLASSES) if num_classes <= len(SPRITE_CLASSES) else [str(k) for k in range(num_classes)]
+    # The files carry no names: five classes are the course's (its labels file is (N, 5) one-hot in this order);
+    # any other count gets its indices as names, rather than course names that would not match the images.
+    if labels is None:
+        class_names = None
+    elif num_classes == len(SPRITE_CLASSES):
+        class_names = list(SPRITE_CLASSES)
+    else:
+        class_names = [str(k) for k in range(num_classes)]
     return _nhwc_to_tensor(array), labels, class_names, f"course files {config.sprites_npy}"
 
 
@@ -411,8 +420,11 @@ def _captions(dataset, column: str, flag: str) -> list[str]:
 
 
 def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
-    """ClassLabel -> its names; other ints -> "0".."K-1"; strings -> the sorted distinct strings."""
+    """ClassLabel -> its names; other ints -> "0".."K-1", every class used (`check_class_indices`); strings -> the
+    sorted distinct strings."""
     import datasets
+
+    from hfdiff.data.npy import check_class_indices
 
     feature = dataset.features[column]
     values = list(dataset[column])
@@ -436,7 +448,8 @@ def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
         labels = torch.tensor(values, dtype=torch.int64)
         if labels.min() < 0:
             raise ValueError(f"--label_column {column!r} of {flag} has negative labels; expected 0..K-1.")
-        return labels, [str(k) for k in range(int(labels.max()) + 1)]
+        num_classes = check_class_indices(labels.numpy(), f"--label_column {column!r} of {flag}")
+        return labels, [str(k) for k in range(num_classes)]
     raise ValueError(
         f"--label_column {column!r} of {flag} holds {feature}; expected class indices (ints or a ClassLabel) or "
         "class names (strings)."
