@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from tiny import TINY_UNET_JSON
 
 from hfdiff import SpriteDiffusionPipeline
+from hfdiff.training.checkpoint_state import read_state
 from hfdiff.training.checkpoints import find_checkpoint, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +46,10 @@ TINY_RUN = [
 ]  # fmt: skip
 CHECKPOINT_FILES = {
     "model.safetensors",
-    "optimizer.bin",
-    "scheduler.bin",
-    "custom_checkpoint_0.pkl",  # the EMA weights
-    "random_states_0.pkl",
+    "optimizer.safetensors",
+    "scheduler.safetensors",
+    "ema.safetensors",
+    "random_states_0.safetensors",
     "training_state.json",
 }
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -176,9 +177,8 @@ def assert_checkpoints_complete(output_dir: Path) -> int:
         assert set(os.listdir(path)) == CHECKPOINT_FILES, (name, sorted(os.listdir(path)))
         assert json.loads((path / "training_state.json").read_text())["global_step"] == step_of(name)
         assert load_file(path / "model.safetensors")
-        for file in ("optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl"):
-            torch.load(path / file, weights_only=True)
-        torch.load(path / "random_states_0.pkl", weights_only=False)  # written by this test's own runs
+        for file in ("optimizer", "scheduler", "ema", "random_states_0"):
+            read_state(str(path / f"{file}.safetensors"))
     assert find_checkpoint(str(output_dir), "latest") == (str(output_dir / folders[-1]) if folders else None)
     return step_of(folders[-1]) if folders else 0
 
@@ -200,7 +200,7 @@ def leftovers(output_dir: Path) -> list[str]:
     """Temporary files and folders of saves: checkpoint-N.tmp folders, retired `.<name>.old` checkpoints and
     pipeline components (and the checkpoint-N.old of earlier versions), the pipeline's staging folder, the staged
     samples.png."""
-    return entries(output_dir, r"checkpoint-.*\.(tmp|old)|\..*\.old|\.samples\.png\.tmp") + entries(
+    return entries(output_dir, r"checkpoint-.*\.(tmp|old)|\..*\.old|\.samples\.png\.tmp|\.saving-.*") + entries(
         output_dir.parent, re.escape(f".{output_dir.name}.saving-") + ".*"
     )
 
@@ -258,7 +258,11 @@ def test_kill_9_during_the_final_save_leaves_the_previous_pipeline_or_none(tmp_p
         return pipeline_weights(out), (out / "README.md").read_text()
 
     def writing_the_pipeline():
-        return [name for name in entries(tmp_path, r"\.run\.saving-.*") if (tmp_path / name / "unet").exists()]
+        # the staging folder: beside the target (.run.saving-*) or, where a rename must not cross filesystems,
+        # inside it (.saving-*)
+        staged = [tmp_path / name for name in entries(tmp_path, r"\.run\.saving-.*")]
+        staged += [out / name for name in entries(out, r"\.saving-.*")]
+        return [path for path in staged if (path / "unet").exists()]
 
     # killed from outside while the new pipeline is being written beside the folder
     kill_when(launch(out, *more), writing_the_pipeline)

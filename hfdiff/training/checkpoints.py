@@ -10,18 +10,29 @@ into place and retiring are the pipeline's `replace_path`/`retired_path`: one fo
 checkpoints. A save that fails (a full disk) removes what it wrote and
 raises an OSError naming the checkpoint, the free space and the fix; the checkpoints already saved are untouched.
 No fsync: this protects against the process dying, not against the machine losing power.
+
+What a checkpoint holds is data only (checkpoint_state.py: safetensors and JSON). Its training_state.json records the
+run's identity (`run_identity`: the config entries that define the run and a fingerprint of the data), so that one
+--output_dir never mixes two runs: a run that finds another run's checkpoints there is refused before it trains
+(`check_output_dir`), and pruning deletes only checkpoints of the run that is saving.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 
 from hfdiff.pipelines.pipeline_sprite_diffusion import replace_path, retired_path
+
+from .checkpoint_state import TrainingState, refuse_pickles
+
+logger = get_logger(__name__)
 
 STATE_FILE = "training_state.json"  # written last, inside the .tmp folder: {"global_step": ..., ...}
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -29,6 +40,16 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # checkpoint-N.old that versions before retired_path left).
 _STALE = re.compile(r"^(checkpoint-\d+\.(tmp|old)|\.checkpoint-\d+\.old)$")
 _FEWER = " (a lower --checkpoints_total_limit keeps fewer checkpoints)"
+# Another run's checkpoints, moved aside by --overwrite_output_dir; deleted once this run's first checkpoint exists.
+_OVERWRITTEN = re.compile(r"^\.checkpoint-\d+\.overwritten$")
+# The config entries that define a run: what the model is, what it learns from, and its seed. Everything else may
+# change on a resume (length, cadence of checkpoints and validation, logging, speed flags, --output_dir). The data's
+# paths are left out on purpose: the data fingerprint checks their content, and a moved folder is the same run.
+IDENTITY_ENTRIES = (
+    "preset", "model_config_overrides", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule", "conditioning",
+    "text_encoder_name_or_path", "holdout", "dataset_name", "dataset_config_name", "image_column", "label_column",
+    "caption_column", "resolution", "num_train_images", "use_ema", "seed",
+)  # fmt: skip
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -66,9 +87,12 @@ def read_training_state(path: str) -> dict:
         return json.load(f)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str, state: dict, total_limit: int | None) -> str:
-    """Every process calls this: `accelerator.save_state` (model, optimizer, LR schedule, EMA, RNG states) into a
-    .tmp folder, then the main process adds `state` as JSON, renames the folder into place and prunes old ones.
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: str, state: dict, total_limit: int | None, training: TrainingState
+) -> str:
+    """Every process calls this: `training.save` (model, optimizer, LR schedule, EMA, RNG states) into a .tmp folder,
+    then the main process adds `state` as JSON, renames the folder into place and prunes old ones of the same run
+    (`state["run"]`); another run's checkpoints moved aside by --overwrite_output_dir are deleted then.
 
     A write that fails on any process fails the save on every process, with the same error: the processes meet at
     collectives that carry each one's outcome, where a plain barrier would leave the others waiting forever for the
@@ -80,7 +104,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: dict, tota
         _remove_stale_temporaries(output_dir)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(tmp)
+        training.save(tmp, accelerator.is_main_process, accelerator.process_index)
         error = None
     except Exception as caught:  # OSError, torch's RuntimeError or safetensors' error for the same full disk
         error = caught
@@ -94,7 +118,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: dict, tota
             error = caught
         else:
             replace_path(tmp, final)
-            prune_checkpoints(output_dir, total_limit)
+            prune_checkpoints(output_dir, total_limit, state.get("run"))
+            _remove_matching(output_dir, _OVERWRITTEN)
     _raise_if_any_failed(accelerator, error, tmp, f"checkpoint {final}", output_dir)
     return final
 
@@ -135,13 +160,15 @@ def save_error(what: str, output_dir: str, error: BaseException, hint: str = "")
     )
 
 
-def prune_checkpoints(output_dir: str, total_limit: int | None) -> None:
-    """Delete the oldest complete checkpoints beyond `total_limit`: each is renamed to its `retired_path` first
-    (atomic), so that a deletion cut short leaves a `.checkpoint-N.old` folder for the next save to remove, not a
-    half-deleted checkpoint."""
+def prune_checkpoints(output_dir: str, total_limit: int | None, run: dict | None = None) -> None:
+    """Delete the oldest complete checkpoints beyond `total_limit`, counting only those of `run` (a `run_identity`;
+    None: all): each is renamed to its `retired_path` first (atomic), so that a deletion cut short leaves a
+    `.checkpoint-N.old` folder for the next save to remove, not a half-deleted checkpoint."""
     if total_limit is None:
         return
     checkpoints = list_checkpoints(output_dir)
+    if run is not None:
+        checkpoints = [(step, path) for step, path in checkpoints if read_training_state(path).get("run") == run]
     for _, path in checkpoints[: max(0, len(checkpoints) - total_limit)]:
         retired = retired_path(path)
         shutil.rmtree(retired, ignore_errors=True)
@@ -151,8 +178,109 @@ def prune_checkpoints(output_dir: str, total_limit: int | None) -> None:
 
 def _remove_stale_temporaries(output_dir: str) -> None:
     """Half-written (.tmp) and half-deleted (.old) checkpoints of a killed or failed run."""
+    _remove_matching(output_dir, _STALE)
+
+
+def _remove_matching(output_dir: str, pattern: re.Pattern) -> None:
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
-        if _STALE.match(name):
+        if pattern.match(name):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run's identity: one --output_dir, one run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_identity(config, data, conditioning: str) -> dict:
+    """What makes checkpoints one run's: the `IDENTITY_ENTRIES` of the config, the conditioning, the class names,
+    the image count and shape, and a fingerprint of the data (SHA-256 of the labels, the captions and up to 256
+    evenly spaced images: milliseconds, and any change of source or content shows)."""
+    digest = hashlib.sha256()
+    images = data.images
+    for i in sorted(set(_sample_indices(len(images), 256))):
+        digest.update(images[i].cpu().contiguous().numpy().tobytes())
+    if data.labels is not None:
+        digest.update(data.labels.cpu().contiguous().numpy().tobytes())
+    for caption in data.captions or []:
+        digest.update(caption.encode("utf-8") + b"\0")
+    identity = {key: getattr(config, key) for key in IDENTITY_ENTRIES}
+    identity.update(
+        conditioning=conditioning,
+        class_names=data.class_names,
+        images=[len(images), *images.shape[1:]],
+        data_sha256=digest.hexdigest()[:16],
+    )
+    return json.loads(json.dumps(identity))  # as it reads back from training_state.json (tuples become lists)
+
+
+def _sample_indices(count: int, samples: int) -> list[int]:
+    return [round(i * (count - 1) / max(samples - 1, 1)) for i in range(min(count, samples))]
+
+
+def identity_differences(saved: dict | None, current: dict) -> str:
+    """`key: saved -> now` for each entry that differs; a checkpoint without an identity is an older hfdiff's."""
+    if saved is None:
+        return "it records no run identity (an older hfdiff wrote it)"
+    keys = sorted(set(saved) | set(current))
+    return "; ".join(
+        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in keys if saved.get(key) != current.get(key)
+    )
+
+
+def check_output_dir(config, identity: dict) -> None:
+    """Before training: refuse to resume, or to start next to, another run's checkpoints in --output_dir; with
+    --overwrite_output_dir move them aside instead (main process only; the caller waits for everyone after)."""
+    output_dir, resume = config.output_dir, config.resume_from_checkpoint
+    if config.overwrite_output_dir and resume:
+        raise ValueError(
+            f"--overwrite_output_dir with --resume_from_checkpoint {resume}: one starts a new run, the other continues "
+            "an old one. Pass only one of them."
+        )
+    if resume:
+        path = find_checkpoint(output_dir, resume)
+        if path is not None:
+            refuse_pickles(path)  # first: an older hfdiff's checkpoint has pickles and no identity
+            _refuse_foreign(path, identity, resume)
+        return
+    foreign = [path for _, path in list_checkpoints(output_dir) if read_training_state(path).get("run") != identity]
+    own = [path for _, path in list_checkpoints(output_dir) if path not in foreign]
+    if foreign and not config.overwrite_output_dir:
+        differences = identity_differences(read_training_state(foreign[-1]).get("run"), identity)
+        raise ValueError(
+            f"--output_dir {output_dir} holds checkpoints of another run ({', '.join(map(os.path.basename, foreign))}"
+            f"; {differences}): this run's checkpoints would be pruned with them and --resume_from_checkpoint latest "
+            "could restore the other run. Pass another --output_dir, or --overwrite_output_dir to start afresh there "
+            "(the old checkpoints are deleted once this run's first checkpoint is saved)."
+        )
+    if own:
+        logger.warning(
+            f"{output_dir} holds checkpoints of this same run up to {os.path.basename(own[-1])}; starting from step 0 "
+            "and replacing them. Pass --resume_from_checkpoint latest to continue instead.",
+            main_process_only=True,
+        )
+    if config.overwrite_output_dir and foreign and _is_main_process():
+        for path in foreign:
+            aside = os.path.join(output_dir, f".{os.path.basename(path)}.overwritten")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+        logger.warning(f"--overwrite_output_dir: moved {len(foreign)} checkpoints of another run aside.")
+
+
+def _refuse_foreign(path: str, identity: dict, resume: str) -> None:
+    saved = read_training_state(path).get("run")
+    if saved == identity:
+        return
+    raise ValueError(
+        f"--resume_from_checkpoint {resume}: {path} belongs to another run ({identity_differences(saved, identity)}"
+        "; saved -> now). Resume it with the flags and data it was trained with, or start this run in another "
+        "--output_dir (or pass --overwrite_output_dir without --resume_from_checkpoint to start afresh there)."
+    )
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

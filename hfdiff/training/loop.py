@@ -41,7 +41,16 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpoints import find_checkpoint, list_checkpoints, read_training_state, save_checkpoint, save_error
+from .checkpoint_state import TrainingState, refuse_pickles
+from .checkpoints import (
+    check_output_dir,
+    find_checkpoint,
+    list_checkpoints,
+    read_training_state,
+    run_identity,
+    save_checkpoint,
+    save_error,
+)
 from .config import TrainingConfig, cpu_threads, model_config_overrides, resolve_defaults
 from .context import Contexts, build_contexts
 from .data import TrainingData, check_image_size, load_training_data
@@ -236,9 +245,10 @@ def schedule_length(config: TrainingConfig, batches: EpochBatches) -> tuple[int,
 
 
 def resume(
-    accelerator: Accelerator, config: TrainingConfig, ema: EMAModel | None, expected: dict, conditioning: str
+    accelerator: Accelerator, config: TrainingConfig, training: TrainingState, expected: dict, conditioning: str
 ) -> int:
-    """Load the checkpoint --resume_from_checkpoint names; returns its optimizer step (0 for a fresh start)."""
+    """Load the checkpoint --resume_from_checkpoint names (data only: pickles are refused before anything is read);
+    returns its optimizer step (0 for a fresh start)."""
     if not config.resume_from_checkpoint:
         return 0
     path = find_checkpoint(config.output_dir, config.resume_from_checkpoint)
@@ -247,10 +257,9 @@ def resume(
             f"No checkpoint in {config.output_dir} to resume from; starting a new run.", main_process_only=True
         )
         return 0
+    refuse_pickles(path)
     check_conditioning(path, conditioning)
-    accelerator.load_state(path)
-    if ema is not None:
-        ema.to(accelerator.device)  # EMAModel.load_state_dict keeps the loaded tensors where they were (CPU)
+    training.load(path, accelerator.process_index, accelerator.device)
     state = read_training_state(path)
     changed = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
     if changed:
@@ -265,7 +274,7 @@ def resume(
 
 def check_conditioning(path: str, conditioning: str) -> None:
     """Refuse to resume a checkpoint trained on another kind of context: its UNet's context width differs, and
-    load_state would fail deep inside torch. Checkpoints from before text conditioning are class or unconditional."""
+    loading would fail deep inside torch. Checkpoints from before text conditioning are class or unconditional."""
     saved = read_training_state(path).get("conditioning")
     if saved is None:
         saved = "none" if conditioning == "none" else "class"
@@ -439,6 +448,8 @@ class Run:
     max_train_steps: int
     num_epochs: int
     run_shape: dict  # what a resumed run must share with the saved one for the data order to continue
+    training_state: TrainingState  # what checkpoints save and resume loads
+    identity: dict  # the run's identity (checkpoints.run_identity), recorded in each checkpoint
     global_step: int = 0  # optimizer steps done, resumed ones included
     step: EagerStep | GraphedStep | None = None
     step_setup_seconds: float = 0.0
@@ -486,7 +497,7 @@ def start_accelerator(
             torch.set_num_threads(threads)
     accelerator = make_accelerator(config)
     if accelerator.device.type == "cuda":
-        process_state.keep_cuda_rng()  # before load_state restores a checkpoint's CUDA RNG states
+        process_state.keep_cuda_rng()  # before a resume restores a checkpoint's CUDA RNG states
         use_fast_cuda_kernels()
     return config, accelerator
 
@@ -510,8 +521,6 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
     ema = build_ema(config, unet)
     model = torch.compile(unet) if config.compile else unet
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)  # save_state/load_state then carry the EMA weights too
     run_shape = {
         "world_size": world_size,
         "train_batch_size": config.train_batch_size,
@@ -532,8 +541,12 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
         max_train_steps=max_train_steps,
         num_epochs=num_epochs,
         run_shape=run_shape,
+        training_state=TrainingState(unet, optimizer, lr_scheduler, ema),
+        identity=run_identity(config, data, "none" if not conditional else config.conditioning),
     )
-    run.global_step = resume(accelerator, config, ema, run_shape, run.conditioning)
+    check_output_dir(config, run.identity)
+    accelerator.wait_for_everyone()  # --overwrite_output_dir's move is done before any process looks for checkpoints
+    run.global_step = resume(accelerator, config, run.training_state, run_shape, run.conditioning)
     if accelerator.is_main_process:
         accelerator.init_trackers(
             "train_conditional" if conditional else "train_unconditional",
@@ -627,7 +640,8 @@ def checkpoint_and_validate(run: Run, watch: LossWatch, epoch: int) -> None:
     if config.checkpointing_steps and step % config.checkpointing_steps == 0:
         check_loss(config, watch.flush())
         state = {"global_step": step, "epoch": epoch, **run.run_shape, "conditioning": run.conditioning}
-        save_checkpoint(run.accelerator, config.output_dir, state, config.checkpoints_total_limit)
+        state["run"] = run.identity
+        save_checkpoint(run.accelerator, config.output_dir, state, config.checkpoints_total_limit, run.training_state)
     if step % config.validation_steps == 0 or step == run.max_train_steps:
         check_loss(config, watch.flush())
         if run.accelerator.is_main_process:
