@@ -217,7 +217,9 @@ def run_identity(config, data, conditioning: str) -> dict:
 
 
 def _sample_indices(count: int, samples: int) -> list[int]:
-    return [round(i * (count - 1) / max(samples - 1, 1)) for i in range(min(count, samples))]
+    """Up to `samples` indices spread evenly over 0..count-1, first and last included."""
+    samples = min(count, samples)
+    return [round(i * (count - 1) / max(samples - 1, 1)) for i in range(samples)]
 
 
 def identity_differences(saved: dict | None, current: dict) -> str:
