@@ -6,6 +6,7 @@ This module imports only torch, numpy and diffusers, so it can travel next to a 
 
 from __future__ import annotations
 
+import errno
 import glob
 import importlib.util
 import inspect
@@ -144,11 +145,15 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         `push_to_hub=True` then uploads the folder's pipeline files (see `push_to_hub`) with `repo_id` (default:
         the folder's name), `commit_message`, `private`, `token` and `create_pr` from `kwargs`.
 
-        The folder is written beside the target first and then moved in: the old model_index.json is removed first
-        and the new one moved in last, so a save killed at any moment leaves the previous complete pipeline or no
-        pipeline (no model_index.json, which `from_pretrained` reports), never a mix of old and new components. A
-        save that fails while writing (a full disk) raises an OSError naming the folder and leaves it unchanged.
-        Other files already in `save_directory` (checkpoints, logs, samples) are left alone.
+        The pipeline is written into a hidden staging folder inside the target (`.saving-<random>/`, on the target's
+        filesystem whatever its parent's is: a symlink or mount to tmpfs or a volume) and then moved in by renames
+        that cannot cross a filesystem: the old model_index.json is removed first and the new one moved in last, so a
+        save killed at any moment leaves the previous complete pipeline or no pipeline (no model_index.json, which
+        `from_pretrained` reports), never a mix of old and new components. The swap starts only once everything is
+        written. A save that fails raises an OSError naming the folder and the cause (full disk or file size limit,
+        permission denied, read-only filesystem, a component folder on another filesystem, or the error itself) and
+        says whether the folder was changed. Other files in `save_directory` (checkpoints, logs, samples) and its
+        parent directory are left alone.
 
         Args:
             model_card: a `huggingface_hub.ModelCard` to write as README.md; None builds one from the pipeline
@@ -172,37 +177,40 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 f"Cannot save the pipeline to {target}: the folder cannot be created ({error}). Choose a folder you "
                 "can write to."
             ) from error
-        prefix = f".{target.name}.saving-"
-        # Staging folders of saves that were killed (two saves into one folder at once are not supported anyway).
-        for stale in target.parent.glob(glob.escape(prefix) + "*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        try:
+            staging = _new_staging_folder(target)
+        except OSError as error:
+            raise _save_error(target, error, "Nothing in the folder was changed") from error
         try:
             try:
-                super().save_pretrained(
-                    staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size
-                )
-                self.export_code(staging)
-                if model_card is None and importlib.util.find_spec("hfdiff") is not None:
-                    model_card = importlib.import_module("hfdiff.hub").build_model_card(self)
-                if model_card is not None:
-                    model_card.save(staging / "README.md")
-                _keep_other_variants(staging, target)
+                self._write_to(staging, target, variant, max_shard_size, model_card)
+                _check_swappable(staging, target)
             except Exception as error:  # OSError, or safetensors' SafetensorError, for the same full disk
-                try:
-                    free = f"{shutil.disk_usage(target.parent).free / 2**20:,.0f} MiB free there"
-                except OSError:
-                    free = "free space unknown"
-                raise OSError(
-                    f"Could not save the pipeline to {target} ({type(error).__name__}: {error}); {free}. A full disk "
-                    "(or a file size limit) is the usual cause: free space, or save to another folder. Nothing in "
-                    "the folder was changed."
+                raise _save_error(target, error, "Nothing in the folder was changed") from error
+            try:
+                _move_entries(staging, target)
+            except OSError as error:
+                raise _save_error(
+                    target,
+                    error,
+                    "The save stopped part-way: the folder has no model_index.json now (from_pretrained says so), "
+                    "so no mix of old and new components can load. Save again once the cause is fixed",
                 ) from error
-            _move_entries(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if push_to_hub:
             upload_pipeline_folder(target, **upload)
+
+    def _write_to(self, staging: Path, target: Path, variant, max_shard_size, model_card) -> None:
+        """Write the whole pipeline into the empty `staging` folder (weights, configs, code, model card), keeping
+        other variants' weights already saved in `target`."""
+        super().save_pretrained(staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
+        self.export_code(staging)
+        if model_card is None and importlib.util.find_spec("hfdiff") is not None:
+            model_card = importlib.import_module("hfdiff.hub").build_model_card(self)
+        if model_card is not None:
+            model_card.save(staging / "README.md")
+        _keep_other_variants(staging, target)
 
     def push_to_hub(
         self,
@@ -1204,20 +1212,87 @@ def retired_path(path: str | os.PathLike) -> Path:
 
 
 def replace_path(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Move the file or folder `src` to `dst`, replacing what is there. Each step is one rename(2): a file is
-    replaced atomically; a folder (which rename cannot replace while it is non-empty) is first renamed aside to
-    `retired_path(dst)`, and deleted only after the new one is in place, so `dst` is always the old or the new
-    entry, or absent for the instant between the two renames. The one folder swap of hfdiff: pipeline saves and
-    training checkpoints both go through it."""
+    """Move the file or folder `src` to `dst` (in the same filesystem), replacing what is there. Each step is one
+    rename(2): a file is replaced atomically; a folder (which rename cannot replace while it is non-empty) is first
+    renamed aside to `retired_path(dst)`, and deleted only after the new one is in place, so `dst` is always the old
+    or the new entry, or absent for the instant between the two renames (and the old one again if the second rename
+    fails). The one folder swap of hfdiff: pipeline saves and training checkpoints both go through it."""
     src, dst = Path(src), Path(dst)
     if src.is_dir() and dst.exists():
         retired = retired_path(dst)
         shutil.rmtree(retired, ignore_errors=True)
         os.replace(dst, retired)
-        os.replace(src, dst)
+        try:
+            os.replace(src, dst)
+        except OSError:
+            os.replace(retired, dst)
+            raise
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+# Where a save is staged, inside the target folder: renames from there into the target never cross a filesystem.
+_STAGING_PREFIX = ".saving-"
+
+
+def _new_staging_folder(target: Path) -> Path:
+    """An empty staging folder inside `target`, after removing those of saves that were killed (two saves into one
+    folder at once are not supported anyway). Nothing in `target`'s parent is created or removed."""
+    for stale in target.glob(glob.escape(_STAGING_PREFIX) + "*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target))
+
+
+def _check_swappable(staging: Path, target: Path) -> None:
+    """Before the old index is removed: every entry the swap renames (the staged ones, and the old ones they
+    replace, which are renamed aside inside `target`) is on the staging folder's filesystem, so no rename of the
+    swap can fail with EXDEV half-way. An old component folder can be elsewhere only as a mount point; a symbolic
+    link is renamed itself, wherever it points."""
+    device = os.stat(staging).st_dev
+    for entry in staging.iterdir():
+        existing = target / entry.name
+        if existing.exists() and not existing.is_symlink() and os.stat(existing).st_dev != device:
+            raise OSError(
+                errno.EXDEV,
+                f"{existing} is on another filesystem than {target} (a mount point), so a save cannot replace it "
+                "by renaming",
+            )
+
+
+# errno values of writes that did not fit: a full disk, a quota, a file size limit (ulimit -f).
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_CAUSES = {
+    errno.EXDEV: "a rename would cross filesystems: save to a folder whose entries are on one filesystem",
+    errno.EACCES: "permission denied: save to a folder you can write to, or fix its permissions",
+    errno.EPERM: "the operation is not permitted there: save to a folder you can write to, or fix its permissions",
+    errno.EROFS: "the filesystem is read-only: save to a folder on a writable one",
+}
+
+
+def _save_error(target: Path, error: Exception, state: str) -> OSError:
+    """An OSError for a save into `target` that failed with `error`, naming the cause by its errno (or, for errors
+    that carry none, such as safetensors' SafetensorError, by the system's message for it in the text), the fix,
+    and `state`: what the failure left in the folder. Keeps the errno, so callers can test it."""
+    code = getattr(error, "errno", None)
+    if code is None:
+        code = next((c for c in (*_NO_ROOM, *_CAUSES) if os.strerror(c) in str(error)), None)
+    if code in _NO_ROOM:
+        try:
+            free = f"{shutil.disk_usage(target if target.exists() else target.parent).free / 2**20:,.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        cause = f"the disk is full or a file size limit was reached ({free} there): free space, or save elsewhere"
+    else:
+        cause = _CAUSES.get(code)
+    failure = OSError(
+        f"Could not save the pipeline to {target} ({type(error).__name__}: {error})"
+        + (f"; {cause}. " if cause else ". ")  # an error of another kind is quoted, not guessed at
+        + f"{state}."
+    )
+    failure.errno = code
+    return failure
 
 
 def _move_entries(staging: Path, target: Path) -> None:
