@@ -312,7 +312,7 @@ def process_state() -> dict:
 
 
 def test_train_leaves_the_process_as_it_found_it(tmp_path, fresh_accelerate_state):
-    """A fresh run and one resumed from its checkpoint (Accelerate's load_state restores the RNG states saved with
+    """A fresh run and one resumed from its checkpoint (resuming restores the RNG states saved with
     it), each started from other global seeds and a non-default matmul precision: afterwards the process is as
     before, and the resumed run still ends with the straight run's weights (training reads no global RNG)."""
     import random
