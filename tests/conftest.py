@@ -14,9 +14,12 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 def fake_hub(monkeypatch, tmp_path):
     """Intercept huggingface_hub's HfApi at its boundary: record repo creation and keep a copy of what each
     upload_folder call would send (after its allow/ignore patterns)."""
+    import huggingface_hub.constants
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
+    # The fake stands in for the network: code that refuses uploads in offline mode must see it as online.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     calls = {"create_repo": [], "uploads": []}
 
     def create_repo(self, repo_id, *, private=None, exist_ok=False, **kwargs):
