@@ -137,3 +137,131 @@ def test_a_swap_that_fails_part_way_leaves_no_index_and_says_so(tmp_path, monkey
     with pytest.raises(FileNotFoundError, match="cut short"):
         SpriteDiffusionPipeline.from_pretrained(target)
     assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NaN and inf: contexts, schedules, weights
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_contexts_are_refused(bad):
+    pipe = make_pipe()
+    context = torch.eye(5)[:2].clone()
+    context[1, 3] = bad
+    with pytest.raises(ValueError, match=r"context holds 1 NaN or infinite value\(s\) \(the first at index \(1, 3\)"):
+        pipe(batch_size=2, context=context, num_inference_steps=2, output_type="np")
+    with pytest.raises(ValueError, match=r"context holds 1 NaN or infinite value\(s\) \(the first at index \(2,\)"):
+        pipe(context=[1.0, 0.0, bad, 0.0, 0.0], num_inference_steps=2, output_type="np")
+    pipe(batch_size=2, context=torch.eye(5)[:2], num_inference_steps=2, output_type="np")  # finite: fine
+
+
+def test_non_finite_prompt_embeds_are_refused():
+    pipe = make_pipe()
+    embeds = torch.zeros(1, 5)
+    embeds[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"prompt_embeds holds 1 NaN"):
+        pipe(prompt_embeds=embeds, num_inference_steps=2, output_type="np")
+    with pytest.raises(ValueError, match=r"negative_prompt_embeds holds 1 NaN"):
+        pipe(prompt_embeds=torch.zeros(1, 5), negative_prompt_embeds=embeds, num_inference_steps=2, output_type="np")
+
+
+@pytest.mark.parametrize("scheduler_cls", ["SpriteDDPMScheduler", "SpriteDDIMScheduler"])
+@pytest.mark.parametrize(
+    "config, culprit",
+    [
+        (
+            {"beta_end": 2.0},
+            r"250 of the 500 betas built from beta_schedule='linear', beta_start=0.0001, beta_end=2.0",
+        ),
+        ({"beta_start": -0.01}, r"beta_start=-0.01.*first: beta_1 = -0.01"),
+        ({"beta_start": float("nan")}, r"500 of the 500 .*beta_start=nan.*first: beta_1 = nan"),
+        ({"trained_betas": [0.1, float("inf"), 0.2], "num_train_timesteps": 3}, r"1 of the 3 .*trained_betas.*inf"),
+    ],
+)
+def test_schedules_with_betas_outside_0_1_are_refused(scheduler_cls, config, culprit):
+    import hfdiff
+
+    with pytest.raises(ValueError, match=rf"{scheduler_cls}: .*{culprit}.*(beta_start <= beta_end < 1|in \(0, 1\))"):
+        getattr(hfdiff, scheduler_cls)(**config)
+
+
+def test_edge_schedules_still_build():
+    from hfdiff import SpriteDDIMScheduler, SpriteDDPMScheduler
+
+    for cls in (SpriteDDPMScheduler, SpriteDDIMScheduler):
+        assert cls(rescale_betas_zero_snr=True).betas[-1] == 1  # abar_T = 0 on purpose
+        assert cls(beta_schedule="squaredcos_cap_v2").betas.max() < 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_on_loading(tmp_path, bad):
+    pipe = make_pipe()
+    with torch.no_grad():
+        pipe.unet.conv_out.weight[0, 0, 0, 0] = bad
+    pipe.save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"The 'unet' component in .*model/unet has 1 NaN or infinite value\(s\) in "):
+        SpriteDiffusionPipeline.from_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match="'conv_out.weight'"):
+        SpriteDiffusionPipeline.from_pretrained(tmp_path / "model")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hostile configs: refused at once, before anything is allocated
+# ----------------------------------------------------------------------------------------------------------------
+
+HOSTILE = {
+    "10,000 blocks": (
+        {
+            "block_out_channels": [8] * 10_000,
+            "down_block_types": ["DownBlock2D"] * 10_000,
+            "up_block_types": ["UpBlock2D"] * 10_000,
+        },
+        r"block_out_channels=\[8, 8, 8, 8, ...\] \(10000 entries\) is beyond what hfdiff builds \(1 to 8 blocks",
+    ),
+    "a million channels": ({"block_out_channels": [8, 10**6]}, r"block_out_channels=\[8, 1000000\] .*1 to 4096"),
+    "huge sample_size": ({"sample_size": 10**9}, r"sample_size=1000000000 .*1 to 4096"),
+    "many layers": ({"layers_per_block": 10**5}, r"layers_per_block=100000 .*1 to 16"),
+    "wide and deep": (
+        {
+            "block_out_channels": [4096] * 8,
+            "down_block_types": ["DownBlock2D"] * 8,
+            "up_block_types": ["UpBlock2D"] * 8,
+        }
+        | {"layers_per_block": 16},
+        r"parameters at layers_per_block=16, over 4,000,000,000",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_unet_configs_are_refused_within_a_second(tmp_path, case):
+    import json
+    import time
+
+    from hfdiff import ContextUNet2DModel
+
+    entries, message = HOSTILE[case]
+    pipe = make_pipe()
+    pipe.save_pretrained(tmp_path / "model")
+    config_path = tmp_path / "model" / "unet" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **entries}))
+    for load in (
+        lambda: SpriteDiffusionPipeline.from_pretrained(tmp_path / "model"),
+        lambda: ContextUNet2DModel.from_pretrained(tmp_path / "model" / "unet"),
+        lambda: ContextUNet2DModel(**entries),
+    ):
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=message):
+            load()
+        assert time.perf_counter() - start < 1.0
+
+
+def test_the_presets_and_a_stable_diffusion_sized_unet_are_within_the_limits():
+    from hfdiff import ContextUNet2DModel
+    from hfdiff.models.unet_context import UNET_PRESETS
+
+    for name, preset in UNET_PRESETS.items():
+        ContextUNet2DModel.check_config_limits(preset, source=name)
+    sd_sized = {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "context_dim": 768}
+    ContextUNet2DModel.check_config_limits(sd_sized | {"sample_size": 64, "down_block_types": ["DownBlock2D"] * 4})

@@ -45,6 +45,58 @@ UNET_PRESETS: dict[str, dict] = {
 }
 
 
+# Bounds on a UNet config, checked before anything is allocated, so that a hostile or mistyped config.json (10,000
+# blocks, a million channels) is refused at once instead of filling memory for minutes. They are far above every
+# preset (3 blocks of <= 128 channels, 16x16 images, <= 7M parameters) and above sensible user models: Stable
+# Diffusion's UNet has 4 blocks of <= 1280 channels, 2 layers per block, 860M parameters.
+UNET_CONFIG_LIMITS = {
+    "blocks": 8,  # resolutions (entries of block_out_channels, down_block_types, up_block_types): 256x256 -> 2x2
+    "block_out_channels": 4096,
+    "layers_per_block": 16,
+    "sample_size": 4096,  # pixels a side
+    "in_channels": 64,
+    "out_channels": 64,
+    "context_dim": 16384,  # text encoders' widths are 512..4096
+    "time_embedding_dim": 16384,
+    "parameters": 4 * 10**9,  # estimated from the convolutions alone (about half the real count; 16 GB in float32)
+}
+
+
+def check_config_limits(config: dict, source: str = "ContextUNet2DModel") -> None:
+    """Refuse a config (a dict of ContextUNet2DModel arguments, as config.json holds them) beyond UNET_CONFIG_LIMITS,
+    in microseconds and before any allocation, with an error naming `source`, the entry and its limit."""
+
+    def refuse(entry: str, value, limit) -> None:
+        long = isinstance(value, (list, tuple)) and len(value) > 4
+        shown = f"[{', '.join(map(repr, value[:4]))}, ...] ({len(value)} entries)" if long else value
+        raise ValueError(
+            f"{source}: {entry}={shown} is beyond what hfdiff builds ({limit}; limits in "
+            "hfdiff.models.unet_context.UNET_CONFIG_LIMITS). The config is damaged or not meant for this model: "
+            "check the file, or save the model again."
+        )
+
+    sizes = {}
+    for entry in ("block_out_channels", "down_block_types", "up_block_types"):
+        value = list(config[entry]) if isinstance(config.get(entry), (list, tuple)) else config.get(entry)
+        if isinstance(value, list) and not 1 <= len(value) <= UNET_CONFIG_LIMITS["blocks"]:
+            refuse(entry, value, f"1 to {UNET_CONFIG_LIMITS['blocks']} blocks")
+    for entry, limit in UNET_CONFIG_LIMITS.items():
+        if entry in ("blocks", "parameters") or config.get(entry) is None:
+            continue
+        value = config[entry]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limit for v in values):
+            refuse(entry, value, f"whole numbers from 1 to {limit}")
+        sizes[entry] = values
+    channels, layers = sizes.get("block_out_channels", []), sizes.get("layers_per_block", [1])[0]
+    # 3x3 convolutions: `layers` resnets per down block, `layers` + 1 per up block taking the skip (about 3 c^2 each
+    # for 2 c^2 per down resnet), and the middle block's two resnets.
+    estimate = sum(9 * c * c * (2 * layers + 3 * (layers + 1)) for c in channels) + 18 * max(channels, default=0) ** 2
+    if estimate > UNET_CONFIG_LIMITS["parameters"]:
+        over = f"{UNET_CONFIG_LIMITS['parameters']:,}"
+        refuse("block_out_channels", channels, f"{estimate:,} parameters at layers_per_block={layers}, over {over}")
+
+
 class EmbedMLP(nn.Sequential):
     """Linear-GELU-Linear from an embedding to a channel count: (B, in_dim) -> (B, out_dim, 1, 1)."""
 
@@ -78,6 +130,9 @@ class ContextUNet2DModel(UNet2DModel):
     Classes are only ever one-hot contexts: `forward(class_labels=...)` takes class indices and builds them, and
     UNet2DModel's own class embedding (`num_class_embeds`, `class_embed_type`) is refused.
     """
+
+    # Where loaders that hold only the class find the size check (the pipeline's from_pretrained, before building).
+    check_config_limits = staticmethod(check_config_limits)
 
     @register_to_config
     def __init__(
@@ -113,6 +168,19 @@ class ContextUNet2DModel(UNet2DModel):
         context_dim: int | None = 5,  # length of the context vector c; None = unconditional decoder
         class_names: list[str] | None = None,  # names of the one-hot context entries, in order; None = unnamed
     ):
+        check_config_limits(
+            {
+                "block_out_channels": block_out_channels,
+                "down_block_types": down_block_types,
+                "up_block_types": up_block_types,
+                "layers_per_block": layers_per_block,
+                "sample_size": sample_size,
+                "in_channels": in_channels,
+                "out_channels": out_channels,
+                "context_dim": context_dim,
+                "time_embedding_dim": time_embedding_dim,
+            }
+        )
         if num_class_embeds is not None or class_embed_type is not None:
             # One name, one meaning: in hfdiff `class_labels` are the one-hot context classes, never UNet2DModel's
             # class embedding (which would add a second, silently different class conditioning to the time).

@@ -22,6 +22,30 @@ def check_choice(cls_name: str, name: str, value, choices) -> None:
         raise ValueError(f"{cls_name}: {name}={value!r} is not supported; choose one of {allowed}.")
 
 
+def check_betas(cls_name: str, betas: torch.Tensor, **config) -> None:
+    """Refuse a schedule with a beta_t outside (0, 1): a noise variance of 0 or less, 1 or more, NaN or inf gives an
+    abar_t that is negative, zero or NaN, and NaN samples (black images, with no error). `config`: the scheduler
+    arguments the betas were built from. rescale_betas_zero_snr sets beta_T = 1 (abar_T = 0) on purpose: the last may
+    be 1 there."""
+    upper_ok = betas < 1
+    if config["rescale_betas_zero_snr"]:
+        upper_ok[-1] = betas[-1] <= 1
+    bad = ~((betas > 0) & upper_ok)  # NaN fails both comparisons
+    if not bad.any():
+        return
+    first = int(bad.nonzero()[0])
+    if config["trained_betas"] is not None:
+        source, fix = "trained_betas", "give trained_betas that are all finite and in (0, 1)"
+    else:
+        source = ", ".join(f"{key}={config[key]!r}" for key in ("beta_schedule", "beta_start", "beta_end"))
+        fix = "use finite 0 < beta_start <= beta_end < 1 (the sprite schedule: beta_start=0.0001, beta_end=0.02)"
+    raise ValueError(
+        f"{cls_name}: {int(bad.sum())} of the {len(betas)} betas built from {source} are outside (0, 1) (first: "
+        f"beta_{first + 1} = {betas[first].item():.6g}); each beta_t is a noise variance, and one outside (0, 1) gives "
+        f"NaN or meaningless samples. {fix[0].upper() + fix[1:]}."
+    )
+
+
 def x0_and_eps_from_model_output(
     model_output: torch.Tensor,
     sample: torch.Tensor,

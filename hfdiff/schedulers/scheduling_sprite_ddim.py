@@ -19,6 +19,7 @@ from ._math import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     add_sprite_compatibles,
+    check_betas,
     check_choice,
     keep_x0_in_range,
     x0_and_eps_from_model_output,
@@ -94,6 +95,15 @@ class SpriteDDIMScheduler(DDIMScheduler):
             self.alphas = 1.0 - self.betas
             self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
             self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        check_betas(
+            cls_name,
+            self.betas,
+            trained_betas=trained_betas,
+            beta_schedule=beta_schedule,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
         # diffusers marks arguments left at their default so that `OtherScheduler.from_config(config)` uses ITS
         # defaults for them. Sprite defaults differ from the parents' (T = 500 against 1000), and a model trained with
         # T = 500 sampled with T = 1000 gives noise, so every value of a sprite config travels with it.

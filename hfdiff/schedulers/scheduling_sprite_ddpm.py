@@ -20,6 +20,7 @@ from ._math import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     add_sprite_compatibles,
+    check_betas,
     check_choice,
     keep_x0_in_range,
     x0_and_eps_from_model_output,
@@ -85,6 +86,15 @@ class SpriteDDPMScheduler(DDPMScheduler):
             sample_max_value=sample_max_value,
             timestep_spacing=timestep_spacing,
             steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+        check_betas(
+            cls_name,
+            self.betas,
+            trained_betas=trained_betas,
+            beta_schedule=beta_schedule,
+            beta_start=beta_start,
+            beta_end=beta_end,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
         # diffusers marks arguments left at their default so that `OtherScheduler.from_config(config)` uses ITS
