@@ -81,6 +81,32 @@ def test_resave_with_renames_that_cannot_leave_the_folder(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
+def test_a_component_folder_on_another_filesystem_stops_the_save_before_the_swap(tmp_path, monkeypatch):
+    """A mount point at `unet` (simulated: os.stat reports another device for it) could not be renamed aside: the
+    save stops before the old index is removed, so the previous pipeline stays whole."""
+    target = tmp_path / "model"
+    pipe = make_pipe()
+    pipe.save_pretrained(target)
+    old_bias = bias_of(target)
+    stat = os.stat
+
+    def mounted_unet(path, *args, **kwargs):
+        result = stat(path, *args, **kwargs)
+        if Path(path) == target / "unet":
+            return os.stat_result((*result[:2], result.st_dev + 1, *result[3:]))
+        return result
+
+    monkeypatch.setattr(os, "stat", mounted_unet)
+    shift_weights(pipe)
+    message = r"unet is on another filesystem .*a rename would cross filesystems.*Nothing in the folder was changed"
+    with pytest.raises(OSError, match=message) as caught:
+        pipe.save_pretrained(target)
+    assert caught.value.errno == errno.EXDEV
+    monkeypatch.setattr(os, "stat", stat)
+    assert torch.equal(SpriteDiffusionPipeline.from_pretrained(target).unet.conv_out.bias, old_bias)
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+
+
 @pytest.mark.parametrize(
     "code, cause",
     [
