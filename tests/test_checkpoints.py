@@ -177,3 +177,19 @@ def test_run_identity_covers_config_and_data_not_run_length():
         run_identity(config("x"), data, "text"),
     ]:
         assert other != base
+
+
+def test_optimizer_moments_get_their_parameters_layout_back(tmp_path):
+    """safetensors stores row-major: moments of channels_last weights must regain their strides on resume (the CUDA
+    graph step's fused AdamW refuses mismatched layouts)."""
+    from hfdiff.training.checkpoint_state import match_parameter_layout, read_state, write_state
+
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(conv.parameters())
+    conv(torch.randn(1, 3, 5, 5)).sum().backward()
+    optimizer.step()
+    write_state(str(tmp_path / "optimizer.safetensors"), optimizer.state_dict())
+    optimizer.load_state_dict(read_state(str(tmp_path / "optimizer.safetensors")))
+    match_parameter_layout(optimizer)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert optimizer.state[conv.weight][key].stride() == conv.weight.stride()

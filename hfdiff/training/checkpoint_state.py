@@ -128,6 +128,19 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def match_parameter_layout(optimizer) -> None:
+    """Give each per-parameter state tensor (AdamW's moments) its parameter's strides. safetensors stores tensors
+    row-major, so moments read back for channels_last parameters come back contiguous, and the fused AdamW of the
+    CUDA-graph step refuses tensors whose layouts differ from their parameters'."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps the torch one
+    for group in inner.param_groups:
+        for param in group["params"]:
+            state = inner.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 @dataclass
 class TrainingState:
     """What a checkpoint holds besides the step: the bare UNet, the (Accelerate-wrapped) optimizer and LR schedule,
@@ -166,6 +179,7 @@ class TrainingState:
                 f"{sorted(unexpected)[:3]}): resume with the --preset and --model_config_overrides it was trained with."
             )
         self.optimizer.load_state_dict(read_state(os.path.join(folder, "optimizer.safetensors")))
+        match_parameter_layout(self.optimizer)
         self.lr_scheduler.load_state_dict(read_state(os.path.join(folder, "scheduler.safetensors")))
         if self.ema is not None:
             self.ema.load_state_dict(read_state(os.path.join(folder, "ema.safetensors")))
