@@ -1311,21 +1311,28 @@ _CAUSES = {
 }
 
 
-def _save_error(target: Path, error: Exception, state: str) -> OSError:
-    """An OSError for a save into `target` that failed with `error`, naming the cause by its errno (or, for errors
-    that carry none, such as safetensors' SafetensorError, by the system's message for it in the text), the fix,
-    and `state`: what the failure left in the folder. Keeps the errno, so callers can test it."""
+def save_failure_cause(error: BaseException, folder: str | os.PathLike) -> tuple[int | None, str | None]:
+    """(errno, cause and fix in words) of a write into `folder` that failed with `error`: by its errno, or, for
+    errors that carry none (safetensors' SafetensorError, torch's RuntimeError), by the system's message for it in
+    the text; (None, None) for an error of another kind, which callers quote rather than guess at. The one reading
+    of a failed save: pipeline saves and training checkpoints both use it."""
     code = getattr(error, "errno", None)
     if code is None:
         code = next((c for c in (*_NO_ROOM, *_CAUSES) if os.strerror(c) in str(error)), None)
     if code in _NO_ROOM:
+        folder = Path(folder)
         try:
-            free = f"{shutil.disk_usage(target if target.exists() else target.parent).free / 2**20:,.0f} MiB free"
+            free = f"{shutil.disk_usage(folder if folder.exists() else folder.parent).free / 2**20:,.0f} MiB free"
         except OSError:
             free = "free space unknown"
-        cause = f"the disk is full or a file size limit was reached ({free} there): free space, or save elsewhere"
-    else:
-        cause = _CAUSES.get(code)
+        return code, f"the disk is full or a file size limit was reached ({free} there): free space, or save elsewhere"
+    return code, _CAUSES.get(code)
+
+
+def _save_error(target: Path, error: Exception, state: str) -> OSError:
+    """An OSError for a save into `target` that failed with `error`, naming the cause (`save_failure_cause`), the fix,
+    and `state`: what the failure left in the folder. Keeps the errno, so callers can test it."""
+    code, cause = save_failure_cause(error, target)
     failure = OSError(
         f"Could not save the pipeline to {target} ({type(error).__name__}: {error})"
         + (f"; {cause}. " if cause else ". ")  # an error of another kind is quoted, not guessed at

@@ -145,19 +145,21 @@ def _raise_if_any_failed(accelerator: Accelerator, error: BaseException | None, 
 
 
 def save_error(what: str, output_dir: str, error: BaseException, hint: str = "") -> OSError:
-    """The error for a save that failed while writing, usually a full disk: what was being saved, where, the space
-    left there, and the fix. Writing raises many types for the same cause (OSError, torch's RuntimeError "file write
-    failed", safetensors' SafetensorError), so the original error is quoted rather than relied on."""
+    """The error for a save that failed while writing: what was being saved, where, the cause named from the error
+    (`save_failure_cause`: a full disk or file size limit, a cross-filesystem rename, permissions, a read-only
+    filesystem; anything else is quoted, not guessed at), and the fix. Keeps the errno."""
+    from hfdiff.pipelines.pipeline_sprite_diffusion import save_failure_cause
+
     folder = os.path.abspath(output_dir)
-    try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
-    except OSError:
-        free = "free space unknown"
-    return OSError(
-        f"Could not write the {what} ({type(error).__name__}: {error}); {free}. A full disk (or a file size limit) "
-        f"is the usual cause: free space on the disk of {folder}, or pass another --output_dir{hint}. What was "
-        "saved before is unchanged; continue with --resume_from_checkpoint latest."
+    code, cause = save_failure_cause(error, folder)
+    failure = OSError(
+        f"Could not write the {what} ({type(error).__name__}: {error})"
+        + (f"; {cause}" if cause else "")
+        + f". Fix that, or pass another --output_dir{hint}. What was saved before is unchanged; continue with "
+        "--resume_from_checkpoint latest."
     )
+    failure.errno = code
+    return failure
 
 
 def prune_checkpoints(output_dir: str, total_limit: int | None, run: dict | None = None) -> None:

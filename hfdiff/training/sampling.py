@@ -56,10 +56,10 @@ def sample_grid(
 def save_pipeline(pipe, output_dir: str, samples: PIL.Image.Image, training_config: dict | None = None) -> None:
     """The pipeline with a model card that shows samples.png and the training configuration, then samples.png.
 
-    pipe.save_pretrained stages the folder beside it and moves it in with model_index.json last, so a save cut short
+    pipe.save_pretrained stages the folder inside it and moves it in with model_index.json last, so a save cut short
     leaves the previous pipeline or none, never a mix; samples.png is staged first and replaced only after the
-    pipeline is in place. A write that fails (a full disk) raises an OSError that names the file, the free space and
-    the fix, and leaves the folder as it was."""
+    pipeline is in place. A write that fails raises an OSError that names the file, the cause (a full disk, a
+    cross-filesystem rename, permissions, ...) and the fix, and leaves the folder as it was."""
     from hfdiff.hub import build_model_card
 
     staged = os.path.join(output_dir, ".samples.png.tmp")
