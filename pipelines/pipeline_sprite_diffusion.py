@@ -595,6 +595,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)} but batch_size and the model need {shape}.")
+        else:
+            _check_finite("latents", latents)
         return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
 
     def prepare_extra_step_kwargs(self, generator, eta: float, extra_noise: bool) -> dict:
@@ -805,7 +807,8 @@ class TrajectoryRecorder:
 
 
 def _check_finite(name: str, value) -> None:
-    """Refuse NaN or inf in a context or embedding, which would make every image NaN (black), with no error."""
+    """Refuse NaN or inf in a context, an embedding or the starting latents, which would make every image NaN (black)
+    with no error."""
     if value is None:
         return
     try:
@@ -817,8 +820,8 @@ def _check_finite(name: str, value) -> None:
         first = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(
             f"{name} holds {int(bad.sum())} NaN or infinite value(s) (the first at index {first}: "
-            f"{tensor[first].item()}); a context must be finite numbers, or every image comes out NaN (black). Check "
-            "how it was computed (a division by zero, a log of 0)."
+            f"{tensor[first].item()}); it must hold finite numbers, or every image comes out NaN (black). Check how it "
+            "was computed (a division by zero, a log of 0)."
         )
 
 

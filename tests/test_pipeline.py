@@ -242,6 +242,7 @@ def test_trajectory_recorder():
         ({"guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0"),
         ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
         ({"output_type": "jpeg"}, "output_type"),
+        ({"latents": torch.full((1, 3, 16, 16), float("nan"))}, "latents holds 768 NaN or infinite value"),
     ],
 )
 def test_bad_arguments(kwargs, message):
