@@ -14,7 +14,12 @@ from safetensors.torch import load_file
 from tiny import TINY_UNET_JSON
 
 from hfdiff.training import parse_config, train
-from hfdiff.training.checkpoints import check_output_dir, list_checkpoints, prune_checkpoints, run_identity
+from hfdiff.training.checkpoints import (
+    check_checkpoints_belong_to_run,
+    list_checkpoints,
+    prune_checkpoints,
+    run_identity,
+)
 from hfdiff.training.data import TrainingData
 
 TINY_RUN = [
@@ -143,7 +148,9 @@ def test_overwrite_moves_aside_until_the_first_checkpoint_and_pruning_spares_oth
     theirs = state["run"]
     ours = {**theirs, "seed": 1}
     with pytest.raises(ValueError, match="--overwrite_output_dir with --resume_from_checkpoint"):
-        check_output_dir(config(out, "--overwrite_output_dir", "--resume_from_checkpoint", "latest"), ours)
+        check_checkpoints_belong_to_run(
+            config(out, "--overwrite_output_dir", "--resume_from_checkpoint", "latest"), ours
+        )
     # pruning counts and deletes only the saving run's checkpoints
     for step in (4, 6, 8):
         shutil.copytree(out / "checkpoint-2", out / f"checkpoint-{step}")
@@ -151,7 +158,7 @@ def test_overwrite_moves_aside_until_the_first_checkpoint_and_pruning_spares_oth
     prune_checkpoints(str(out), 1, ours)
     assert [step for step, _ in list_checkpoints(str(out))] == [2, 8]
     shutil.rmtree(out / "checkpoint-8")
-    check_output_dir(config(out, "--overwrite_output_dir"), ours)
+    check_checkpoints_belong_to_run(config(out, "--overwrite_output_dir"), ours)
     assert list_checkpoints(str(out)) == [] and (out / ".checkpoint-2.overwritten" / "model.safetensors").exists()
 
 

@@ -14,7 +14,7 @@ No fsync: this protects against the process dying, not against the machine losin
 What a checkpoint holds is data only (checkpoint_state.py: safetensors and JSON). Its training_state.json records the
 run's identity (`run_identity`: the config entries that define the run and a fingerprint of the data), so that one
 --output_dir never mixes two runs: a run that finds another run's checkpoints there is refused before it trains
-(`check_output_dir`), and pruning deletes only checkpoints of the run that is saving.
+(`check_checkpoints_belong_to_run`), and pruning deletes only checkpoints of the run that is saving.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def identity_differences(saved: dict | None, current: dict) -> str:
     )
 
 
-def check_output_dir(config, identity: dict) -> None:
+def check_checkpoints_belong_to_run(config, identity: dict) -> None:
     """Before training: refuse to resume, or to start next to, another run's checkpoints in --output_dir; with
     --overwrite_output_dir move them aside instead (main process only; the caller waits for everyone after)."""
     output_dir, resume = config.output_dir, config.resume_from_checkpoint
@@ -249,8 +249,9 @@ def check_output_dir(config, identity: dict) -> None:
             refuse_pickles(path)  # first: an older hfdiff's checkpoint has pickles and no identity
             _refuse_foreign(path, identity, resume)
         return
-    foreign = [path for _, path in list_checkpoints(output_dir) if read_training_state(path).get("run") != identity]
-    own = [path for _, path in list_checkpoints(output_dir) if path not in foreign]
+    runs = {path: read_training_state(path).get("run") for _, path in list_checkpoints(output_dir)}
+    foreign = [path for path, run in runs.items() if run != identity]
+    own = [path for path, run in runs.items() if run == identity]
     if foreign and not config.overwrite_output_dir:
         differences = identity_differences(read_training_state(foreign[-1]).get("run"), identity)
         raise ValueError(

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint_state import TrainingState, refuse_pickles
 from .checkpoints import (
-    check_output_dir,
+    check_checkpoints_belong_to_run,
     find_checkpoint,
     list_checkpoints,
     read_training_state,
@@ -244,9 +244,7 @@ def schedule_length(config: TrainingConfig, batches: EpochBatches) -> tuple[int,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def resume(
-    accelerator: Accelerator, config: TrainingConfig, training: TrainingState, expected: dict, conditioning: str
-) -> int:
+def resume(accelerator: Accelerator, config: TrainingConfig, training: TrainingState, expected: dict) -> int:
     """Load the checkpoint --resume_from_checkpoint names (data only: pickles are refused before anything is read);
     returns its optimizer step (0 for a fresh start)."""
     if not config.resume_from_checkpoint:
@@ -258,7 +256,6 @@ def resume(
         )
         return 0
     refuse_pickles(path)
-    check_conditioning(path, conditioning)
     training.load(path, accelerator.process_index, accelerator.device)
     state = read_training_state(path)
     changed = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
@@ -270,20 +267,6 @@ def resume(
         )
     logger.info(f"Resumed from {path} at step {state['global_step']}.", main_process_only=True)
     return state["global_step"]
-
-
-def check_conditioning(path: str, conditioning: str) -> None:
-    """Refuse to resume a checkpoint trained on another kind of context: its UNet's context width differs, and
-    loading would fail deep inside torch. Checkpoints from before text conditioning are class or unconditional."""
-    saved = read_training_state(path).get("conditioning")
-    if saved is None:
-        saved = "none" if conditioning == "none" else "class"
-    if saved != conditioning:
-        raise ValueError(
-            f"--resume_from_checkpoint {path} was trained with {saved} conditioning, this run uses {conditioning}: "
-            "its weights do not fit. Resume it with the flags it was trained with (e.g. --conditioning "
-            f"{saved if saved != 'none' else 'class, or train_unconditional.py'}), or pass a new --output_dir."
-        )
 
 
 class Meter:
@@ -544,9 +527,9 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
         training_state=TrainingState(unet, optimizer, lr_scheduler, ema),
         identity=run_identity(config, data, "none" if not conditional else config.conditioning),
     )
-    check_output_dir(config, run.identity)
+    check_checkpoints_belong_to_run(config, run.identity)
     accelerator.wait_for_everyone()  # --overwrite_output_dir's move is done before any process looks for checkpoints
-    run.global_step = resume(accelerator, config, run.training_state, run_shape, run.conditioning)
+    run.global_step = resume(accelerator, config, run.training_state, run_shape)
     if accelerator.is_main_process:
         accelerator.init_trackers(
             "train_conditional" if conditional else "train_unconditional",
