@@ -294,3 +294,14 @@ def test_negative_eta():
     pipe = make_pipe(scheduler=SpriteDDIMScheduler(num_train_timesteps=20))
     with pytest.raises(ValueError, match=r"eta must be in \[0, 1\].*got -0.5"):
         pipe(num_inference_steps=2, eta=-0.5)
+
+
+def test_noise_schedule_flags_that_cannot_work_together(tmp_path):
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="--rescale_betas_zero_snr .* --prediction_type v_prediction"):
+        resolve_defaults(TrainingConfig(output_dir=out, rescale_betas_zero_snr=True), "cpu", conditional=True)
+    for gamma in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="--snr_gamma must be a finite number > 0"):
+            resolve_defaults(TrainingConfig(output_dir=out, snr_gamma=gamma), "cpu", conditional=True)
+    config = TrainingConfig(output_dir=out, rescale_betas_zero_snr=True, prediction_type="v_prediction", snr_gamma=5)
+    resolve_defaults(config, "cpu", conditional=True)

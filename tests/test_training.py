@@ -135,6 +135,33 @@ def test_diffusion_loss_targets(prediction_type):
     torch.testing.assert_close(loss, target[prediction_type].pow(2).mean())
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_min_snr_loss_weights_the_x0_error(prediction_type):
+    """With --snr_gamma every prediction type weights its error so that, in x_0 terms, timestep t counts
+    min(SNR_t, gamma): the eps error is SNR_t times smaller than the x_0 error it implies, the v error SNR_t + 1."""
+    from hfdiff import SpriteDDPMScheduler
+
+    scheduler = SpriteDDPMScheduler(num_train_timesteps=50, prediction_type=prediction_type)
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+
+    def zero_model(sample, timestep, context=None):
+        return type("Output", (), {"sample": torch.zeros_like(sample)})
+
+    draws = draw_step_noise(torch.Generator().manual_seed(0), 4, (3, 8, 8), 50, conditional=False)
+    args = (zero_model, scheduler, x0, None, draws.noise, draws.timesteps, torch.contiguous_format)
+    loss = diffusion_loss(*args, snr_gamma=5.0)
+    abar = scheduler.alphas_cumprod[draws.timesteps].double()
+    snr = abar / (1 - abar)
+    implied = {"epsilon": snr, "sample": torch.ones_like(snr), "v_prediction": snr + 1}[prediction_type]
+    target = {"epsilon": draws.noise, "sample": x0}.get(prediction_type)
+    if target is None:
+        target = scheduler.get_velocity(x0, draws.noise, draws.timesteps)
+    per_image = target.double().pow(2).mean(dim=(1, 2, 3))
+    expected = (per_image * snr.clamp(max=5.0) / implied).mean()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=0)
+    assert not torch.allclose(loss, diffusion_loss(*args))  # the weights change the loss
+
+
 # ---- checkpoints
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -170,6 +171,21 @@ class TrainingConfig:
     ddpm_num_steps: int = field(default=500, metadata=_help("Diffusion steps T of the noise schedule."))
     ddpm_beta_schedule: Literal[BETA_SCHEDULES] = field(
         default="linear", metadata=_help("Noise schedule (squaredcos_cap_v2 is the cosine schedule).")
+    )
+    rescale_betas_zero_snr: bool = field(
+        default=False,
+        metadata=_help(
+            "Rescale the betas so the last step is pure noise, abar_T = 0 (Lin et al. 2024), so that samplers start "
+            "where training ended; needs --prediction_type v_prediction (eps says nothing about x_0 at abar_T = 0). "
+            "The saved scheduler then spaces inference steps 'trailing', so they start at t = T - 1."
+        ),
+    )
+    snr_gamma: Optional[float] = field(
+        default=None,
+        metadata=_help(
+            "Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice): each timestep's loss weighted by "
+            "min(SNR_t, gamma) over the weight its prediction type already carries. None = the plain mean."
+        ),
     )
     p_uncond: float = field(
         default=0.1,
@@ -458,11 +474,23 @@ def check_config(config: TrainingConfig) -> None:
     sources = [name for name in ("sprites_npy", "dataset_name", "train_data_dir") if getattr(config, name)]
     if len(sources) > 1:
         raise ValueError(f"Choose one data source; got {', '.join('--' + s for s in sources)}.")
+    check_schedule_config(config)
     check_text_config(config)
     model_config_overrides(config)  # raises on malformed JSON
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
     check_hub_config(config)
+
+
+def check_schedule_config(config: TrainingConfig) -> None:
+    """Noise-schedule flags that only work together."""
+    if config.rescale_betas_zero_snr and config.prediction_type == "epsilon":
+        raise ValueError(
+            "--rescale_betas_zero_snr makes x_T pure noise, where an eps prediction cannot say anything about x_0 "
+            "(x0_hat divides by sqrt(abar_T) = 0): add --prediction_type v_prediction (or sample)."
+        )
+    if config.snr_gamma is not None and not (config.snr_gamma > 0 and math.isfinite(config.snr_gamma)):
+        raise ValueError(f"--snr_gamma must be a finite number > 0 (5 is usual) or none, got {config.snr_gamma}.")
 
 
 def check_text_config(config: TrainingConfig) -> None:

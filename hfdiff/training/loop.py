@@ -189,6 +189,10 @@ def build_noise_scheduler(config: TrainingConfig):
         num_train_timesteps=config.ddpm_num_steps,
         beta_schedule=config.ddpm_beta_schedule,
         prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.rescale_betas_zero_snr,
+        # With abar_T = 0 inference must start at t = T - 1, the one step that saw pure noise (Lin et al. 2024, sec.
+        # 3.3); "leading" spacing would start at T - T/n. The pipeline's DDIM swap inherits it from this config.
+        timestep_spacing="trailing" if config.rescale_betas_zero_snr else "leading",
     )
 
 
@@ -548,7 +552,7 @@ def step_inputs(config, data: TrainingData, contexts: Contexts | None, device, m
     are gathered there."""
     images = data.images.to(device)
     index, table = (contexts.index, contexts.table) if contexts is not None else (None, None)
-    return StepInputs(images, index, table, config.p_uncond, config.max_grad_norm, memory_format)
+    return StepInputs(images, index, table, config.p_uncond, config.max_grad_norm, memory_format, config.snr_gamma)
 
 
 def log_run(run: Run) -> None:

@@ -67,9 +67,10 @@ def get_batch(images, context_index, context_table, indices, keep_draw, p_uncond
     return x0, context * (keep_draw >= p_uncond).to(context.dtype)[:, None]
 
 
-def diffusion_loss(model, noise_scheduler, x0, context, noise, timesteps, memory_format) -> torch.Tensor:
+def diffusion_loss(model, noise_scheduler, x0, context, noise, timesteps, memory_format, snr_gamma=None):
     """DDPM Algorithm 1 for one batch, given eps and t per image: loss = ||target - model(x_t, t, c)||^2 with target
-    eps ("epsilon"), x_0 ("sample") or v = sqrt(abar) eps - sqrt(1 - abar) x_0 ("v_prediction")."""
+    eps ("epsilon"), x_0 ("sample") or v = sqrt(abar) eps - sqrt(1 - abar) x_0 ("v_prediction"); with `snr_gamma`,
+    each image's error weighted by min-SNR-gamma (`min_snr_weights`)."""
     noisy = noise_scheduler.add_noise(x0, noise, timesteps).contiguous(memory_format=memory_format)  # x_t, eq. 4
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -79,7 +80,26 @@ def diffusion_loss(model, noise_scheduler, x0, context, noise, timesteps, memory
     else:
         target = noise_scheduler.get_velocity(x0, noise, timesteps)
     prediction = model(noisy, timesteps, context=context).sample
-    return F.mse_loss(prediction.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_image * min_snr_weights(noise_scheduler, timesteps, snr_gamma)).mean()
+
+
+def min_snr_weights(noise_scheduler, timesteps, snr_gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al. 2023): weight the x_0 error at t by min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t).
+    An eps error is an x_0 error times 1 / SNR_t, and a v error times 1 / (SNR_t + 1), so those targets divide by it.
+    (B,) float32; SNR from diffusers' `compute_snr`, as its training examples' --snr_gamma."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = snr.clamp(max=snr_gamma)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return weights / snr
+    if prediction_type == "v_prediction":
+        return weights / (snr + 1)
+    return weights
 
 
 @dataclass
@@ -92,6 +112,7 @@ class StepInputs:
     p_uncond: float
     max_grad_norm: float
     memory_format: torch.memory_format
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None = the plain mean
 
     def batch_and_loss(self, model, noise_scheduler, indices, draws: StepNoise) -> torch.Tensor:
         x0, context = get_batch(
@@ -103,7 +124,9 @@ class StepInputs:
             self.p_uncond,
             self.memory_format,
         )
-        return diffusion_loss(model, noise_scheduler, x0, context, draws.noise, draws.timesteps, self.memory_format)
+        return diffusion_loss(
+            model, noise_scheduler, x0, context, draws.noise, draws.timesteps, self.memory_format, self.snr_gamma
+        )
 
 
 class EagerStep:
