@@ -226,6 +226,27 @@ def test_ddim_parity_other_options(config, step_kwargs):
     check_ddim_parity(sprite, parent, 20, **step_kwargs)
 
 
+def test_ddim_eta_one_from_pure_noise_is_finite():
+    """Zero terminal SNR, trailing spacing: the first step starts at abar_t = 0, where eta = 1 makes sigma_t^2 equal
+    1 - abar_{t'} and rounding once gave a negative variance, a NaN square root and black images. From pure noise
+    x_{t'} is then sqrt(abar_{t'}) x0_hat + sigma_t z."""
+    scheduler = SpriteDDIMScheduler(
+        num_train_timesteps=50, prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    )
+    for steps in (7, 10, 25, 50):
+        scheduler.set_timesteps(steps)
+        t = scheduler.timesteps[0]
+        assert scheduler.alphas_cumprod[t] == 0
+        sample, v = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+        noise = torch.randn(2, 3, 8, 8)
+        prev = scheduler.step(v, t, sample, eta=1.0, variance_noise=noise).prev_sample
+        abar_prev = scheduler.alphas_cumprod[t - 50 // steps]
+        assert prev.isfinite().all()
+        # the leftover direction term is sqrt(float32 rounding of 1 - abar_{t'} - sigma_t^2), up to ~3e-4
+        expected = abar_prev.sqrt() * -v + (1 - abar_prev).sqrt() * noise
+        torch.testing.assert_close(prev, expected, atol=2e-3, rtol=0)
+
+
 def test_ddim_parity_with_variance_noise():
     sprite, parent = ddim_pair()
     check_ddim_parity(sprite, parent, 25, pass_noise=True, eta=0.8)

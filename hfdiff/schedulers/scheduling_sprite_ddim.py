@@ -183,8 +183,11 @@ class SpriteDDIMScheduler(DDIMScheduler):
         if use_clipped_model_output:
             _, eps_hat = x0_and_eps_from_model_output(x0_hat, sample, alpha_bar_t, "sample")
 
-        # 7. "direction pointing to x_t" of eq. 12: sqrt(1 - abar_{t'} - sigma_t^2) eps_hat
-        direction = (1 - alpha_bar_prev - sigma**2) ** 0.5 * eps_hat
+        # 7. "direction pointing to x_t" of eq. 12: sqrt(1 - abar_{t'} - sigma_t^2) eps_hat. From pure noise
+        #    (abar_t = 0, a zero-terminal-SNR schedule) eta = 1 gives sigma_t^2 = 1 - abar_{t'} exactly, and rounding
+        #    can leave the difference a hair below 0, whose square root is NaN (diffusers' DDIMScheduler returns NaN
+        #    images there); it is a variance, so clamp it at 0.
+        direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0) ** 0.5 * eps_hat
 
         # 8. x_{t'} = sqrt(abar_{t'}) x0_hat + direction + sigma_t eps_t, eq. 12 (the noise term only when eta > 0)
         prev_sample = alpha_bar_prev**0.5 * x0_hat + direction
