@@ -9,6 +9,7 @@
     hfdiff report sprite-model --output_dir report --per_class 20 --steps 10 25 50 100 full
     hfdiff sample text-model --prompt "a green slime monster" --prompt "a small emerald blob" --guidance_scale 3
     hfdiff evaluate text-model --guidance_scales 1 3 --held_out kind=slime,colour=purple   # does it follow the text?
+    hfdiff demo sprite-model --port 7860                                      # a web page to try it (hfdiff[demo])
 
 `evaluate` and `report` use the classifier in --classifier (default: MODEL/classifier); when there is none they
 train one on the real data (procedural sprites, or --npy_images/--npy_labels) and save it there for next time.
@@ -398,6 +399,16 @@ def cmd_report(args) -> None:
     print("wrote " + ", ".join(paths.values()))
 
 
+def cmd_demo(args) -> None:
+    from hfdiff.demo import serve
+
+    if args.max_batch < 1:
+        raise UserError(f"--max_batch takes a positive number of images, got {args.max_batch}.")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port takes a port number 0..65535, got {args.port}.")
+    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, device=args.device)
+
+
 def _positive_int(text: str, flag: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise UserError(f"{flag} takes positive step counts or 'full', got {text!r}.")
@@ -558,6 +569,16 @@ def _add_report_command(commands) -> None:
     report.set_defaults(func=cmd_report)
 
 
+def _add_demo_command(commands) -> None:
+    demo = commands.add_parser("demo", help="Serve a web page to try the model (Gradio; pip install hfdiff[demo]).")
+    demo.add_argument("model", help="Pipeline folder (train_conditional.py --output_dir) or Hub repo id.")
+    demo.add_argument("--host", default="127.0.0.1", help="Address to listen on; 0.0.0.0 for every interface.")
+    demo.add_argument("--port", type=int, default=7860, help="Port to listen on.")
+    demo.add_argument("--max_batch", type=int, default=64, help="Most images one request may ask for.")
+    demo.add_argument("--device", default=None, help="Where to sample, e.g. cpu or cuda; default cuda if available.")
+    demo.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hfdiff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -569,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train_classifier_command,
         _add_evaluate_command,
         _add_report_command,
+        _add_demo_command,
     ):
         add_command(commands)
     return parser

@@ -51,7 +51,14 @@ from diffusers import DiffusionPipeline
 
 pipe = DiffusionPipeline.from_pretrained("{{ repo_id }}", trust_remote_code=True)
 ```
-{% if metrics %}
+{% if demo_app %}
+## Try it in the browser
+
+`app.py` beside the weights is a Gradio demo of this model (class, mixture{% if text %}, prompt{% endif %}, sampler,
+steps, seed; the denoising GIF): `pip install -r requirements.txt && python app.py`, or `hfdiff demo {{ repo_id }}`
+with hfdiff installed. The folder runs as a Hugging Face Space as it is (this card's `sdk: gradio` and `app_file`
+say how): `huggingface-cli upload --repo-type space <user>/<space-name> <this folder>`.
+{% endif %}{% if metrics %}
 ## Metrics
 
 | metric | value |
@@ -83,6 +90,19 @@ def _conditioning(unet_config, class_names, text_encoder) -> tuple[str, str | No
     return f"context vectors of length {unet_config.context_dim}", None, "context-conditional-image-generation"
 
 
+def _space_metadata() -> dict:
+    """A Space's README keys (huggingface.co/docs/hub/spaces-config-reference) for the folder's app.py: the gradio
+    version installed here, so the Space runs the version the app was written with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    metadata = {"sdk": "gradio", "app_file": "app.py"}
+    try:
+        metadata["sdk_version"] = version("gradio")
+    except PackageNotFoundError:  # the Space then picks its default gradio
+        pass
+    return metadata
+
+
 def build_model_card(
     pipe,
     repo_id: str | None = None,
@@ -90,10 +110,13 @@ def build_model_card(
     metrics: dict | None = None,
     samples_file: str | None = None,
     license: str = "apache-2.0",
+    demo_app: bool = False,
 ) -> ModelCard:
     """A README.md for a saved pipeline: YAML metadata (library_name diffusers, tags, pipeline_tag, license), the
     class names, the architecture and schedule, the sample grid (`samples_file`, relative to the folder), metrics
-    and the training configuration when known, and how to load it with and without hfdiff."""
+    and the training configuration when known, and how to load it with and without hfdiff. `demo_app`: the folder
+    holds hfdiff.demo's app.py; the card says how to run it, and its Space metadata (sdk, app_file) lets the folder
+    run as a Hub Space."""
     unet_config, scheduler_config = pipe.unet.config, pipe.scheduler.config
     class_names = pipe.class_names
     text_encoder = getattr(pipe, "text_encoder", None)
@@ -105,6 +128,7 @@ def build_model_card(
         license=license,
         tags=tags,
         metrics=sorted(metrics) if metrics else None,
+        **(_space_metadata() if demo_app else {}),
     )
     sample_size = unet_config.sample_size
     return ModelCard.from_template(
@@ -124,5 +148,6 @@ def build_model_card(
         first_class=class_names[0] if class_names else None,
         text=text_encoder is not None,
         metrics=metrics,
+        demo_app=demo_app,
         training_config=json.dumps(training_config, indent=2, default=str) if training_config else None,
     )

@@ -131,6 +131,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         max_shard_size: int | str | None = None,
         push_to_hub: bool = False,
         model_card=None,
+        demo_app: bool = False,
         **kwargs,
     ):
         """Save weights (safetensors), configs, a model card, and the code of every component that diffusers does not
@@ -158,6 +159,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         Args:
             model_card: a `huggingface_hub.ModelCard` to write as README.md; None builds one from the pipeline
                 (`hfdiff.hub.build_model_card`) when hfdiff is installed.
+            demo_app: also write `app.py` and `requirements.txt` (`hfdiff.demo.write_app`), a Gradio app for this
+                folder, so that it runs as a Hub Space as it is; the built model card says so. Needs hfdiff.
         """
         if not safe_serialization:
             raise ValueError(
@@ -169,6 +172,10 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             raise TypeError(f"Unexpected arguments for save_pretrained: {sorted(kwargs)}.")
         if push_to_hub:
             _check_repo_id(upload["repo_id"])  # before writing anything
+        if demo_app and importlib.util.find_spec("hfdiff") is None:
+            raise ValueError(
+                "demo_app=True writes hfdiff's Gradio app, which needs hfdiff: `pip install hfdiff[demo]`."
+            )
         target = Path(save_directory).absolute()
         try:
             target.mkdir(parents=True, exist_ok=True)
@@ -183,7 +190,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             raise _save_error(target, error, "Nothing in the folder was changed") from error
         try:
             try:
-                self._write_to(staging, target, variant, max_shard_size, model_card)
+                self._write_to(staging, target, variant, max_shard_size, model_card, demo_app)
                 _check_swappable(staging, target)
             except Exception as error:  # OSError, or safetensors' SafetensorError, for the same full disk
                 raise _save_error(target, error, "Nothing in the folder was changed") from error
@@ -201,13 +208,15 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         if push_to_hub:
             upload_pipeline_folder(target, **upload)
 
-    def _write_to(self, staging: Path, target: Path, variant, max_shard_size, model_card) -> None:
-        """Write the whole pipeline into the empty `staging` folder (weights, configs, code, model card), keeping
-        other variants' weights already saved in `target`."""
+    def _write_to(self, staging: Path, target: Path, variant, max_shard_size, model_card, demo_app=False) -> None:
+        """Write the whole pipeline into the empty `staging` folder (weights, configs, code, model card, and the demo
+        app when asked for), keeping other variants' weights already saved in `target`."""
         super().save_pretrained(staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
         self.export_code(staging)
+        if demo_app:
+            importlib.import_module("hfdiff.demo").write_app(staging)
         if model_card is None and importlib.util.find_spec("hfdiff") is not None:
-            model_card = importlib.import_module("hfdiff.hub").build_model_card(self)
+            model_card = importlib.import_module("hfdiff.hub").build_model_card(self, demo_app=demo_app)
         if model_card is not None:
             model_card.save(staging / "README.md")
         _keep_other_variants(staging, target)
@@ -225,14 +234,22 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         *,
         model_card=None,
         extra_files: Sequence[str | os.PathLike] = (),
+        demo_app: bool = False,
     ) -> str:
         """`DiffusionPipeline.push_to_hub`: save the pipeline (as `save_pretrained` does: safetensors, exported code,
         model card) into a temporary folder and upload exactly its pipeline files to the Hub repo `repo_id` (created
         if needed), into `subfolder` of the repo when given. `extra_files` (e.g. a samples.png the model card shows)
-        are uploaded beside them. Returns the URL of the commit."""
+        are uploaded beside them; `demo_app=True` adds the Gradio app (see `save_pretrained`). Returns the URL of the
+        commit."""
         _check_repo_id(repo_id)
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant, model_card=model_card)
+            self.save_pretrained(
+                folder,
+                safe_serialization=safe_serialization,
+                variant=variant,
+                model_card=model_card,
+                demo_app=demo_app,
+            )
             for path in map(Path, extra_files):
                 shutil.copyfile(path, Path(folder) / path.name)
             return upload_pipeline_folder(
@@ -1087,6 +1104,7 @@ def _keep_other_variants(staging: Path, target: Path) -> None:
 
 _UPLOAD_KEYS = ("repo_id", "commit_message", "private", "token", "create_pr")
 _CARD_FILES = ("README.md", "samples.png")  # the model card and the sample grid it shows
+_APP_FILES = ("app.py", "requirements.txt")  # save_pretrained(demo_app=True)'s Gradio app (hfdiff.demo.APP_FILES)
 
 
 def _pop_upload_kwargs(kwargs: dict, default_repo_id: str) -> dict:
@@ -1108,7 +1126,7 @@ def _check_repo_id(repo_id: str) -> None:
 def pipeline_files(folder: str | os.PathLike) -> list[str]:
     """The files of the pipeline saved in `folder`, relative to it, and nothing else there: model_index.json, the
     model card and its sample grid, the exported pipeline code, and the plain files of each component folder that
-    model_index.json names. Checkpoints, logs and validation images that training keeps beside them, hidden files,
+    model_index.json names, and the demo app (app.py, requirements.txt) where there is one. Checkpoints, logs and validation images that training keeps beside them, hidden files,
     nested folders and symbolic links are left out."""
     folder = Path(folder)
     index_path = folder / "model_index.json"
@@ -1118,7 +1136,7 @@ def pipeline_files(folder: str | os.PathLike) -> list[str]:
             "pipe.save_pretrained(path), or train one with train_conditional.py)."
         )
     index = _read_json(index_path)
-    files = ["model_index.json", *(name for name in _CARD_FILES if (folder / name).is_file())]
+    files = ["model_index.json", *(name for name in _CARD_FILES + _APP_FILES if (folder / name).is_file())]
     pipeline_entry = index.get("_class_name")
     if isinstance(pipeline_entry, list) and (folder / f"{pipeline_entry[0]}.py").is_file():
         from diffusers.utils.dynamic_modules_utils import get_relative_import_files

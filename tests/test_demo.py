@@ -1,0 +1,121 @@
+"""The web demo (hfdiff.demo): the app's logic per model kind, the saved Space app, the command line, a live server
+driven by gradio_client, and the page in headless Chromium."""
+
+import os
+
+import pytest
+from tiny import T, make_pipe
+
+from hfdiff.demo import MIXTURE, SAMPLERS, Demo, Request, model_controls, sampler_pipeline
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def class_pipe():
+    return make_pipe()
+
+
+def test_controls_per_model_kind(class_pipe):
+    controls = model_controls(class_pipe)
+    assert controls.class_names == ["hero", "non-hero", "food", "spell/weapon", "side-facing"]
+    assert controls.mixture and controls.guidance and not controls.text
+    assert controls.presets["hero + 0.6 food"] == [1.0, 0.0, 0.6, 0.0, 0.0]
+    assert len(controls.presets) == 5
+
+    unconditional = model_controls(make_pipe(context_dim=None))
+    assert unconditional.class_names is None and not unconditional.mixture and not unconditional.guidance
+
+    unnamed = model_controls(make_pipe(context_dim=3, class_names=None))
+    assert unnamed.class_names == ["class 0", "class 1", "class 2"] and unnamed.mixture
+    assert unnamed.presets == {}  # the course's mixtures name classes this model does not have
+
+    vectors = model_controls(make_pipe(context_dim=12, class_names=None))  # raw context vectors: nothing to pick
+    assert vectors.class_names is None and not vectors.mixture and vectors.guidance
+
+    many = model_controls(make_pipe(context_dim=12, class_names=[f"kind {k}" for k in range(12)]))
+    assert many.class_names == [f"kind {k}" for k in range(12)] and not many.mixture  # a slider each: too many
+
+
+def test_mixture_is_sampled_as_its_context(class_pipe):
+    """A preset mixture gives the images the pipeline gives for that context vector, from the same seed."""
+    import torch
+
+    demo = Demo(class_pipe)
+    weights = demo.controls.presets["hero + 0.6 food"]
+    request = Request(num_images=2, seed=3, sampler="ddim", steps=5, class_name=MIXTURE, mixture=weights)
+    result = demo.generate(request)
+    ddim = sampler_pipeline(class_pipe, "ddim")
+    expected = ddim(
+        batch_size=2, context=[weights] * 2, num_inference_steps=5, generator=torch.Generator().manual_seed(3)
+    ).images
+    assert result.grid.size == (2 * 16 * 8, 16 * 8)  # two sprites, upscaled 8x
+    scaled = [image.resize((128, 128), resample=0) for image in expected]
+    assert result.grid.crop((0, 0, 128, 128)).tobytes() == scaled[0].tobytes()
+    assert result.grid.crop((128, 0, 256, 128)).tobytes() == scaled[1].tobytes()
+
+
+def test_grid_is_nearest_neighbour_and_wraps(class_pipe):
+    result = Demo(class_pipe).generate(Request(num_images=10, class_name="food", steps=3))
+    assert result.grid.size == (8 * 128, 2 * 128 + 2)  # eight to a row, a 2-pixel gap before the second row
+    block = result.grid.crop((0, 0, 8, 8))
+    assert len(set(block.getdata())) == 1  # one sprite pixel = one flat 8x8 block: not smoothed
+    assert result.gif_path is None and "10 image(s)" in result.summary
+
+
+def test_gif_and_progress(class_pipe):
+    import PIL.Image
+
+    seen = []
+    result = Demo(class_pipe).generate(
+        Request(num_images=3, class_name="hero", sampler="ddpm", steps=T, gif=True),
+        progress=lambda value, desc=None: seen.append(value),
+    )
+    assert seen == [(i, T) for i in range(1, T + 1)]
+    with PIL.Image.open(result.gif_path) as gif:
+        assert gif.n_frames == T  # every step (T < 25)
+        assert gif.size[0] == 3 * 128
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, message",
+    [
+        ({"num_images": 10_000}, "10000 images were asked for; this demo makes 1 to 64"),
+        ({"num_images": 0}, "1 to 64"),
+        ({"prompt": "a green slime"}, "not conditioned on text"),
+        ({"class_name": "dragon"}, "Unknown class 'dragon'"),
+        ({"class_name": MIXTURE, "mixture": [0, 0, 0, 0, 0]}, "Every mixture weight is 0"),
+        ({"class_name": MIXTURE, "mixture": [1, 0]}, "one weight per class (5), got 2"),
+        ({"sampler": "euler"}, "Unknown sampler 'euler'"),
+        ({"seed": -1}, "seed must be a whole number"),
+        ({"steps": T + 1}, f"outside 1..{T}"),
+    ],
+)
+def test_bad_requests_are_refused(class_pipe, request_kwargs, message):
+    with pytest.raises(ValueError, match=None) as error:
+        Demo(class_pipe).generate(Request(**{"class_name": "hero", "steps": 2, **request_kwargs}))
+    assert message in str(error.value)
+
+
+def test_max_batch_is_configurable(class_pipe):
+    demo = Demo(class_pipe, max_batch=4)
+    assert demo.generate(Request(num_images=4, steps=2)).grid.width == 4 * 128
+    with pytest.raises(ValueError, match="1 to 4 per request"):
+        demo.generate(Request(num_images=5, steps=2))
+    with pytest.raises(ValueError, match="max_batch must be a positive"):
+        Demo(class_pipe, max_batch=0)
+
+
+def test_unconditional_model_ignores_guidance():
+    result = Demo(make_pipe(context_dim=None)).generate(Request(num_images=2, steps=2, guidance_scale=5.0))
+    assert "2 image(s)" in result.summary
+
+
+def test_sampler_pipeline_keeps_every_component(class_pipe):
+    assert SAMPLERS[0] == "ddim"
+    for name in SAMPLERS:
+        other = sampler_pipeline(class_pipe, name)
+        assert other.unet is class_pipe.unet
+        assert type(other.scheduler).__name__ == {"ddpm": "SpriteDDPMScheduler", "ddim": "SpriteDDIMScheduler"}[name]
+    assert class_pipe.scheduler.__class__.__name__ == "SpriteDDPMScheduler"  # the shared pipeline is unchanged
