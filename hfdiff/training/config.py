@@ -131,6 +131,35 @@ class TrainingConfig:
         default=None,
         metadata=_help("Resize every image to this square size once at load time; needed when image sizes differ."),
     )
+    center_crop: bool = field(
+        default=True,
+        metadata=_help(
+            "With --resolution: crop each image to its centre square, then resize (diffusers' --center_crop), once at "
+            "load time; --no-center_crop resizes the whole image to a square instead (changing its aspect). No random "
+            "crop: diffusers' default RandomCrop is not offered."
+        ),
+    )
+    random_flip: bool = field(
+        default=False,
+        metadata=_help(
+            "Flip each training image horizontally with probability 0.5, drawn per image and step on the device "
+            "(diffusers' --random_flip). Not for classes that depend on direction, such as the sprites' side-facing."
+        ),
+    )
+    device_data_budget_mb: Optional[float] = field(
+        default=None,
+        metadata=_help(
+            "Keep the decoded data set on the device when it fits this many MB, else stream batches from worker "
+            "processes (auto: 25%% of the free GPU memory and at most half the available host memory on CUDA; 25%% "
+            "of the available host memory on CPU)."
+        ),
+    )
+    dataloader_num_workers: Optional[int] = field(
+        default=None,
+        metadata=_help(
+            "Streaming path only: processes decoding batches (auto: the CPU cores per training process, at most 8)."
+        ),
+    )
 
     # ---- text conditioning (train_conditional.py --conditioning text)
     conditioning: Literal["class", "text"] = field(
@@ -461,7 +490,10 @@ def check_config(config: TrainingConfig) -> None:
             "checkpoints_total_limit",
         ),
     )
-    _check_positive(config, ("lr_warmup_steps", "max_grad_norm", "checkpointing_steps"), allow_zero=True)
+    _check_positive(
+        config, ("lr_warmup_steps", "max_grad_norm", "checkpointing_steps", "dataloader_num_workers"), allow_zero=True
+    )
+    check_data_budget(config.device_data_budget_mb)
     if not 0.0 <= config.p_uncond < 1.0:
         raise ValueError(f"--p_uncond is a probability in [0, 1), got {config.p_uncond}.")
     if config.validation_inference_steps > config.ddpm_num_steps:
@@ -480,6 +512,18 @@ def check_config(config: TrainingConfig) -> None:
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
     check_hub_config(config)
+
+
+def check_data_budget(budget_mb) -> None:
+    """--device_data_budget_mb: a finite number of MB > 0, or None (auto)."""
+    if budget_mb is None:
+        return
+    number = isinstance(budget_mb, (int, float)) and not isinstance(budget_mb, bool)
+    if not number or not (math.isfinite(budget_mb) and budget_mb > 0):
+        raise ValueError(
+            f"--device_data_budget_mb must be a number of megabytes > 0 (e.g. 4096) or none for auto, got "
+            f"{budget_mb!r}; a tiny budget such as 1 forces the streaming path."
+        )
 
 
 def check_schedule_config(config: TrainingConfig) -> None:

@@ -10,8 +10,10 @@ With `--conditioning text` each image also gets a caption: the generator's sente
 the attribute combinations `--holdout` names), the `--caption_column` of a data set, or of an image folder's
 metadata.jsonl (diffusers' text_to_image layout: `file_name` plus the caption column).
 
-Every per-image step (decoding, mode conversion, resizing) happens here, once; the training loop only indexes the
-resulting tensor. Grayscale sets stay one channel; anything else becomes RGB, transparency composited on white.
+Every per-image step (decoding, mode conversion, cropping and resizing) happens here, once; the training loop only
+indexes the resulting tensor. A set whose decoded size exceeds the device budget is not decoded here but streamed:
+its images become a `streaming.StreamedImages` that DataLoader workers decode a batch at a time, with the same
+functions (streaming.py says which path runs when). Grayscale sets stay one channel; anything else becomes RGB, transparency composited on white.
 
 Files that cannot be read are skipped, not refused: an image of a folder or data set that does not decode (corrupt,
 truncated, not an image at all) is left out with one warning that counts the skipped files and names the first few,
@@ -27,6 +29,7 @@ import logging
 import os
 import zipfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
@@ -35,6 +38,9 @@ import torch.nn.functional as F
 
 from .config import TrainingConfig
 
+if TYPE_CHECKING:
+    from .streaming import DataBudget, StreamedImages
+
 logger = logging.getLogger(__name__)
 
 _GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -42,9 +48,9 @@ _GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 @dataclass
 class TrainingData:
-    """A whole training set, ready to move to the device."""
+    """A whole training set: decoded, ready to move to the device, or (streaming path) decoded batch by batch."""
 
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: torch.Tensor | StreamedImages  # (N, C, H, W) uint8; StreamedImages decodes rows on demand
     labels: torch.Tensor | None  # (N,) int64 in 0..K-1; None for unconditional training
     class_names: list[str] | None  # K names, in label order; None for unconditional training
     description: str  # where the data came from, for logs
@@ -52,6 +58,11 @@ class TrainingData:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def streaming(self) -> bool:
+        """Whether batches are decoded as training goes (the set does not fit the device budget)."""
+        return not isinstance(self.images, torch.Tensor)
 
     @property
     def channels(self) -> int:
@@ -62,34 +73,36 @@ class TrainingData:
         return tuple(self.images.shape[2:])
 
 
-def load_training_data(config: TrainingConfig, conditional: bool) -> TrainingData:
+def load_training_data(config: TrainingConfig, conditional: bool, budget: DataBudget | None = None) -> TrainingData:
     """Load the source the flags of `config` choose; labels are kept (and required) only when `conditional`, captions
-    only (and always) with --conditioning text."""
+    only (and always) with --conditioning text. With a `budget` (streaming.py), a set whose decoded size exceeds it
+    is not decoded here: its images are a StreamedImages, decoded batch by batch; without one, always decoded."""
     text = conditional and config.conditioning == "text"
     captions = None
     if config.sprites_npy:
-        images, labels, class_names, description = _load_npy(config, conditional)
+        array, labels, class_names, description = _load_npy(config, conditional)
+        images = _array_images(array, config, budget, description)
     elif config.dataset_name:
         dataset = _load_named_dataset(config.dataset_name, config.dataset_config_name)
         flag = f"--dataset_name {config.dataset_name}"
-        images, labels, class_names, captions = _from_dataset(dataset, config, conditional, flag)
+        images, labels, class_names, captions = _from_dataset(dataset, config, conditional, flag, budget)
         description = f"dataset {config.dataset_name}"
     elif config.train_data_dir:
         dataset = _load_image_folder(config.train_data_dir)
         flag = f"--train_data_dir {config.train_data_dir}"
-        images, labels, class_names, captions = _from_dataset(dataset, config, conditional, flag)
+        images, labels, class_names, captions = _from_dataset(dataset, config, conditional, flag, budget)
         description = f"image folder {config.train_data_dir}"
     elif text:
-        images, labels, class_names, captions, description = _captioned_sprites(config)
+        array, labels, class_names, captions, description = _captioned_sprites(config)
+        images = _array_images(array, config, budget, description)
     else:
         from hfdiff.data import SPRITE_CLASSES, generate_sprites
 
         array, label_array = generate_sprites(config.num_train_images, seed=config.seed)
-        images, labels, class_names = _nhwc_to_tensor(array), torch.from_numpy(label_array), list(SPRITE_CLASSES)
+        labels, class_names = torch.from_numpy(label_array), list(SPRITE_CLASSES)
         description = f"{config.num_train_images} procedural sprites (seed {config.seed})"
+        images = _array_images(array, config, budget, description)
 
-    if config.resolution is not None and images.shape[2:] != (config.resolution, config.resolution):
-        images = resize_images(images, config.resolution)
     if not conditional:
         labels, class_names = None, None
     return TrainingData(
@@ -119,7 +132,7 @@ def _captioned_sprites(config: TrainingConfig):
         keep = np.flatnonzero(~held_out)
         array, label_array, captions = array[keep], label_array[keep], [captions[i] for i in keep]
         description += f", {int(held_out.sum())} held out ({'; '.join(config.holdout)})"
-    return _nhwc_to_tensor(array), torch.from_numpy(label_array), list(SPRITE_CLASSES), captions, description
+    return array, torch.from_numpy(label_array), list(SPRITE_CLASSES), captions, description
 
 
 def parse_holdout(specs: list[str] | None) -> list[dict[str, str]]:
@@ -172,18 +185,22 @@ def check_image_size(size: tuple[int, int], block_out_channels, source: str) -> 
         )
 
 
-def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(N, C, H, W) uint8 -> (N, C, resolution, resolution) uint8: centre crop to a square, then resize.
+def resize_images(images: torch.Tensor, resolution: int, center_crop: bool = True) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, C, resolution, resolution) uint8: centre crop to a square, then resize (the same as
+    diffusers' Resize(resolution) + CenterCrop(resolution), up to rounding); `center_crop=False` resizes the whole
+    image, changing its aspect ratio where it is not square.
 
     Whole-number upscaling repeats pixels (pixel art stays crisp); anything else is antialiased bilinear."""
     height, width = images.shape[2:]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    images = images[:, :, top : top + side, left : left + side]
-    if side == resolution:
+    if center_crop:
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        images = images[:, :, top : top + side, left : left + side]
+        height = width = side
+    if height == width == resolution:
         return images.contiguous()
-    if resolution % side == 0:
-        return images.repeat_interleave(resolution // side, dim=2).repeat_interleave(resolution // side, dim=3)
+    if resolution % height == 0 and resolution % width == 0:
+        return images.repeat_interleave(resolution // height, dim=2).repeat_interleave(resolution // width, dim=3)
     resized = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True)
     return resized.round().clamp(0, 255).to(torch.uint8)
 
@@ -191,6 +208,21 @@ def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # sources
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _array_images(array: np.ndarray, config: TrainingConfig, budget: DataBudget | None, description: str):
+    """(N, H, W, C) or (N, H, W) uint8 host array -> the (N, C, H, W) tensor at --resolution, or, when that exceeds
+    `budget`, ArrayImages over the compact array (cropped and resized a batch at a time)."""
+    from . import streaming
+
+    channels = 1 if array.ndim == 3 else array.shape[3]
+    size = array.shape[1:3] if config.resolution is None else (config.resolution, config.resolution)
+    if streaming.streams(len(array), (channels, *size), budget, description):
+        return streaming.ArrayImages(array, config.resolution, config.center_crop)
+    images = _nhwc_to_tensor(array)
+    if config.resolution is not None and images.shape[2:] != size:
+        images = resize_images(images, config.resolution, config.center_crop)
+    return images
 
 
 def _nhwc_to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -248,7 +280,7 @@ def _load_npy(config: TrainingConfig, conditional: bool):
         class_names = list(SPRITE_CLASSES)
     else:
         class_names = [str(k) for k in range(num_classes)]
-    return _nhwc_to_tensor(array), labels, class_names, f"course files {config.sprites_npy}"
+    return array, labels, class_names, f"course files {config.sprites_npy}"
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -361,9 +393,9 @@ def _image_column(dataset, config: TrainingConfig, flag: str) -> str:
     )
 
 
-def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str):
-    """A datasets.Dataset -> (images (N, C, H, W) uint8, labels (N,) int64 or None, class names or None, captions
-    or None). --conditioning text reads captions instead of labels."""
+def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str, budget: DataBudget | None = None):
+    """A datasets.Dataset -> (images (N, C, H, W) uint8 or StreamedImages over `budget`, labels (N,) int64 or None,
+    class names or None, captions or None). --conditioning text reads captions instead of labels."""
     if len(dataset) == 0:
         raise ValueError(f"{flag} has no rows; check the source.")
     image_column = _image_column(dataset, config, flag)
@@ -379,12 +411,21 @@ def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str)
                 "train_unconditional.py."
             )
         labels, class_names = _labels(dataset, config.label_column, flag)
+    if budget is not None:
+        from .streaming import DatasetImages, streams
+
+        streamed = DatasetImages(dataset, image_column, flag, config.resolution, config.center_crop)
+        if streams(len(streamed), tuple(streamed.shape[1:]), budget, flag):
+            return streamed, labels, class_names, captions
     pils, kept = _decode_images(dataset, image_column, flag)
     if labels is not None and len(kept) < len(labels):
         labels = labels[torch.tensor(kept, dtype=torch.int64)]
     if captions is not None and len(kept) < len(captions):
         captions = [captions[i] for i in kept]
-    return _images(pils, config.resolution, flag), labels, class_names, captions
+    images = _images(pils, config.resolution, flag, center_crop=config.center_crop)
+    if config.resolution is not None and images.shape[2:] != (config.resolution, config.resolution):
+        images = resize_images(images, config.resolution, config.center_crop)
+    return images, labels, class_names, captions
 
 
 def _captions(dataset, column: str, flag: str) -> list[str]:
@@ -521,10 +562,12 @@ def _decode_images(dataset, column: str, flag: str) -> tuple[list[PIL.Image.Imag
     return images, kept
 
 
-def _images(pils: list[PIL.Image.Image], resolution: int | None, flag: str) -> torch.Tensor:
-    """Decoded images -> (N, C, H, W) uint8: one channel if all are grayscale, RGB otherwise; one size, or
-    --resolution."""
-    mode = "L" if all(image.mode in _GRAYSCALE_MODES for image in pils) else "RGB"
+def _images(
+    pils: list[PIL.Image.Image], resolution: int | None, flag: str, mode: str | None = None, center_crop: bool = True
+) -> torch.Tensor:
+    """Decoded images -> (N, C, H, W) uint8 in `mode` (default: one channel if all are grayscale, RGB otherwise); one
+    size, or --resolution (the caller resizes a set of one size)."""
+    mode = mode or ("L" if all(image.mode in _GRAYSCALE_MODES for image in pils) else "RGB")
     sizes = {image.size for image in pils}
     if len(sizes) > 1 and resolution is None:
         (w0, h0), (w1, h1) = sorted(sizes)[:2]
@@ -535,4 +578,6 @@ def _images(pils: list[PIL.Image.Image], resolution: int | None, flag: str) -> t
     if len(sizes) == 1:
         return _nhwc_to_tensor(np.stack([_convert(image, mode) for image in pils]))
     # Mixed sizes: bring each image to the target size on its own before stacking.
-    return torch.cat([resize_images(_nhwc_to_tensor(_convert(image, mode)[None]), resolution) for image in pils])
+    return torch.cat(
+        [resize_images(_nhwc_to_tensor(_convert(image, mode)[None]), resolution, center_crop) for image in pils]
+    )

@@ -1,12 +1,14 @@
 """The one training loop behind train_conditional.py and train_unconditional.py.
 
 `train(config, conditional)` reads top to bottom in named steps: `start_accelerator` (resolve the auto defaults, build
-the Accelerator), `set_up` (load the whole data set onto the device, build the UNet, noise schedule, optimizer, LR
-schedule and EMA, resume if asked), `run_steps` (the loop below) and `finish`:
+the Accelerator), `set_up` (load the data set onto the device, or open it for streaming where it does not fit
+--device_data_budget_mb (streaming.py); build the UNet, noise schedule, optimizer, LR schedule and EMA, resume if
+asked), `run_steps` (the loop below) and `finish`:
 
     for each optimizer step (epoch, micro-batch):
-        x_0, c   <- images[indices] gathered on the device, scaled to [-1, 1]; c = table[index[indices]] (one-hot
-                    class or caption embedding, context.py), zeroed with prob. p_uncond
+        x_0, c   <- images[indices] gathered on the device (or streamed in), scaled to [-1, 1], mirrored with prob.
+                    0.5 (--random_flip); c = table[index[indices]] (one-hot class or caption embedding, context.py),
+                    zeroed with prob. p_uncond
         t, eps   ~ U{0..T-1}, N(0, I) from a generator seeded by (seed, rank, epoch, micro-batch)
         x_t      =  sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                         (DDPM eq. 4)
         loss     =  ||target - model(x_t, t, c)||^2, target = eps | x_0 | v          (DDPM Alg. 1)
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import math
 import os
 import time
@@ -57,6 +60,7 @@ from .data import TrainingData, check_image_size, load_training_data
 from .process_state import RestoredProcessState, use_fast_cuda_kernels
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
 from .step import EagerStep, GraphedStep, LossWatch, StepInputs, graphed_step_unsupported
+from .streaming import batch_loader, data_budget, warn_direction_dependent
 
 logger = get_logger(__name__)
 
@@ -101,20 +105,21 @@ class EpochBatches:
                 "--train_batch_size or --gradient_accumulation_steps, or use more images."
             )
 
-    def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """(micro_batches_per_epoch, batch_size) int64 image indices of this process, on the device."""
+    def epoch_indices(self, epoch: int, device=None) -> torch.Tensor:
+        """(micro_batches_per_epoch, batch_size) int64 image indices of this process, on `device` (default: the
+        training device; the streaming path's sampler takes them on the CPU)."""
         # The permutation is drawn on the CPU so that it is the same whatever the device; one randperm per epoch.
         permutation = torch.randperm(
             self.num_images, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch))
         )
         mine = permutation[self.rank :: self.world_size][: self.micro_batches_per_epoch * self.batch_size]
-        return mine.view(self.micro_batches_per_epoch, self.batch_size).to(self.device)
+        return mine.view(self.micro_batches_per_epoch, self.batch_size).to(device or self.device)
 
-    def iterate(self, start_step: int, num_epochs: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def iterate(self, start_step: int, num_epochs: int, device=None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(epoch, micro-batch, indices (B,)) from optimizer step `start_step` to the end of epoch `num_epochs` - 1."""
         first_epoch, first_update = divmod(start_step, self.updates_per_epoch)
         for epoch in range(first_epoch, num_epochs):
-            indices = self.epoch_indices(epoch)
+            indices = self.epoch_indices(epoch, device)
             start = first_update * self.accumulation_steps if epoch == first_epoch else 0
             for micro in range(start, self.micro_batches_per_epoch):
                 yield epoch, micro, indices[micro]
@@ -493,8 +498,10 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
     """Data on the device, UNet, noise schedule, optimizer, LR schedule and EMA, prepared and resumed; the step."""
     device, world_size = accelerator.device, accelerator.num_processes
     with accelerator.main_process_first():  # the first process fills the datasets (and Hub) caches, the others read
-        data = load_training_data(config, conditional)
+        data = load_training_data(config, conditional, data_budget(config.device_data_budget_mb, device))
         contexts = build_contexts(config, data, conditional, device)
+    if accelerator.is_main_process:
+        warn_direction_dependent(config.random_flip, data.class_names, data.captions)
     unet = build_unet(config, data, conditional, contexts)
     batches = EpochBatches(
         len(data), config.train_batch_size, config.gradient_accumulation_steps, config.seed,
@@ -548,17 +555,33 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
 
 
 def step_inputs(config, data: TrainingData, contexts: Contexts | None, device, memory_format) -> StepInputs:
-    """The whole data set on the device as uint8 (89,400 sprites = 69 MB), and the context table and index: batches
-    are gathered there."""
-    images = data.images.to(device)
+    """The whole data set on the device as uint8 (89,400 sprites = 69 MB), batches gathered there; or, streaming,
+    nothing (the batches come from `batch_images`); and the context table and index, on the device either way."""
+    images = None if data.streaming else data.images.to(device)
     index, table = (contexts.index, contexts.table) if contexts is not None else (None, None)
-    return StepInputs(images, index, table, config.p_uncond, config.max_grad_norm, memory_format, config.snr_gamma)
+    return StepInputs(
+        images, index, table, config.p_uncond, config.max_grad_norm, memory_format, config.snr_gamma,
+        random_flip=config.random_flip, streamed_shape=tuple(data.images.shape[1:]) if data.streaming else None,
+    )  # fmt: skip
+
+
+def batch_images(run: Run) -> Iterator[torch.Tensor | None]:
+    """The streaming path's micro-batch images, from DataLoader workers in the order of run.batches from
+    run.global_step on; on the resident path None for each (the step gathers them on the device)."""
+    if not run.data.streaming:
+        return itertools.repeat(None)
+    loader = batch_loader(
+        run.data.images, run.batches, run.global_step, run.num_epochs, run.config.dataloader_num_workers,
+        run.accelerator.device,
+    )  # fmt: skip
+    return iter(loader)
 
 
 def log_run(run: Run) -> None:
     config, data, accelerator = run.config, run.data, run.accelerator
     logger.info(
-        f"{data.description}: {len(data)} images {tuple(data.images.shape[1:])}, "
+        f"{data.description}: {len(data)} images {tuple(data.images.shape[1:])} "
+        f"({'streamed from DataLoader workers' if data.streaming else 'resident on the device'}), "
         f"{context_description(run)}; "
         f"{sum(p.numel() for p in run.unet.parameters()):,} parameters; {run.max_train_steps} steps of "
         f"{run.images_per_step} images ({run.num_epochs} epochs) on {accelerator.num_processes} process(es), "
@@ -586,12 +609,13 @@ def run_steps(run: Run, trained_indices: list | None) -> tuple[Meter, dict]:
     )
     generator = torch.Generator(device=accelerator.device)
     meter, watch, logs = Meter(run.images_per_step), LossWatch(accelerator), {}
+    images = batch_images(run)  # the same order as run.batches: EpochBatchSampler replays it
     for epoch, micro, indices in run.batches.iterate(run.global_step, run.num_epochs):
         if run.global_step >= run.max_train_steps:
             break
         # Noise, timesteps and context dropout of this micro-batch depend only on where it is in the run.
         generator.manual_seed(stream_seed(config.seed, accelerator.process_index, epoch, micro))
-        loss, finished_step = run.step(indices, generator)
+        loss, finished_step = run.step(indices, generator, next(images))
         meter.add(loss, finished_step)
         if trained_indices is not None:
             trained_indices.append(indices.cpu())

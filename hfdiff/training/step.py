@@ -29,11 +29,15 @@ class StepNoise:
     keep_draw: torch.Tensor | None  # (B,) U[0, 1): the context is kept where keep_draw >= p_uncond (conditional only)
     noise: torch.Tensor  # (B, C, H, W) eps ~ N(0, I)
     timesteps: torch.Tensor  # (B,) t ~ U{0..T-1}
+    flip_draw: torch.Tensor | None = None  # (B,) U[0, 1): the image is mirrored where flip_draw < 0.5 (--random_flip)
 
 
-def draw_step_noise(generator, batch_size, image_shape, num_train_timesteps, conditional, out=None) -> StepNoise:
-    """Draw a micro-batch's random numbers in a fixed order (context dropout, eps, t); `out` (a StepNoise) receives
-    them in place, as a CUDA graph's static inputs must."""
+def draw_step_noise(
+    generator, batch_size, image_shape, num_train_timesteps, conditional, out=None, flip=False
+) -> StepNoise:
+    """Draw a micro-batch's random numbers in a fixed order (context dropout, eps, t, then the flips with `flip`);
+    `out` (a StepNoise) receives them in place, as a CUDA graph's static inputs must. The flips come last and only
+    when asked for, so that a run without --random_flip draws exactly what it drew before the flag existed."""
     device = generator.device
     keep_draw = None
     if conditional:
@@ -50,17 +54,30 @@ def draw_step_noise(generator, batch_size, image_shape, num_train_timesteps, con
         device=device,
         out=None if out is None else out.timesteps,
     )
-    return StepNoise(keep_draw, noise, timesteps)
+    flip_draw = None
+    if flip:
+        flip_out = None if out is None else out.flip_draw
+        flip_draw = torch.rand(batch_size, generator=generator, device=device, out=flip_out)
+    return StepNoise(keep_draw, noise, timesteps, flip_draw)
 
 
-def get_batch(images, context_index, context_table, indices, keep_draw, p_uncond, memory_format):
+def get_batch(
+    images, context_index, context_table, indices, keep_draw, p_uncond, memory_format, batch=None, flip_draw=None
+):
     """Gather a batch on the device: x_0 (B, C, H, W) float in [-1, 1], and the context (B, D) = rows of
     `context_table` picked by `context_index` (context.py: one-hot classes or caption embeddings), each row zeroed
     (the null context) where keep_draw < p_uncond; or None for unconditional training.
 
+    `batch` (B, C, H, W) uint8, when given, holds the images themselves (the streaming path) and `images` is not read.
+    With `flip_draw`, the images where it is < 0.5 are mirrored left-right (torchvision's RandomHorizontalFlip, p =
+    0.5): one `where` over the batch, without a host sync or a data-dependent shape, so a CUDA graph can replay it.
+
     For classes the table is the (K, K) identity: a row lookup gives the one-hot vectors without F.one_hot, which
     checks its input's range on the host and so waits for the GPU at every step."""
-    x0 = images[indices].float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)  # uint8 -> [-1, 1]
+    x0 = (images[indices] if batch is None else batch).float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1]
+    if flip_draw is not None:
+        x0 = torch.where((flip_draw < 0.5)[:, None, None, None], x0.flip(-1), x0)
+    x0 = x0.contiguous(memory_format=memory_format)
     if context_index is None:
         return x0, None
     context = context_table[context_index[indices]]  # (B, D)
@@ -106,15 +123,22 @@ def min_snr_weights(noise_scheduler, timesteps, snr_gamma: float) -> torch.Tenso
 class StepInputs:
     """What every step reads and nothing changes: the data on the device and how to turn it into a batch."""
 
-    images: torch.Tensor  # (N, C, H, W) uint8, on the device
+    images: torch.Tensor | None  # (N, C, H, W) uint8, on the device; None on the streaming path (batches come in)
     context_index: torch.Tensor | None  # (N,) int64: each image's row of context_table; None when unconditional
     context_table: torch.Tensor | None  # (U, D) float32: the (K, K) identity for classes, caption embeddings for text
     p_uncond: float
     max_grad_norm: float
     memory_format: torch.memory_format
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None = the plain mean
+    random_flip: bool = False  # mirror each image with probability 0.5 (StepNoise.flip_draw)
+    streamed_shape: tuple[int, int, int] | None = None  # (C, H, W) of the streamed batches; None when resident
 
-    def batch_and_loss(self, model, noise_scheduler, indices, draws: StepNoise) -> torch.Tensor:
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.streamed_shape if self.images is None else tuple(self.images.shape[1:])
+
+    def batch_and_loss(self, model, noise_scheduler, indices, draws: StepNoise, batch=None) -> torch.Tensor:
+        """`batch`: the micro-batch's (B, C, H, W) uint8 images on the device (streaming path); None gathers them."""
         x0, context = get_batch(
             self.images,
             self.context_index,
@@ -123,6 +147,8 @@ class StepInputs:
             draws.keep_draw,
             self.p_uncond,
             self.memory_format,
+            batch,
+            draws.flip_draw,
         )
         return diffusion_loss(
             model, noise_scheduler, x0, context, draws.noise, draws.timesteps, self.memory_format, self.snr_gamma
@@ -137,9 +163,10 @@ class EagerStep:
         self.accelerator, self.model, self.unet = accelerator, model, unet
         self.optimizer, self.lr_scheduler, self.ema = optimizer, lr_scheduler, ema
         self.noise_scheduler, self.inputs = noise_scheduler, inputs
-        self.image_shape = tuple(inputs.images.shape[1:])
+        self.image_shape = inputs.image_shape
 
-    def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+    def __call__(self, indices: torch.Tensor, generator: torch.Generator, batch=None) -> tuple[torch.Tensor, bool]:
+        """`batch`: the streaming path's (B, C, H, W) uint8 images (pinned host memory); None on the resident path."""
         accelerator = self.accelerator
         draws = draw_step_noise(
             generator,
@@ -147,9 +174,12 @@ class EagerStep:
             self.image_shape,
             self.noise_scheduler.config.num_train_timesteps,
             conditional=self.inputs.context_index is not None,
+            flip=self.inputs.random_flip,
         )
+        if batch is not None:
+            batch = batch.to(accelerator.device, non_blocking=True)
         with accelerator.accumulate(self.model):
-            loss = self.inputs.batch_and_loss(self.model, self.noise_scheduler, indices, draws)
+            loss = self.inputs.batch_and_loss(self.model, self.noise_scheduler, indices, draws, batch)
             accelerator.backward(loss)
             if accelerator.sync_gradients and self.inputs.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.inputs.max_grad_norm)
@@ -239,19 +269,23 @@ class GraphedStep:
     ):
         self.model, self.unet, self.optimizer = model, unet, optimizer
         self.lr_scheduler, self.ema, self.noise_scheduler, self.inputs = lr_scheduler, ema, noise_scheduler, inputs
-        self.image_shape = tuple(inputs.images.shape[1:])
+        self.image_shape = inputs.image_shape
         self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
         self.conditional = inputs.context_index is not None
-        device = inputs.images.device
         self.params = [p for p in unet.parameters() if p.requires_grad]
+        device = self.params[0].device
         # Static inputs of the graph.
         self.indices = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.batch = None  # the streaming path's images, copied in before each replay
+        if inputs.images is None:
+            self.batch = torch.zeros((batch_size, *self.image_shape), dtype=torch.uint8, device=device)
         self.draws = draw_step_noise(
             torch.Generator(device=device).manual_seed(0),
             batch_size,
             self.image_shape,
             self.num_train_timesteps,
             self.conditional,
+            flip=inputs.random_flip,
         )
         self.captured_ema = CapturedEMA(ema, unet, device) if ema is not None else None
         raw_optimizer = getattr(optimizer, "optimizer", optimizer)  # past Accelerate's wrapper: no host bookkeeping
@@ -262,7 +296,7 @@ class GraphedStep:
 
     def _step(self) -> torch.Tensor:
         """The captured work: everything of a step that runs on the GPU."""
-        loss = self.inputs.batch_and_loss(self.model, self.noise_scheduler, self.indices, self.draws)
+        loss = self.inputs.batch_and_loss(self.model, self.noise_scheduler, self.indices, self.draws, self.batch)
         loss.backward()
         if self.inputs.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.inputs.max_grad_norm, foreach=True)
@@ -313,10 +347,18 @@ class GraphedStep:
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"])  # new shadow tensors, which the capture that follows then uses
 
-    def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+    def __call__(self, indices: torch.Tensor, generator: torch.Generator, batch=None) -> tuple[torch.Tensor, bool]:
         self.indices.copy_(indices)
+        if batch is not None:  # pinned host memory: the copy overlaps the host's work on the next batch
+            self.batch.copy_(batch, non_blocking=True)
         draw_step_noise(
-            generator, indices.shape[0], self.image_shape, self.num_train_timesteps, self.conditional, out=self.draws
+            generator,
+            indices.shape[0],
+            self.image_shape,
+            self.num_train_timesteps,
+            self.conditional,
+            out=self.draws,
+            flip=self.inputs.random_flip,
         )
         if self.captured_ema is not None:
             self.captured_ema.advance()
