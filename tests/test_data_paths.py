@@ -14,6 +14,7 @@ from tiny import TINY_UNET_JSON
 
 from hfdiff.data import SPRITE_CLASSES
 from hfdiff.training import TrainingConfig, load_training_data, parse_config, resolve_defaults, train
+from hfdiff.training import data as training_data
 from hfdiff.training.data import resize_images
 from hfdiff.training.loop import EpochBatches
 from hfdiff.training.step import draw_step_noise, get_batch
@@ -98,10 +99,15 @@ def test_center_crop_or_whole_image():
 
 
 @pytest.mark.parametrize("source", ["sprites", "dataset"])
-def test_streamed_batches_equal_the_resident_ones_in_order(tmp_path, source, caplog):
+def test_streamed_batches_equal_the_resident_ones_in_order(tmp_path, source, caplog, monkeypatch):
     flags = {"num_train_images": 40} if source == "sprites" else {"dataset_name": image_dataset(tmp_path / "set")}
     config = TrainingConfig(resolution=24, **flags)
     resident = load_training_data(config, conditional=True)
+
+    def decode_everything(*args):
+        raise AssertionError("the streaming path decoded the whole set")
+
+    monkeypatch.setattr(training_data, "_decode_images", decode_everything)  # a set larger than host memory would fail
     with caplog.at_level(logging.INFO, logger="hfdiff.training.streaming"):
         streamed = load_training_data(config, conditional=True, budget=TINY)
     assert "streaming data path" in caplog.text and "over the budget" in caplog.text
@@ -145,6 +151,22 @@ def test_streaming_run_resumed_equals_a_resident_run(tmp_path, fresh_accelerate_
         for other in (streamed, resumed):
             b = load_file(other / weights)
             assert all(torch.equal(a[name], b[name]) for name in a), (other.name, weights)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_step_streams_what_it_would_gather(tmp_path, fresh_accelerate_state):
+    """The graphed step with --random_flip, resident vs. streaming (batches copied into its static buffer from pinned
+    memory): the same weights within the kernels' run-to-run rounding."""
+    from accelerate.state import AcceleratorState
+
+    weights = {}
+    for name, extra in [("resident", []), ("streamed", ["--device_data_budget_mb", "0.01"])]:
+        flags = ["--output_dir", str(tmp_path / name), "--max_train_steps", "6", "--checkpointing_steps", "6"]
+        train(parse_config([*TINY_RUN, *flags, "--random_flip", "--cuda_graphs", *extra]), conditional=True)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        weights[name] = load_file(tmp_path / name / "checkpoint-6" / "model.safetensors")
+    for key, value in weights["resident"].items():
+        torch.testing.assert_close(weights["streamed"][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 # ---- bad input
