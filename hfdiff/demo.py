@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import socket
 import tempfile
 import time
@@ -159,6 +160,10 @@ class Demo:
                 "empty" + (" and pick a class or a mixture." if controls.class_names else ".")
             )
         if controls.text:
+            if request.class_name:
+                raise ValueError(
+                    f"Class {request.class_name!r} was asked for, but this is a text model; write a prompt."
+                )
             negative = request.negative_prompt or None
             return {"prompt": request.prompt, "negative_prompt": negative, "num_images_per_prompt": num_images}
         if not request.class_name:
@@ -319,42 +324,49 @@ def _settings_inputs(gr, demo: Demo) -> list:
     ]
 
 
-def _endpoint(gr, demo: Demo) -> Callable:
-    """The "generate" function: the page's values in input order (mixture weights last) -> (grid, GIF, summary)."""
+# The "generate" endpoint's parameters before the mixture weights, in input order (names of Request's fields).
+ENDPOINT_FIELDS = (
+    "class_name",
+    "prompt",
+    "negative_prompt",
+    "guidance_scale",
+    "sampler",
+    "steps",
+    "eta",
+    "num_images",
+    "seed",
+    "gif",
+)
 
-    def generate(
-        class_name,
-        prompt,
-        negative_prompt,
-        guidance_scale,
-        sampler,
-        steps,
-        eta,
-        num_images,
-        seed,
-        gif,
-        progress=gr.Progress(),  # noqa: B008  (gradio hands its tracker to the parameter whose default is one)
-        *mixture,
-    ):
-        request = Request(
-            num_images=num_images,
-            seed=seed,
-            sampler=sampler,
-            steps=steps,
-            eta=eta,
-            guidance_scale=guidance_scale,
-            class_name=class_name,
-            mixture=mixture,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            gif=gif,
-        )
+
+def mixture_parameter_names(controls: Controls) -> list[str]:
+    """The endpoint's names for the mixture weights: mix_<class> (mix_spell_weapon), or mix_<index> where two class
+    names would give the same name."""
+    if not controls.mixture:
+        return []
+    names = ["mix_" + re.sub(r"\W+", "_", name).strip("_") for name in controls.class_names]
+    return names if len(set(names)) == len(names) else [f"mix_{k}" for k in range(len(names))]
+
+
+def _endpoint(gr, demo: Demo) -> Callable:
+    """The "generate" function: the page's values in input order (ENDPOINT_FIELDS, then one weight per class) ->
+    (grid, GIF, summary). Its signature names every value, so gradio_client's API page does too."""
+
+    def generate(*values):
+        *values, progress = values  # gradio passes its tracker where the signature has a gr.Progress default
+        request = Request(**dict(zip(ENDPOINT_FIELDS, values)), mixture=values[len(ENDPOINT_FIELDS) :])
         try:
             result = demo.generate(request, progress)
         except ValueError as error:
             raise gr.Error(str(error)) from error
         return result.grid, result.gif_path, result.summary
 
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    names = [*ENDPOINT_FIELDS, *mixture_parameter_names(demo.controls)]
+    generate.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, positional) for name in names]
+        + [inspect.Parameter("progress", positional, default=gr.Progress())]
+    )
     return generate
 
 

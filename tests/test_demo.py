@@ -4,6 +4,8 @@ driven by gradio_client, and the page in headless Chromium."""
 import os
 
 import pytest
+from test_text import save_tiny_bert
+from test_text_pipeline import make_text_pipe
 from tiny import T, make_pipe
 
 from hfdiff.demo import MIXTURE, SAMPLERS, Demo, Request, model_controls, sampler_pipeline
@@ -15,6 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="module")
 def class_pipe():
     return make_pipe()
+
+
+@pytest.fixture(scope="module")
+def encoder_folder(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def test_controls_per_model_kind(class_pipe):
@@ -119,3 +126,92 @@ def test_sampler_pipeline_keeps_every_component(class_pipe):
         assert other.unet is class_pipe.unet
         assert type(other.scheduler).__name__ == {"ddpm": "SpriteDDPMScheduler", "ddim": "SpriteDDIMScheduler"}[name]
     assert class_pipe.scheduler.__class__.__name__ == "SpriteDDPMScheduler"  # the shared pipeline is unchanged
+
+
+def test_text_model_takes_prompts_and_keeps_its_encoder(encoder_folder):
+    """A text model gets prompt boxes and no class controls, and every sampler keeps its text encoder."""
+    import torch
+
+    pipe = make_text_pipe(encoder_folder)
+    demo = Demo(pipe)
+    assert demo.controls.text and demo.controls.class_names is None and not demo.controls.mixture
+    ddim = sampler_pipeline(pipe, "ddim")
+    assert ddim.text_encoder is pipe.text_encoder and ddim.tokenizer is pipe.tokenizer
+    request = Request(num_images=2, steps=4, prompt="a green slime", negative_prompt="a hero", guidance_scale=3.0)
+    result = demo.generate(request)
+    expected = ddim(
+        prompt="a green slime",
+        negative_prompt="a hero",
+        num_images_per_prompt=2,
+        guidance_scale=3.0,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert result.grid.crop((0, 0, 128, 128)).tobytes() == expected[0].resize((128, 128), resample=0).tobytes()
+    with pytest.raises(ValueError, match="this is a text model; write a prompt"):
+        demo.generate(Request(class_name="hero", prompt="a slime", steps=2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The app beside a saved pipeline (a Space)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_save_with_demo_app_writes_a_space(class_pipe, tmp_path):
+    from hfdiff.hub import pipeline_files
+
+    plain, space = tmp_path / "plain", tmp_path / "space"
+    class_pipe.save_pretrained(plain)
+    class_pipe.save_pretrained(space, demo_app=True)
+    assert not (plain / "app.py").exists() and "sdk:" not in (plain / "README.md").read_text()
+    assert {"app.py", "requirements.txt"} <= set(pipeline_files(space))
+    card = (space / "README.md").read_text()
+    assert "\nsdk: gradio\n" in card and "\napp_file: app.py\n" in card and "## Try it in the browser" in card
+    requirements = (space / "requirements.txt").read_text().split()
+    assert requirements[0].startswith("hfdiff>=") and "gradio>=5,<6" in requirements
+    assert "build_app(" in (space / "app.py").read_text()
+
+
+def test_saved_app_builds_the_page_from_its_folder(class_pipe, tmp_path):
+    """app.py, run as a module (as a Space imports it, without launching), loads its own folder's pipeline."""
+    import runpy
+
+    gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
+    class_pipe.save_pretrained(tmp_path / "model", demo_app=True)
+    namespace = runpy.run_path(str(tmp_path / "model" / "app.py"))
+    app = namespace["demo"]
+    assert isinstance(app, gr.Blocks)
+    assert [fn.api_name for fn in app.fns.values() if fn.api_name] == ["generate"]
+    assert "Sprite diffusion: model" in app.title
+
+
+def test_push_to_hub_sends_the_app(class_pipe, fake_hub):
+    class_pipe.push_to_hub("sprite-fan/tiny-sprites-demo", token="hf_test", demo_app=True)
+    (upload,) = fake_hub["uploads"]
+    assert {"app.py", "requirements.txt", "README.md", "model_index.json"} <= set(upload["files"])
+    assert (upload["copy"] / "app.py").read_text().startswith('"""A web demo')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_bad_input(class_pipe, tmp_path, capsys):
+    import socket
+
+    from hfdiff.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["demo", str(tmp_path / "empty")]) == 2
+    assert "is not a saved pipeline folder" in capsys.readouterr().err
+    assert main(["demo", str(tmp_path), "--max_batch", "0"]) == 2
+    assert "--max_batch takes a positive number" in capsys.readouterr().err
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["demo", str(tmp_path / "empty"), "--port", str(port)]) == 2  # the port is checked first
+    err = capsys.readouterr().err
+    assert f"Cannot serve on 127.0.0.1:{port}" in err and "pass another --port" in err
+    assert len(err.strip().splitlines()) == 1
