@@ -36,6 +36,17 @@ SAMPLER_TABLE = {
     "dpmpp-2m-10": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}, 10, 0.0),
     "dpmpp-2m-sde-20": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 20, 0.0),
     "dpmpp-2m-sde-25": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 25, 0.0),
+    "dpmpp-2m-sde-15": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 15, 0.0),
+    "dpmpp-2m-sde-10": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 10, 0.0),
+    "dpmpp-3m-sde-20": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+        20,
+        0.0,
+    ),
+    "ddim-25-eta0.5": ("SpriteDDIMScheduler", {}, 25, 0.5),
+    "ddim-50-eta1": ("SpriteDDIMScheduler", {}, 50, 1.0),
+    "ddpm-25": ("SpriteDDPMScheduler", {}, 25, 0.0),
     "unipc-20": ("UniPCMultistepScheduler", {}, 20, 0.0),
     "euler-a-25": ("EulerAncestralDiscreteScheduler", {}, 25, 0.0),
 }
@@ -69,6 +80,40 @@ def colour_stats(images: np.ndarray) -> dict:
         "saturation": float(saturation.mean()),
         "brightness_spread": float(brightness.std()),
     }
+
+
+@torch.no_grad()
+def first_step_diagnosis(pipe, real, count: int, seed: int) -> dict:
+    """Where the first step of a sampler starts, and what the model makes of it: the mean brightness of x0_hat at the
+    schedule's last timestep, from pure noise N(0, I) (where every sampler starts) and from x_T ~ q(x_T | x_0) of real
+    sprites (what training showed the model at that timestep), beside the real mean. A schedule whose abar_T > 0
+    leaves sqrt(abar_T) x_0 in training's x_T (the mean colour, mostly) that pure noise lacks."""
+    from hfdiff.schedulers._math import x0_and_eps_from_model_output
+
+    scheduler, unet = pipe.scheduler, pipe.unet
+    t = scheduler.config.num_train_timesteps - 1
+    abar = scheduler.alphas_cumprod[t].to(torch.float64)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    x0 = torch.from_numpy(real.train_images[:count]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    labels = torch.from_numpy(real.train_labels[:count])
+    noise = torch.randn(x0.shape, generator=generator)
+    starts = {"pure noise": noise, "q(x_T | x_0)": abar.sqrt().float() * x0 + (1 - abar).sqrt().float() * noise}
+    context = torch.eye(unet.config.context_dim)[labels] if unet.config.context_dim else None
+    real_per_image = x0.add(1).div(2).mean(dim=(1, 2, 3))
+    result = {
+        "t": t,
+        "sqrt_abar_T": float(abar.sqrt()),
+        "real": {"brightness": float(real_per_image.mean()), "spread": float(real_per_image.std())},
+    }
+    for name, x_t in starts.items():
+        x_t = x_t.to(pipe.device, unet.dtype)
+        model_context = None if context is None else context.to(pipe.device, unet.dtype)
+        out = unet(x_t, torch.full((count,), t, device=pipe.device), context=model_context).sample
+        abar_t = scheduler.alphas_cumprod[t].to(pipe.device)
+        x0_hat, _ = x0_and_eps_from_model_output(out.float(), x_t.float(), abar_t, scheduler.config.prediction_type)
+        per_image = x0_hat.clamp(-1, 1).add(1).div(2).mean(dim=(1, 2, 3))
+        result[name] = {"brightness": float(per_image.mean()), "spread": float(per_image.std())}
+    return result
 
 
 def evaluate_row(pipe, sampler, classifier, real, per_class, guidance_scale, seed, batch_size) -> dict:
@@ -130,6 +175,22 @@ def markdown(result: dict) -> str:
         "| model | sampler | steps | w | accuracy | FD | FD / DDPM | brightness | saturation | spread | seconds |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    lines[-2:-2] = [
+        "First step (the schedule's last timestep): the model's x0_hat from pure noise and from noised real sprites, "
+        "beside the real images: mean brightness / spread (std) of the per-image mean brightness.",
+        "",
+        "| model | sqrt(abar_T) | x0_hat from N(0, I) | x0_hat from q(x_T given x_0) | real |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {label} | {d['sqrt_abar_T']:.3f} | "
+            + " | ".join(
+                f"{d[k]['brightness']:.3f} / {d[k]['spread']:.3f}" for k in ("pure noise", "q(x_T | x_0)", "real")
+            )
+            + " |"
+            for label, d in result.get("first_step", {}).items()
+        ),
+        "",
+    ]
     for row in result["rows"]:
         lines.append(
             f"| {row['model']} | {row['sampler']} | {row['steps']} | {row['guidance_scale']:g} | "
@@ -178,6 +239,9 @@ def main(argv=None) -> None:
         label, _, folder = spec.partition("=")
         pipe = SpriteDiffusionPipeline.from_pretrained(folder or label).to(device)
         ddpm_fd = None
+        diagnosis = first_step_diagnosis(pipe, real, min(count, 1000), args.seed)
+        result.setdefault("first_step", {})[label] = diagnosis
+        print(f"{label:>12} first step: {diagnosis}", flush=True)
         for sampler, w in jobs:
             row = evaluate_row(pipe, sampler, classifier, real, args.per_class, w, args.seed, args.batch_size)
             if sampler == args.samplers[0] and w == args.guidance_scale:

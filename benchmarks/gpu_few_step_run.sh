@@ -3,7 +3,7 @@
 # not what is measured here) and score each with benchmarks/few_step_quality.py. Run from a copy of the repository
 # with the diffusers and datasets wheels installed; results and the trained pipelines go to $OUT.
 #   VARIANTS="course=  vzsnr=--prediction_type=v_prediction,--rescale_betas_zero_snr"  (label=comma-separated flags)
-#   EPOCHS=32 SAMPLERS="ddpm-500 ddim-50 ..." SCALES="0 1 2 3 5" PER_CLASS=200
+#   EPOCHS=32 (or --num_epochs=N among a variant's flags) SAMPLERS="ddpm-500 ddim-50 ..." SCALES="0 1 2 3 5" PER_CLASS=200
 # MODELS="label=folder ..." skips training and scores those folders.
 set -o pipefail
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -22,10 +22,9 @@ if [ -z "$models" ]; then
     models="$models $label=/tmp/models/$label"
   done
   wait "${pids[@]}"
-  for variant in $VARIANTS; do
-    label=${variant%%=*}; tail -2 $OUT/train-$label.log
-    mkdir -p $OUT/models/$label && cp -r /tmp/models/$label/{model_index.json,unet,scheduler,samples.png} $OUT/models/$label/ 2>/dev/null
-  done
+  for variant in $VARIANTS; do label=${variant%%=*}; tail -2 $OUT/train-$label.log; done
+  # the pipelines travel back as one file (what comes back from the device is a few files, two folders deep)
+  tar -C /tmp/models -cf $OUT/models.tar --exclude=checkpoint-* --exclude=logs --exclude=validation .
 fi
 timeout ${EVAL_TIMEOUT:-300} python3 benchmarks/few_step_quality.py --models $models --per_class ${PER_CLASS:-200} \
   --classifier /tmp/classifier --output $OUT/${NAME:-few-step-quality} \
