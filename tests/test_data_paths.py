@@ -81,10 +81,14 @@ def test_flip_draw_comes_last_and_only_with_the_flag():
 def test_random_flip_warns_for_direction_dependent_classes(caplog):
     with caplog.at_level(logging.WARNING, logger="hfdiff.training.streaming"):
         warn_direction_dependent(False, list(SPRITE_CLASSES), None)
-        warn_direction_dependent(True, ["cat", "dog"], ["a cat", "a dog"])
+        warn_direction_dependent(True, ["cat", "dog"], ["a bright cat", "a dog inside"])
         assert not caplog.records
         warn_direction_dependent(True, list(SPRITE_CLASSES), None)
     assert len(caplog.records) == 1 and "side-facing" in caplog.text and "--random_flip" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hfdiff.training.streaming"):
+        warn_direction_dependent(True, None, ["a knight facing left", "a knight facing left", "a cat"])
+    assert len(caplog.records) == 1 and "'a knight facing left'" in caplog.text
 
 
 def test_center_crop_or_whole_image():

@@ -224,7 +224,7 @@ def batch_loader(images: StreamedImages, batches, start_step: int, num_epochs: i
 # augmentation checks
 # ----------------------------------------------------------------------------------------------------------------
 
-_DIRECTIONAL = re.compile(r"side|left|right|facing", re.IGNORECASE)
+_DIRECTIONAL = re.compile(r"\b(side|left|right|facing)\b", re.IGNORECASE)  # whole words: not "bright", "inside"
 
 
 def warn_direction_dependent(random_flip: bool, class_names: list[str] | None, captions: list[str] | None) -> None:
