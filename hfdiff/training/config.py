@@ -134,9 +134,9 @@ class TrainingConfig:
     center_crop: bool = field(
         default=True,
         metadata=_help(
-            "With --resolution: crop each image to its centre square, then resize (diffusers' --center_crop), once at "
-            "load time; --no-center_crop resizes the whole image to a square instead (changing its aspect). No random "
-            "crop: diffusers' default RandomCrop is not offered."
+            "On by default. With --resolution: crop each image to its centre square, then resize (diffusers' "
+            "--center_crop), once at load time; --no-center_crop resizes the whole image to a square instead "
+            "(changing its aspect). No random crop: diffusers' default RandomCrop is not offered."
         ),
     )
     random_flip: bool = field(
