@@ -18,6 +18,7 @@ Gradio is the optional extra `pip install "hfdiff[demo]"`, imported only when an
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 import socket
@@ -37,7 +38,7 @@ from hfdiff.visualize import CLASSIC_MIXTURES, labelled_rows, mixture_contexts, 
 SAMPLERS = ("ddim", "ddpm")
 MAX_BATCH = 64  # default cap on images per request: a CPU Space stays responsive, a GPU one fits in memory
 MAX_SLIDERS = 10  # unnamed context vectors longer than this get no mixture sliders (a text model's 384 entries)
-GRID_COLUMNS = 8
+GRID_COLUMNS = 8  # the most sprites to a row of the grid (at least 4, about square in between)
 DISPLAY_SIZE = 128  # sprites are shown about this many pixels wide (16x16 sprites: upscaled 8x, nearest neighbour)
 MIXTURE = "mixture (sliders)"  # the class choice that samples the sliders' context vector
 APP_FILES = ("app.py", "requirements.txt")  # what save_pretrained(demo_app=True) writes beside the pipeline
@@ -229,9 +230,11 @@ class Demo:
         return max(1, DISPLAY_SIZE // (size if isinstance(size, int) else max(size)))
 
     def grid(self, images: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
-        """GRID_COLUMNS images to a row (the last row may be shorter), upscaled with nearest neighbour."""
+        """The images in rows of 4 to GRID_COLUMNS (about square; the last row may be shorter), upscaled with
+        nearest neighbour."""
+        columns = min(GRID_COLUMNS, max(4, math.ceil(math.sqrt(len(images)))))
         images = upscale_images(images, self.scale())
-        return labelled_rows([images[i : i + GRID_COLUMNS] for i in range(0, len(images), GRID_COLUMNS)])
+        return labelled_rows([images[i : i + columns] for i in range(0, len(images), columns)])
 
     def gif_frames(self, samples: Sequence[torch.Tensor], steps: int) -> list[PIL.Image.Image]:
         """A captioned grid per recorded step (samples: (B, C, H, W) in about [-1, 1]), padded to one size."""
@@ -348,9 +351,10 @@ def mixture_parameter_names(controls: Controls) -> list[str]:
     return names if len(set(names)) == len(names) else [f"mix_{k}" for k in range(len(names))]
 
 
-def _endpoint(gr, demo: Demo) -> Callable:
+def _endpoint(gr, demo: Demo, inputs: Sequence) -> Callable:
     """The "generate" function: the page's values in input order (ENDPOINT_FIELDS, then one weight per class) ->
-    (grid, GIF, summary). Its signature names every value, so gradio_client's API page does too."""
+    (grid, GIF, summary). Its signature names every value, with the page's initial values as defaults, so that
+    gradio_client callers name only what they change."""
 
     def generate(*values):
         *values, progress = values  # gradio passes its tracker where the signature has a gr.Progress default
@@ -364,7 +368,7 @@ def _endpoint(gr, demo: Demo) -> Callable:
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     names = [*ENDPOINT_FIELDS, *mixture_parameter_names(demo.controls)]
     generate.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, positional) for name in names]
+        [inspect.Parameter(name, positional, default=component.value) for name, component in zip(names, inputs)]
         + [inspect.Parameter("progress", positional, default=gr.Progress())]
     )
     return generate
@@ -386,11 +390,11 @@ def build_app(pipe, max_batch: int = MAX_BATCH, title: str = "Sprite diffusion")
             with gr.Column():
                 outputs = [
                     gr.Image(type="pil", format="png", label="samples", elem_id="samples"),
-                    gr.Image(type="filepath", label="denoising", elem_id="denoising"),
+                    gr.Image(type="filepath", label="denoising", elem_id="denoising", visible=False),
                     gr.Textbox(label="time", elem_id="summary"),
                 ]
         inputs = [class_name, prompt, negative_prompt, *settings, *sliders]
-        button.click(_endpoint(gr, demo), inputs=inputs, outputs=outputs, api_name="generate")
+        button.click(_endpoint(gr, demo, inputs), inputs=inputs, outputs=outputs, api_name="generate")
         if sliders:
             preset.change(
                 lambda label: [MIXTURE, *demo.controls.presets.get(label, [0.0] * len(sliders))],
@@ -398,7 +402,8 @@ def build_app(pipe, max_batch: int = MAX_BATCH, title: str = "Sprite diffusion")
                 outputs=[class_name, *sliders],
                 api_name=False,
             )
-        sampler, steps, eta = settings[1:4]
+        sampler, steps, eta, gif = settings[1], settings[2], settings[3], settings[6]
+        gif.change(lambda on: gr.update(visible=on), inputs=gif, outputs=outputs[1], api_name=False)
         sampler.change(
             lambda name: (gr.update(value=demo.default_steps(name)), gr.update(visible=_takes_eta(pipe, name))),
             inputs=sampler,

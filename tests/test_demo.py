@@ -2,6 +2,8 @@
 driven by gradio_client, and the page in headless Chromium."""
 
 import os
+import re
+import shutil
 
 import pytest
 from test_text import save_tiny_bert
@@ -65,7 +67,8 @@ def test_mixture_is_sampled_as_its_context(class_pipe):
 
 def test_grid_is_nearest_neighbour_and_wraps(class_pipe):
     result = Demo(class_pipe).generate(Request(num_images=10, class_name="food", steps=3))
-    assert result.grid.size == (8 * 128, 2 * 128 + 2)  # eight to a row, a 2-pixel gap before the second row
+    assert result.grid.size == (4 * 128, 3 * 128 + 2 * 2)  # four to a row, 2-pixel gaps between rows
+    assert Demo(class_pipe).generate(Request(num_images=64, steps=1)).grid.size == (8 * 128, 8 * 128 + 7 * 2)
     block = result.grid.crop((0, 0, 8, 8))
     assert len(set(block.getdata())) == 1  # one sprite pixel = one flat 8x8 block: not smoothed
     assert result.gif_path is None and "10 image(s)" in result.summary
@@ -215,3 +218,103 @@ def test_cli_refuses_bad_input(class_pipe, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"Cannot serve on 127.0.0.1:{port}" in err and "pass another --port" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A live server: gradio_client, and the page in headless Chromium
+# ----------------------------------------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(class_pipe, tmp_path_factory):
+    """`hfdiff demo`'s serve() on a saved tiny model, on a free loopback port; yields its URL."""
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
+    from hfdiff.demo import serve
+
+    folder = tmp_path_factory.mktemp("served") / "tiny-sprites"
+    class_pipe.save_pretrained(folder)
+    port = free_port()
+    app = serve(folder, host="127.0.0.1", port=port, max_batch=8, device="cpu", block=False)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_endpoint_from_gradio_client(server):
+    import PIL.Image
+
+    client_module = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
+    client = client_module.Client(server, verbose=False)
+    grid, gif, summary = client.predict(
+        class_name="food", sampler="ddpm", steps=T, num_images=3, seed=1, gif=True, api_name="/generate"
+    )
+    with PIL.Image.open(grid) as image:
+        assert image.size == (3 * 128, 128)
+    with PIL.Image.open(gif) as animation:
+        assert animation.n_frames == T
+    assert summary.startswith("3 image(s) in ") and "DDPM, 20 steps, seed 1, on cpu" in summary
+    weights = {"mix_hero": 1.0, "mix_food": 0.6}
+    _, no_gif, summary = client.predict(class_name=MIXTURE, num_images=2, steps=3, api_name="/generate", **weights)
+    assert no_gif is None and summary.startswith("2 image(s)")
+    for kwargs, message in [
+        ({"prompt": "a green slime"}, "not conditioned on text"),
+        ({"num_images": 10_000}, "greater than maximum value 8"),  # the slider's own check: max_batch is its maximum
+        ({"class_name": MIXTURE}, "Every mixture weight is 0"),
+    ]:
+        with pytest.raises(client_module.exceptions.AppError, match=message):
+            client.predict(api_name="/generate", **kwargs)
+
+
+def drive_page(url: str, screenshot: str, class_name: str = "food") -> None:
+    """In headless Chromium: load the page, pick `class_name`, press Generate, wait for the sprites and the summary,
+    and save a screenshot of the whole page. docs/demo.png is this on a trained model:
+
+        python -c "import sys; sys.path.insert(0, 'tests'); import test_demo; test_demo.screenshot_of('sprite-model')"
+    """
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.get_by_label("class").click()
+            page.get_by_role("option", name=class_name, exact=True).click()
+            page.click("#generate")
+            page.wait_for_function(
+                "() => document.querySelector('#samples img')?.naturalWidth > 0", timeout=60_000, polling=200
+            )
+            expect(page.locator("#summary textarea")).to_have_value(re.compile(r"^8 image\(s\) in "))
+            assert page.eval_on_selector("#samples img", "img => img.naturalWidth") == 4 * 128  # two rows of four
+            page.screenshot(path=screenshot, full_page=True)
+        finally:
+            browser.close()
+
+
+def screenshot_of(model: str, path: str = "docs/demo.png") -> None:
+    """docs/demo.png: `drive_page` on `model` (a trained pipeline folder), served on a free port."""
+    from hfdiff.demo import serve
+
+    port = free_port()
+    app = serve(model, port=port, device="cpu", block=False)
+    try:
+        drive_page(f"http://127.0.0.1:{port}/", path)
+    finally:
+        app.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_page_in_headless_chromium(server, tmp_path):
+    """Load the page, pick a class, press Generate, and see the sprites appear (`drive_page`)."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    drive_page(server, str(tmp_path / "demo.png"))
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
