@@ -206,6 +206,11 @@ class Demo:
         pipe = sampler_pipeline(self.pipe, request.sampler)
         takes_eta = "eta" in inspect.signature(pipe.scheduler.step).parameters
         steps = int(request.steps)
+        # A step callback turns CUDA's fast sampler (graph replays, no Python per step) off: on CUDA the page's
+        # progress bar gets no steps unless the GIF needs the callback anyway.
+        per_step = request.gif or (progress is not None and pipe.device.type != "cuda")
+        if progress is not None and not per_step:
+            progress((0, None), desc="sampling")  # a bar of unknown length
         callback = StepCallback(progress, every=max(1, steps // 25) if request.gif else None)
         start = time.perf_counter()
         images = pipe(
@@ -214,8 +219,7 @@ class Demo:
             num_inference_steps=steps,
             eta=float(request.eta) if takes_eta else 0.0,
             generator=torch.Generator("cpu").manual_seed(int(request.seed)),  # CPU: the same images on every device
-            # Only when needed: a step callback turns CUDA's fast (graph-replay) sampler off.
-            callback_on_step_end=callback if (request.gif or progress is not None) else None,
+            callback_on_step_end=callback if per_step else None,
         ).images
         seconds = time.perf_counter() - start
         gif_path = save_gif(self.gif_frames(callback.samples, steps), self._gif_path()) if request.gif else None

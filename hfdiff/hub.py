@@ -57,7 +57,7 @@ pipe = DiffusionPipeline.from_pretrained("{{ repo_id }}", trust_remote_code=True
 `app.py` beside the weights is a Gradio demo of this model (class, mixture{% if text %}, prompt{% endif %}, sampler,
 steps, seed; the denoising GIF): `pip install -r requirements.txt && python app.py`, or `hfdiff demo {{ repo_id }}`
 with hfdiff installed. The folder runs as a Hugging Face Space as it is (this card's `sdk: gradio` and `app_file`
-say how): `huggingface-cli upload --repo-type space <user>/<space-name> <this folder>`.
+say how): in this folder, `hf upload <user>/<space-name> . --repo-type space`.
 {% endif %}{% if metrics %}
 ## Metrics
 
