@@ -41,6 +41,7 @@ MAX_SLIDERS = 10  # unnamed context vectors longer than this get no mixture slid
 GRID_COLUMNS = 8  # the most sprites to a row of the grid (at least 4, about square in between)
 DISPLAY_SIZE = 128  # sprites are shown about this many pixels wide (16x16 sprites: upscaled 8x, nearest neighbour)
 MIXTURE = "mixture (sliders)"  # the class choice that samples the sliders' context vector
+KEEP_GIFS = 16  # denoising GIFs kept in the demo's own folder
 APP_FILES = ("app.py", "requirements.txt")  # what save_pretrained(demo_app=True) writes beside the pipeline
 # Keeps sprites blocky in the browser too: the <img> is scaled to the page's width, and browsers smooth by default.
 PIXELATED_CSS = "img { image-rendering: pixelated; }"
@@ -143,6 +144,7 @@ class Demo:
         self.max_batch = max_batch
         self.controls = model_controls(pipe)
         self.gif_folder = tempfile.mkdtemp(prefix="hfdiff-demo-")  # under the temp dir, which gradio may serve
+        self._gifs_written = 0
 
     @property
     def num_train_timesteps(self) -> int:
@@ -255,7 +257,13 @@ class Demo:
         return canvases
 
     def _gif_path(self) -> str:
-        return tempfile.NamedTemporaryFile(dir=self.gif_folder, suffix=".gif", delete=False).name
+        """A new file for a GIF; all but the last KEEP_GIFS are removed (gradio serves its own copies), so that a
+        long-running server does not fill its disk."""
+        old = sorted(Path(self.gif_folder).glob("*.gif"))  # numbered in order of writing
+        for path in old[: max(0, len(old) - KEEP_GIFS + 1)]:
+            path.unlink(missing_ok=True)
+        self._gifs_written += 1
+        return os.path.join(self.gif_folder, f"denoising-{self._gifs_written:08d}.gif")
 
 
 class StepCallback:
@@ -384,7 +392,8 @@ def build_app(pipe, max_batch: int = MAX_BATCH, title: str = "Sprite diffusion")
     num_images, seed, gif, *one weight per class) and returns (grid image, GIF file or None, summary)."""
     gr = require_gradio()
     demo = Demo(pipe, max_batch)
-    with gr.Blocks(title=title, css=PIXELATED_CSS, analytics_enabled=False) as app:
+    # delete_cache: gradio's copies of results older than an hour go, checked every 10 minutes (a Space runs for days).
+    with gr.Blocks(title=title, css=PIXELATED_CSS, analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(f"# {title}\n{_describe(pipe, demo.controls)}")
         with gr.Row():
             with gr.Column():

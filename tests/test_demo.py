@@ -88,6 +88,14 @@ def test_gif_and_progress(class_pipe):
         assert gif.size[0] == 3 * 128
 
 
+def test_old_gifs_are_removed(class_pipe):
+    from hfdiff.demo import KEEP_GIFS
+
+    demo = Demo(class_pipe)
+    paths = [demo.generate(Request(num_images=1, steps=1, gif=True)).gif_path for _ in range(KEEP_GIFS + 2)]
+    assert sorted(os.listdir(demo.gif_folder)) == sorted(os.path.basename(path) for path in paths[-KEEP_GIFS:])
+
+
 @pytest.mark.parametrize(
     "request_kwargs, message",
     [
