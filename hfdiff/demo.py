@@ -498,10 +498,14 @@ if __name__ == "__main__":
 
 def write_app(folder: str | os.PathLike, max_batch: int = MAX_BATCH) -> list[str]:
     """Write app.py and requirements.txt (hfdiff and gradio) into a pipeline folder; returns their names."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     folder = Path(folder)
     (folder / "app.py").write_text(APP_PY.replace("{max_batch}", str(max_batch)), encoding="utf-8")
-    requirements = f"hfdiff>={version('hfdiff')}\ngradio>=5,<6\n"
+    try:
+        hfdiff = f"hfdiff>={version('hfdiff')}"
+    except PackageNotFoundError:  # hfdiff imported from a source tree rather than installed
+        hfdiff = "hfdiff"
+    requirements = f"{hfdiff}\ngradio>=5,<6\n"
     (folder / "requirements.txt").write_text(requirements, encoding="utf-8")
     return list(APP_FILES)

@@ -12,6 +12,8 @@ from tiny import T, make_pipe
 
 from hfdiff.demo import MIXTURE, SAMPLERS, Demo, Request, model_controls, sampler_pipeline
 
+# gradio 5.x announces its 6.0 renames (api_name=False, Blocks(css=...)) on every app built; hfdiff[demo] pins <6.
+pytestmark = pytest.mark.filterwarnings("ignore:.*Gradio 6.0:DeprecationWarning")
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -194,6 +196,24 @@ def test_saved_app_builds_the_page_from_its_folder(class_pipe, tmp_path):
     assert isinstance(app, gr.Blocks)
     assert [fn.api_name for fn in app.fns.values() if fn.api_name] == ["generate"]
     assert "Sprite diffusion: model" in app.title
+
+
+def test_page_shows_only_the_controls_a_model_takes(class_pipe, encoder_folder):
+    from hfdiff.demo import build_app
+
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
+
+    def visible(pipe) -> set[str]:
+        app = build_app(pipe, max_batch=8)
+        labels = {block.label: block for block in app.blocks.values() if getattr(block, "label", None)}
+        shown = {label for label, block in labels.items() if block.visible}
+        assert labels["images"].maximum == 8  # the slider stops at max_batch
+        return shown & {"class", "hero", "prompt", "negative prompt", "guidance scale", "sampler", "steps", "seed"}
+
+    always = {"sampler", "steps", "seed"}
+    assert visible(class_pipe) == always | {"class", "hero", "guidance scale"}
+    assert visible(make_text_pipe(encoder_folder)) == always | {"prompt", "negative prompt", "guidance scale"}
+    assert visible(make_pipe(context_dim=None)) == always
 
 
 def test_push_to_hub_sends_the_app(class_pipe, fake_hub):
