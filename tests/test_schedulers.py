@@ -231,7 +231,10 @@ def test_ddim_eta_one_from_pure_noise_is_finite():
     1 - abar_{t'} and rounding once gave a negative variance, a NaN square root and black images. From pure noise
     x_{t'} is then sqrt(abar_{t'}) x0_hat + sigma_t z."""
     scheduler = SpriteDDIMScheduler(
-        num_train_timesteps=50, prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+        num_train_timesteps=50,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
     )
     for steps in (7, 10, 25, 50):
         scheduler.set_timesteps(steps)
