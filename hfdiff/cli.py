@@ -26,6 +26,8 @@ import os
 import re
 import sys
 
+from hfdiff.samplers import SAMPLERS
+
 PICTURES = {  # name -> (file written, needs a model)
     "samples": ("samples.png", True),
     "forward": ("forward_process.png", False),
@@ -63,7 +65,7 @@ def load_pipeline(path: str, device: str = "cpu"):
 
 def sampling_pipeline(args):
     """The model of `args.model` with the scheduler asked for (--scheduler model|ddpm|ddim)."""
-    from hfdiff.visualize import with_sampler
+    from hfdiff.samplers import with_sampler
 
     pipe = load_pipeline(args.model, args.device)
     return pipe if args.scheduler == "model" else with_sampler(pipe, args.scheduler)
@@ -76,8 +78,13 @@ def _generator(args):
 
 
 def _sampling_kwargs(args) -> dict:
+    from hfdiff.samplers import get_sampler
+
+    steps = args.num_inference_steps
+    if steps is None and args.scheduler != "model":
+        steps = get_sampler(args.scheduler).num_inference_steps
     return {
-        "num_inference_steps": args.num_inference_steps,
+        "num_inference_steps": steps,
         "guidance_scale": args.guidance_scale,
         "eta": args.eta,
         "extra_noise": not args.no_extra_noise,
@@ -430,13 +437,19 @@ def _add_sampling(parser: argparse.ArgumentParser, scheduler_choice: bool = True
     group = parser.add_argument_group("sampling")
     if scheduler_choice:
         group.add_argument(
+            "--sampler",
             "--scheduler",
-            choices=("model", "ddpm", "ddim"),
+            dest="scheduler",
+            choices=("model", *SAMPLERS),
             default="model",
-            help="Sampler: the one saved with the model, SpriteDDPMScheduler or SpriteDDIMScheduler (same schedule).",
+            help="The model's saved scheduler, or a named sampler on the same schedule (hfdiff.samplers): fast (DDPM "
+            "on 25 strided steps, the recommended few-step sampler), ddpm (every step), ddim (50 steps).",
         )
         group.add_argument(
-            "--num_inference_steps", type=int, default=None, help="Denoising steps; default: all T for DDPM, 50 else."
+            "--num_inference_steps",
+            type=int,
+            default=None,
+            help="Denoising steps; default: the sampler's (fast 25, ddim 50), all T for DDPM schedulers.",
         )
         group.add_argument("--eta", type=float, default=0.0, help="DDIM's noise scale: 0 deterministic, 1 DDPM-like.")
         group.add_argument(

@@ -32,10 +32,12 @@ import PIL.Image
 import torch
 
 from hfdiff.pipelines.pipeline_sprite_diffusion import postprocess_sample, upscale_images
-from hfdiff.visualize import CLASSIC_MIXTURES, labelled_rows, mixture_contexts, save_gif, titled, with_sampler
+from hfdiff.samplers import SAMPLERS as SAMPLER_PRESETS
+from hfdiff.samplers import default_steps, with_sampler
+from hfdiff.visualize import CLASSIC_MIXTURES, labelled_rows, mixture_contexts, save_gif, titled
 
-# The sampler dropdown, in this order (first = default); each name is one `with_sampler` knows.
-SAMPLERS = ("ddim", "ddpm")
+# The sampler dropdown, in hfdiff.samplers' order (first = default: the recommended few-step "fast").
+SAMPLERS = tuple(SAMPLER_PRESETS)
 MAX_BATCH = 64  # default cap on images per request: a CPU Space stays responsive, a GPU one fits in memory
 MAX_SLIDERS = 10  # unnamed context vectors longer than this get no mixture sliders (a text model's 384 entries)
 GRID_COLUMNS = 8  # the most sprites to a row of the grid (at least 4, about square in between)
@@ -123,13 +125,10 @@ class Result:
 
 
 def sampler_pipeline(pipe, sampler: str):
-    """`pipe` with the scheduler `with_sampler` builds for `sampler` and every other component kept (with_sampler's
-    own pipeline carries only the UNet, which would turn a text model into a context-vector one)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
-    scheduler = with_sampler(pipe, sampler).scheduler
-    other = type(pipe)(**{**pipe.components, "scheduler": scheduler})
-    other.set_progress_bar_config(disable=True)  # the page's progress bar replaces the console's
+    """`pipe` with the scheduler of `sampler` (hfdiff.samplers.with_sampler: every other component kept) and no
+    console progress bar (the page has its own)."""
+    other = with_sampler(pipe, sampler)
+    other.set_progress_bar_config(disable=True)
     return other
 
 
@@ -151,8 +150,8 @@ class Demo:
         return self.pipe.scheduler.config.num_train_timesteps
 
     def default_steps(self, sampler: str) -> int:
-        """Every training step for DDPM; 25 (or T if fewer) for the others, which are made for few steps."""
-        return self.num_train_timesteps if sampler == "ddpm" else min(25, self.num_train_timesteps)
+        """The sampler's own step count (hfdiff.samplers), at most T."""
+        return default_steps(sampler, self.num_train_timesteps)
 
     def conditioning(self, request: Request) -> dict:
         """The pipeline keywords for the request's class, mixture or prompt (checked against the model)."""

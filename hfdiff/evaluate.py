@@ -598,7 +598,7 @@ def ddpm_vs_ddim(
 ) -> list[dict]:
     """Evaluate every (sampler, step count) pair; None in `steps` is the full chain (T steps). Every row starts from
     the same seed. Returns one dict per row: evaluate_pipeline's metrics plus "sampler" and "steps"."""
-    from hfdiff.visualize import with_sampler
+    from hfdiff.samplers import with_sampler
 
     unknown = [name for name in samplers if name not in SAMPLERS]
     if unknown:

@@ -31,6 +31,7 @@ from PIL import ImageDraw, ImageFont
 
 from hfdiff.data import SPRITE_CLASSES, generate_sprites
 from hfdiff.pipelines.pipeline_sprite_diffusion import postprocess_sample, upscale_images
+from hfdiff.samplers import with_sampler
 
 # The course's context-mixture examples: row label -> {class name: weight}; names as in SPRITE_CLASSES.
 CLASSIC_MIXTURES: dict[str, dict[str, float]] = {
@@ -53,19 +54,6 @@ _INK = (20, 20, 20)
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling helpers shared by the pictures (and by hfdiff.evaluate)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def with_sampler(pipe, sampler: str):
-    """A pipeline sharing `pipe`'s UNet with a fresh "ddpm" (SpriteDDPMScheduler) or "ddim" (SpriteDDIMScheduler)
-    scheduler built from `pipe.scheduler.config`; `pipe` itself is left as it is."""
-    from hfdiff.schedulers import SpriteDDIMScheduler, SpriteDDPMScheduler
-
-    classes = {"ddpm": SpriteDDPMScheduler, "ddim": SpriteDDIMScheduler}
-    if sampler not in classes:
-        raise ValueError(f"Unknown sampler {sampler!r}; choose 'ddpm' or 'ddim'.")
-    other = type(pipe)(unet=pipe.unet, scheduler=classes[sampler].from_config(pipe.scheduler.config))
-    other.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
-    return other
 
 
 def draw_latents(pipe, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -298,10 +298,16 @@ def test_negative_eta():
 
 def test_noise_schedule_flags_that_cannot_work_together(tmp_path):
     out = str(tmp_path / "run")
-    with pytest.raises(ValueError, match="--rescale_betas_zero_snr .* --prediction_type v_prediction"):
-        resolve_defaults(TrainingConfig(output_dir=out, rescale_betas_zero_snr=True), "cpu", conditional=True)
-    for gamma in (0.0, -1.0, float("nan"), float("inf")):
+    with pytest.raises(
+        ValueError, match="--rescale_betas_zero_snr .* --prediction_type v_prediction.*--recipe course"
+    ):
+        resolve_defaults(TrainingConfig(output_dir=out, prediction_type="epsilon"), "cpu", conditional=True)
+    for gamma in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="--snr_gamma must be a finite number > 0"):
             resolve_defaults(TrainingConfig(output_dir=out, snr_gamma=gamma), "cpu", conditional=True)
     config = TrainingConfig(output_dir=out, rescale_betas_zero_snr=True, prediction_type="v_prediction", snr_gamma=5)
     resolve_defaults(config, "cpu", conditional=True)
+    course = resolve_defaults(TrainingConfig(output_dir=out, recipe="course"), "cpu", conditional=True)
+    assert (course.prediction_type, course.rescale_betas_zero_snr, course.snr_gamma) == ("epsilon", False, 0.0)
+    default = resolve_defaults(TrainingConfig(output_dir=out, snr_gamma=0), "cpu", conditional=True)
+    assert (default.prediction_type, default.rescale_betas_zero_snr, default.snr_gamma) == ("v_prediction", True, 0)

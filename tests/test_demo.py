@@ -133,11 +133,12 @@ def test_unconditional_model_ignores_guidance():
 
 
 def test_sampler_pipeline_keeps_every_component(class_pipe):
-    assert SAMPLERS[0] == "ddim"
+    assert SAMPLERS[0] == "fast"  # the recommended few-step sampler is the page's default
     for name in SAMPLERS:
         other = sampler_pipeline(class_pipe, name)
         assert other.unet is class_pipe.unet
-        assert type(other.scheduler).__name__ == {"ddpm": "SpriteDDPMScheduler", "ddim": "SpriteDDIMScheduler"}[name]
+        expected = {"fast": "SpriteDDPMScheduler", "ddpm": "SpriteDDPMScheduler", "ddim": "SpriteDDIMScheduler"}
+        assert type(other.scheduler).__name__ == expected[name]
     assert class_pipe.scheduler.__class__.__name__ == "SpriteDDPMScheduler"  # the shared pipeline is unchanged
 
 
@@ -150,7 +151,9 @@ def test_text_model_takes_prompts_and_keeps_its_encoder(encoder_folder):
     assert demo.controls.text and demo.controls.class_names is None and not demo.controls.mixture
     ddim = sampler_pipeline(pipe, "ddim")
     assert ddim.text_encoder is pipe.text_encoder and ddim.tokenizer is pipe.tokenizer
-    request = Request(num_images=2, steps=4, prompt="a green slime", negative_prompt="a hero", guidance_scale=3.0)
+    request = Request(
+        sampler="ddim", num_images=2, steps=4, prompt="a green slime", negative_prompt="a hero", guidance_scale=3.0
+    )
     result = demo.generate(request)
     expected = ddim(
         prompt="a green slime",

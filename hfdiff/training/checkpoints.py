@@ -46,7 +46,8 @@ _OVERWRITTEN = re.compile(r"^\.checkpoint-\d+\.overwritten$")
 # change on a resume (length, cadence of checkpoints and validation, logging, speed flags, --output_dir). The data's
 # paths are left out on purpose: the data fingerprint checks their content, and a moved folder is the same run.
 IDENTITY_ENTRIES = (
-    "preset", "model_config_overrides", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule", "conditioning",
+    "preset", "model_config_overrides", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule",
+    "rescale_betas_zero_snr", "snr_gamma", "conditioning",
     "text_encoder_name_or_path", "holdout", "dataset_name", "dataset_config_name", "image_column", "label_column",
     "caption_column", "resolution", "num_train_images", "use_ema", "seed",
 )  # fmt: skip

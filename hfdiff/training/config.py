@@ -36,7 +36,7 @@ LR_SCHEDULERS = (
 )
 
 # Device-dependent defaults, applied by `resolve_defaults` to the fields left at None.
-# GPU: the course's scale (89,400 sprites, 32 epochs) in batches of 1,024, each step replayed from a CUDA graph of
+# GPU: the course's data scale (89,400 sprites) in batches of 1,024, each step replayed from a CUDA graph of
 # the compiled, channels_last UNet: sprite-small's step is hundreds of small kernels, and launched one by one from
 # Python they took 24-45 ms a step on an H100 at any batch up to 1,024 (23k images/s at 1,024); the graph and compile
 # lifted it to ~109k (benchmarks/results/training-cuda.md).
@@ -46,13 +46,26 @@ LR_SCHEDULERS = (
 # Mixed precision is auto as well (bf16 where the hardware runs it natively), see `_auto_mixed_precision`.
 GPU_DEFAULTS = {
     "num_train_images": 89_400,
-    "num_epochs": 32,
+    # 64 epochs (about 50 s of training on one H200): with the zero-snr recipe, DDPM-500's Fréchet distance falls from
+    # 1.06 at 32 epochs to 0.62 at 64 and 0.46 at 128 (benchmarks/results/few-step-quality-h200-*.md); 64 takes most
+    # of that gain for twice the training time, 128 the rest for four times.
+    "num_epochs": 64,
     "train_batch_size": 1024,
 }
 CPU_DEFAULTS = {
     "num_train_images": 24_000,
     "num_epochs": 4,
     "train_batch_size": 64,
+}
+
+
+# --recipe: the noise-schedule parts it sets, each overridden by its own flag. "zero-snr" was measured against
+# "course" on one H200 at 32 epochs (benchmarks/results/few-step-quality-h200-32epochs.md): the course schedule ends at
+# sqrt(abar_T) = 0.08, so the x_T it trains on still holds 8% of the image, which pure noise lacks; deterministic
+# samplers never recover it (DDIM-50 Fréchet distance 5.4x DDPM-500's), while abar_T = 0 halves that gap.
+RECIPES = {
+    "zero-snr": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "snr_gamma": 5.0},
+    "course": {"prediction_type": "epsilon", "rescale_betas_zero_snr": False, "snr_gamma": 0.0},
 }
 
 
@@ -194,26 +207,37 @@ class TrainingConfig:
         default=None,
         metadata=_help("JSON object overriding UNet config entries, e.g. '{\"block_out_channels\": [16, 32]}'."),
     )
-    prediction_type: Literal["epsilon", "sample", "v_prediction"] = field(
-        default="epsilon", metadata=_help("What the UNet predicts: the noise, x_0, or v.")
+    recipe: Literal["zero-snr", "course"] = field(
+        default="zero-snr",
+        metadata=_help(
+            "Noise recipe: 'zero-snr' (v-prediction, betas rescaled so abar_T = 0, min-SNR-5 loss weighting: few-step "
+            "samplers match full DDPM far more closely, benchmarks/results/few-step-quality-h200-*.md) or 'course' "
+            "(the sprite course's eps prediction on the plain linear schedule). --prediction_type, "
+            "--rescale_betas_zero_snr and --snr_gamma override single parts of it."
+        ),
+    )
+    prediction_type: Optional[Literal["epsilon", "sample", "v_prediction"]] = field(
+        default=None, metadata=_help("What the UNet predicts: the noise, x_0, or v (auto: from --recipe).")
     )
     ddpm_num_steps: int = field(default=500, metadata=_help("Diffusion steps T of the noise schedule."))
     ddpm_beta_schedule: Literal[BETA_SCHEDULES] = field(
         default="linear", metadata=_help("Noise schedule (squaredcos_cap_v2 is the cosine schedule).")
     )
-    rescale_betas_zero_snr: bool = field(
-        default=False,
+    rescale_betas_zero_snr: Optional[bool] = field(
+        default=None,
         metadata=_help(
             "Rescale the betas so the last step is pure noise, abar_T = 0 (Lin et al. 2024), so that samplers start "
             "where training ended; needs --prediction_type v_prediction (eps says nothing about x_0 at abar_T = 0). "
-            "The saved scheduler then spaces inference steps 'trailing', so they start at t = T - 1."
+            "The saved scheduler then spaces inference steps 'trailing', so they start at t = T - 1 (auto: from "
+            "--recipe)."
         ),
     )
     snr_gamma: Optional[float] = field(
         default=None,
         metadata=_help(
             "Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice): each timestep's loss weighted by "
-            "min(SNR_t, gamma) over the weight its prediction type already carries. None = the plain mean."
+            "min(SNR_t, gamma) over the weight its prediction type already carries; 0 = the plain mean (auto: from "
+            "--recipe)."
         ),
     )
     p_uncond: float = field(
@@ -225,7 +249,7 @@ class TrainingConfig:
     train_batch_size: Optional[int] = field(
         default=None, metadata=_help("Images per process per micro-batch (auto: 1,024 on GPU, 64 on CPU).")
     )
-    num_epochs: Optional[int] = field(default=None, metadata=_help("Passes over the data (auto: 32 GPU, 4 CPU)."))
+    num_epochs: Optional[int] = field(default=None, metadata=_help("Passes over the data (auto: 64 GPU, 4 CPU)."))
     max_train_steps: Optional[int] = field(
         default=None, metadata=_help("Total optimizer steps; overrides --num_epochs when set.")
     )
@@ -433,12 +457,13 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
 
     | field            | CUDA GPU                     | CPU                                    |
     | num_train_images | 89,400                       | 24,000                                 |
-    | num_epochs       | 32                           | 4                                      |
+    | num_epochs       | 64                           | 4                                      |
     | train_batch_size | 1,024                        | 64                                     |
     | mixed_precision  | bf16 (no where unsupported)  | bf16 with AVX512-BF16 or AMX, else no  |
     | compile          | yes                          | no                                     |
     | channels_last    | with compile                 | no                                     |
     | cuda_graphs      | yes, on one GPU (in `train`) | -                                      |
+    | prediction_type, rescale_betas_zero_snr, snr_gamma: from --recipe (RECIPES), on every device        |
     """
     device = torch.device(device)
     if config.conditioning == "text" and not conditional:
@@ -448,6 +473,7 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
         )
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     updates = {name: value for name, value in defaults.items() if getattr(config, name) is None}
+    updates.update({name: value for name, value in RECIPES[config.recipe].items() if getattr(config, name) is None})
     if config.mixed_precision is None:
         updates["mixed_precision"] = _auto_mixed_precision(device)
     if config.compile is None:
@@ -531,10 +557,13 @@ def check_schedule_config(config: TrainingConfig) -> None:
     if config.rescale_betas_zero_snr and config.prediction_type == "epsilon":
         raise ValueError(
             "--rescale_betas_zero_snr makes x_T pure noise, where an eps prediction cannot say anything about x_0 "
-            "(x0_hat divides by sqrt(abar_T) = 0): add --prediction_type v_prediction (or sample)."
+            "(x0_hat divides by sqrt(abar_T) = 0): use --prediction_type v_prediction (or sample), or, for eps, "
+            "--recipe course (or --no-rescale_betas_zero_snr)."
         )
-    if config.snr_gamma is not None and not (config.snr_gamma > 0 and math.isfinite(config.snr_gamma)):
-        raise ValueError(f"--snr_gamma must be a finite number > 0 (5 is usual) or none, got {config.snr_gamma}.")
+    if config.snr_gamma is not None and not (config.snr_gamma >= 0 and math.isfinite(config.snr_gamma)):
+        raise ValueError(
+            f"--snr_gamma must be a finite number > 0 (5 is usual), or 0 for the plain mean; got {config.snr_gamma}."
+        )
 
 
 def check_text_config(config: TrainingConfig) -> None:

@@ -560,7 +560,7 @@ def step_inputs(config, data: TrainingData, contexts: Contexts | None, device, m
     images = None if data.streaming else data.images.to(device)
     index, table = (contexts.index, contexts.table) if contexts is not None else (None, None)
     return StepInputs(
-        images, index, table, config.p_uncond, config.max_grad_norm, memory_format, config.snr_gamma,
+        images, index, table, config.p_uncond, config.max_grad_norm, memory_format, config.snr_gamma or None,
         random_flip=config.random_flip, streamed_shape=tuple(data.images.shape[1:]) if data.streaming else None,
     )  # fmt: skip
 
