@@ -52,3 +52,26 @@ def test_fast_is_strided_ddpm_on_the_graph_path():
 def test_unknown_sampler_names_the_choices():
     with pytest.raises(ValueError, match="Unknown sampler 'dpm'; choose one of 'fast', 'ddpm', 'ddim'"):
         get_sampler("dpm")
+
+
+def test_cli_sampler_flag_takes_the_named_sampler_and_its_steps(tmp_path, monkeypatch):
+    from hfdiff import cli
+
+    pipe = make_pipe(scheduler=zero_snr_scheduler())
+    pipe.save_pretrained(tmp_path / "model")
+    calls = []
+    real_call = type(pipe).__call__
+
+    def recording_call(self, *args, **kwargs):
+        calls.append((type(self.scheduler).__name__, kwargs.get("num_inference_steps")))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "__call__", recording_call)
+    for flag, expected in (
+        (["--sampler", "fast"], ("SpriteDDPMScheduler", 25)),
+        (["--scheduler", "ddim"], ("SpriteDDIMScheduler", 50)),
+    ):
+        output = tmp_path / f"{flag[1]}.png"
+        args = ["sample", str(tmp_path / "model"), "--per_class", "1", "--output", str(output), "--device", "cpu"]
+        assert cli.main([*args, *flag]) == 0 and output.exists()
+        assert calls[-1] == expected
