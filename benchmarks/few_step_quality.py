@@ -133,17 +133,13 @@ def evaluate_row(pipe, sampler, classifier, real, per_class, guidance_scale, see
         generator=torch.Generator("cpu").manual_seed(seed),
         progress=False,
     )
-    predicted, features = classifier.predict(images)
-    count = len(images)
-    _, real_features = classifier.predict(real.train_images[:count])
-    mapping = np.asarray(ev.class_map(pipe, classifier))
-    accuracy = ev.conditional_accuracy(predicted, mapping[labels], classifier.class_names)["accuracy"]
+    scores = ev.score_images(pipe, classifier, real, images, labels)
     return {
         "sampler": sampler,
         "steps": steps or pipe.scheduler.config.num_train_timesteps,
         "guidance_scale": guidance_scale,
-        "accuracy": accuracy,
-        "frechet": ev.frechet_distance(features, real_features),
+        "accuracy": scores["accuracy"],
+        "frechet": scores["frechet"],
         "seconds": seconds,
         **colour_stats(images),
     }

@@ -535,30 +535,35 @@ def evaluate_pipeline(
         progress=progress,
     )
     count = _check_count(real, len(images))
-    predicted, features = classifier.predict(images)
-    _, real_features = classifier.predict(real.train_images[:count])
     result = {
         "images": int(len(images)),
         "seconds": seconds,
         "images_per_second": len(images) / seconds if seconds > 0 else float("inf"),
-        "accuracy": None,
-        "per_class": {},
-        "frechet": frechet_distance(features, real_features),
+        **score_images(pipe, classifier, real, images, labels),
         "frechet_floor": frechet_floor(classifier, real, count),
         "fid": None,
         "fid_note": "not asked for",
     }
+    if standard:
+        available, note = standard_fid_status()
+        result["fid_note"] = "computed" if available else f"skipped: {note}"
+        if available:
+            result["fid"] = standard_fid(images, real.train_images[:count])
+    return result
+
+
+def score_images(pipe, classifier: SpriteClassifier, real: RealSprites, images: np.ndarray, labels) -> dict:
+    """Score generated (N, H, W, C) uint8 `images` of `pipe`'s classes `labels` (None when unconditional): {"accuracy"
+    (None when unconditional), "per_class" (model class name -> accuracy), "frechet" (against as many real images)}."""
+    predicted, features = classifier.predict(images)
+    _, real_features = classifier.predict(real.train_images[: len(images)])
+    result = {"accuracy": None, "per_class": {}, "frechet": frechet_distance(features, real_features)}
     if labels is not None:
         mapping = np.asarray(class_map(pipe, classifier))  # model class k -> classifier label
         scores = conditional_accuracy(predicted, mapping[labels], classifier.class_names)
         result["accuracy"] = scores["accuracy"]
         model_order = [classifier.class_names[label] for label in mapping]
         result["per_class"] = {name: scores["per_class"][name] for name in model_order}
-    if standard:
-        available, note = standard_fid_status()
-        result["fid_note"] = "computed" if available else f"skipped: {note}"
-        if available:
-            result["fid"] = standard_fid(images, real.train_images[:count])
     return result
 
 
