@@ -306,8 +306,9 @@ class TrainingConfig:
     num_cpu_threads: Optional[int] = field(
         default=None,
         metadata=_help(
-            "CPU only: torch threads per process (auto: physical cores / processes on this machine under accelerate "
-            "launch, which would otherwise pin CPU runs to one thread; under plain python, torch's own choice)."
+            "CPU only: torch threads per process (auto: the cores no other process keeps busy at start-up, at most "
+            "physical cores / processes on this machine under accelerate launch, at most torch's own count under "
+            "plain python; the choice and why are logged)."
         ),
     )
 
@@ -435,21 +436,55 @@ def _auto_mixed_precision(device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
-def cpu_threads(config: TrainingConfig, local_processes: int) -> int | None:
-    """Threads for a CPU run, or None to keep torch's choice.
+# How long start-up watches the CPUs for other work, and the share of a CPU that marks it busy. Idle CPUs read a few
+# per cent (noise, the launcher); one taken by another process reads ~100 %.
+LOAD_SAMPLE_SECONDS = 0.3
+BUSY_CPU_PERCENT = 50.0
 
-    Without --cpu, `accelerate launch` exports OMP_NUM_THREADS=1 to every process when no GPU is found (it splits the
-    cores between processes only when told --cpu), which halves the speed of a 2-core CPU run. Under the launcher
-    (recognised by the ACCELERATE_DYNAMO_BACKEND it always exports) auto therefore splits the physical cores between
-    this machine's processes, as accelerate's own --cpu path does."""
-    if config.num_cpu_threads is not None:
-        return config.num_cpu_threads
-    if "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
-        return None
+
+def free_cpu_cores(sample_seconds: float = LOAD_SAMPLE_SECONDS) -> tuple[int, str]:
+    """Physical cores (at least 1) this process may use that no other process keeps busy, and how they were counted.
+
+    Only the CPUs of this process's affinity count (taskset, cgroup cpusets). A logical CPU is free when it was less
+    than BUSY_CPU_PERCENT busy over `sample_seconds`; free logical CPUs are scaled to physical cores, since two
+    hyper-threads of one core are no faster than one thread of it for these convolutions."""
     import psutil
 
-    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    return max(1, cores // max(1, local_processes))
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    busy = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    free = [cpu for cpu in allowed if cpu < len(busy) and busy[cpu] < BUSY_CPU_PERCENT]
+    logical = psutil.cpu_count(logical=True) or len(busy) or 1
+    physical = psutil.cpu_count(logical=False) or logical
+    cores = max(1, len(free) * physical // logical)
+    loads = ", ".join(f"cpu{cpu} {busy[cpu]:.0f}%" for cpu in allowed if cpu < len(busy))
+    return cores, f"{len(free)} of {len(allowed)} CPUs free over {sample_seconds:g} s ({loads})"
+
+
+def cpu_threads(config: TrainingConfig, local_processes: int) -> tuple[int, str]:
+    """Threads for a CPU run and why: --num_cpu_threads, else the free cores at start-up, split between processes.
+
+    torch's OpenMP threads wait for each other at the end of every operation, so a thread sharing its core with
+    another busy process stalls all of them: on 2 cores with one taken by a busy loop, 2 threads trained at ~100
+    images/s, 1 thread at ~290 (idle: ~440 and ~270; benchmarks/bench_cpu_contention.py). Auto therefore counts the
+    cores that are free when training starts (`free_cpu_cores`) and takes at most those, and never more than:
+    - under `accelerate launch` (recognised by the ACCELERATE_DYNAMO_BACKEND it always exports): the physical cores
+      divided between this machine's processes, as accelerate's own --cpu path does. Without --cpu the launcher
+      exports OMP_NUM_THREADS=1 to every process when no GPU is found, which would halve the speed of a 2-core run;
+    - under plain python: torch's current count (its default, OMP_NUM_THREADS, or the caller's set_num_threads).
+    Load that starts after start-up is not followed (the count is fixed once, as OpenMP expects)."""
+    if config.num_cpu_threads is not None:
+        return config.num_cpu_threads, "--num_cpu_threads"
+    processes = max(1, local_processes)
+    if "ACCELERATE_DYNAMO_BACKEND" in os.environ:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        limit, limit_reason = max(1, physical // processes), f"{physical} physical cores / {processes} process(es)"
+    else:
+        limit, limit_reason = torch.get_num_threads(), "torch's thread count"
+    cores, load = free_cpu_cores()
+    threads = max(1, min(limit, cores // processes))
+    return threads, f"auto: at most {limit} ({limit_reason}); {load}"
 
 
 def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditional: bool) -> TrainingConfig:

@@ -484,9 +484,9 @@ def start_accelerator(
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     config = resolve_defaults(config, state.device, conditional)
     if state.device.type == "cpu":
-        threads = cpu_threads(config, int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)))
-        if threads is not None:
-            torch.set_num_threads(threads)
+        threads, reason = cpu_threads(config, int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)))
+        torch.set_num_threads(threads)
+        logger.info(f"{threads} CPU thread(s) per process: {reason}.", main_process_only=False)
     accelerator = make_accelerator(config)
     if accelerator.device.type == "cuda":
         process_state.keep_cuda_rng()  # before a resume restores a checkpoint's CUDA RNG states
