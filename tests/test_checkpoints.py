@@ -200,3 +200,15 @@ def test_optimizer_moments_get_their_parameters_layout_back(tmp_path):
     match_parameter_layout(optimizer)
     for key in ("exp_avg", "exp_avg_sq"):
         assert optimizer.state[conv.weight][key].stride() == conv.weight.stride()
+
+
+def test_identity_entries_added_later_compare_as_older_runs_had_them():
+    from hfdiff.training.checkpoints import identity_differences
+
+    older = {"prediction_type": "epsilon", "seed": 0}  # written before --recipe existed
+    course = {"prediction_type": "epsilon", "seed": 0, "rescale_betas_zero_snr": False, "snr_gamma": 0.0}
+    assert identity_differences(older, course) == ""
+    zero_snr = {**course, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "snr_gamma": 5.0}
+    assert identity_differences(older, zero_snr) == (
+        "prediction_type: 'epsilon' -> 'v_prediction'; rescale_betas_zero_snr: False -> True; snr_gamma: 0.0 -> 5.0"
+    )

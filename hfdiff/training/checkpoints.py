@@ -53,6 +53,12 @@ IDENTITY_ENTRIES = (
 )  # fmt: skip
 
 
+# Identity entries added after checkpoints had identities, with the value every run before them had: a checkpoint
+# without the entry is compared as if it held that value, so a run started before --recipe still resumes under
+# --recipe course.
+ADDED_IDENTITY_ENTRIES = {"rescale_betas_zero_snr": False, "snr_gamma": 0.0}
+
+
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     """Complete checkpoints in `output_dir` as (step, path), oldest first."""
     if not os.path.isdir(output_dir):
@@ -229,6 +235,7 @@ def identity_differences(saved: dict | None, current: dict) -> str:
     """`key: saved -> now` for each entry that differs; a checkpoint without an identity is an older hfdiff's."""
     if saved is None:
         return "it records no run identity (an older hfdiff wrote it)"
+    saved = {**ADDED_IDENTITY_ENTRIES, **saved}  # what runs from before an entry existed did
     keys = sorted(set(saved) | set(current))
     return "; ".join(
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in keys if saved.get(key) != current.get(key)
