@@ -64,7 +64,7 @@ def load_pipeline(path: str, device: str = "cpu"):
 
 
 def sampling_pipeline(args):
-    """The model of `args.model` with the scheduler asked for (--scheduler model|ddpm|ddim)."""
+    """The model of `args.model` with the sampler asked for (--sampler model or a name in hfdiff.samplers)."""
     from hfdiff.samplers import with_sampler
 
     pipe = load_pipeline(args.model, args.device)
