@@ -464,8 +464,10 @@ def train(config: TrainingConfig, conditional: bool, *, debug_dump_dir: str | No
     is left to the caller (the training scripts' `main` sets it up). `debug_dump_dir` is a testing aid, not a flag:
     each process writes the image indices it trained on and its final weights there (see `dump_debug`)."""
     with RestoredProcessState() as process_state:
-        config, accelerator = start_accelerator(config, conditional, process_state)
+        config, accelerator, threads_note = start_accelerator(config, conditional, process_state)
         run = set_up(accelerator, config, conditional)
+        if threads_note:  # logged once set-up has passed, so a user error before it stays the one line printed
+            logger.info(threads_note, main_process_only=False)
         trained_indices = [] if debug_dump_dir else None
         meter, logs = run_steps(run, trained_indices)
         finish(run, debug_dump_dir, trained_indices)
@@ -476,8 +478,9 @@ def train(config: TrainingConfig, conditional: bool, *, debug_dump_dir: str | No
 
 def start_accelerator(
     config: TrainingConfig, conditional: bool, process_state: RestoredProcessState
-) -> tuple[TrainingConfig, Accelerator]:
-    """The resolved config and the Accelerator, with the device's speed settings (restored by `process_state`)."""
+) -> tuple[TrainingConfig, Accelerator, str | None]:
+    """The resolved config and the Accelerator, with the device's speed settings (restored by `process_state`), and on
+    a CPU the thread count chosen and why."""
     # The device picks the auto defaults, and must be known before the Accelerator exists (mixed precision is one).
     # ACCELERATE_USE_CPU is read by the Accelerator, not by PartialState: pass it on, or a CPU DDP run (accelerate
     # launch --multi_gpu with ACCELERATE_USE_CPU=1) would come up as independent single processes.
@@ -486,12 +489,12 @@ def start_accelerator(
     if state.device.type == "cpu":
         threads, reason = cpu_threads(config, int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)))
         torch.set_num_threads(threads)
-        logger.info(f"{threads} CPU thread(s) per process: {reason}.", main_process_only=False)
+    threads_note = f"{threads} CPU thread(s) per process: {reason}." if state.device.type == "cpu" else None
     accelerator = make_accelerator(config)
     if accelerator.device.type == "cuda":
         process_state.keep_cuda_rng()  # before a resume restores a checkpoint's CUDA RNG states
         use_fast_cuda_kernels()
-    return config, accelerator
+    return config, accelerator, threads_note
 
 
 def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) -> Run:
