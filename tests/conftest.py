@@ -40,3 +40,17 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """In-process training runs share Accelerate's process-wide state; reset it after each so other tests start
+    clean. One torch thread meanwhile: exact equality between runs needs the same reduction order in each."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.set_num_threads(threads)

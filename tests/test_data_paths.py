@@ -37,17 +37,6 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # exact equality needs the same reduction order in every run
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.set_num_threads(threads)
-
-
 def image_dataset(path, count=24, size=(12, 20)):
     """A save_to_disk set of random non-square RGB PNGs, so that cropping and resizing matter."""
     rng = np.random.default_rng(0)

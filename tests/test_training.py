@@ -42,18 +42,6 @@ def run_script(args, launcher=(), **env):
     return result
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """In-process runs share Accelerate's process-wide state; reset it after each so other tests start clean."""
-    from accelerate.state import AcceleratorState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # exact equality needs the same reduction order in both runs
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.set_num_threads(threads)
-
-
 # ---- config
 
 
