@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_text import save_tiny_bert
-from test_training import TINY_RUN, fresh_accelerate_state  # noqa: F401 (a fixture)
+from test_training import TINY_RUN
 
 from hfdiff import SpriteDiffusionPipeline
 from hfdiff.data import SPRITE_CLASSES, generate_sprites, sprite_captions
