@@ -57,10 +57,14 @@ class RestoredProcessState:
 
 def use_fast_cuda_kernels() -> None:
     """TF32 matmuls and convolutions for whatever autocast leaves in fp32, and cuDNN autotuning (every batch has the
-    same shape, so the fastest convolution kernels are picked once). Call inside `RestoredProcessState`."""
+    same shape, so the fastest convolution kernels are picked once). Call inside `RestoredProcessState`.
+
+    A caller that asked for deterministic cuDNN (`torch.backends.cudnn.deterministic = True`) keeps autotuning off:
+    autotuning picks among the deterministic algorithms by timing, so two runs could still pick different ones and
+    round differently (measured on an H200: two graphed 6-step runs then drifted apart past rtol 1e-4)."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not torch.backends.cudnn.deterministic
 
 
 def configure_script_logging() -> None:
