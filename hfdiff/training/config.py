@@ -132,6 +132,22 @@ class TrainingConfig:
             "a metadata.jsonl of file_name and --caption_column entries for --conditioning text."
         ),
     )
+    dataset_streaming: bool = field(
+        default=False,
+        metadata=_help(
+            "Read --dataset_name (or --train_data_dir) as a `datasets` stream (load_dataset(..., streaming=True)): "
+            "rows are read, shuffled in a buffer of --shuffle_buffer_size and decoded batch by batch, never all "
+            "stored, for Hub sets larger than the disk. Needs --max_train_steps (a stream has no length) and "
+            "--conditioning class or none; a resume replays and skips the rows already trained on."
+        ),
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata=_help(
+            "--dataset_streaming: rows held in datasets' shuffle buffer (IterableDataset.shuffle); larger mixes "
+            "better and costs that many encoded rows of host memory."
+        ),
+    )
     image_column: str = field(default="image", metadata=_help("Column of --dataset_name holding the images."))
     label_column: str = field(
         default="label", metadata=_help("Column of --dataset_name holding the class labels (conditional training).")
@@ -536,6 +552,7 @@ def check_config(config: TrainingConfig) -> None:
         config,
         (
             "train_batch_size",
+            "shuffle_buffer_size",
             "num_epochs",
             "max_train_steps",
             "gradient_accumulation_steps",
@@ -555,6 +572,7 @@ def check_config(config: TrainingConfig) -> None:
         config, ("lr_warmup_steps", "max_grad_norm", "checkpointing_steps", "dataloader_num_workers"), allow_zero=True
     )
     check_data_budget(config.device_data_budget_mb)
+    check_streaming_config(config)
     if not 0.0 <= config.p_uncond < 1.0:
         raise ValueError(f"--p_uncond is a probability in [0, 1), got {config.p_uncond}.")
     if config.validation_inference_steps > config.ddpm_num_steps:
@@ -584,6 +602,22 @@ def check_data_budget(budget_mb) -> None:
         raise ValueError(
             f"--device_data_budget_mb must be a number of megabytes > 0 (e.g. 4096) or none for auto, got "
             f"{budget_mb!r}; a tiny budget such as 1 forces the streaming path."
+        )
+
+
+def check_streaming_config(config: TrainingConfig) -> None:
+    """--dataset_streaming: a source to stream, and a run length that does not need the stream's."""
+    if not config.dataset_streaming:
+        return
+    if not (config.dataset_name or config.train_data_dir):
+        raise ValueError(
+            "--dataset_streaming streams a `datasets` source, but neither --dataset_name nor --train_data_dir was "
+            "given; pass one, or drop --dataset_streaming."
+        )
+    if config.max_train_steps is None:
+        raise ValueError(
+            "--dataset_streaming reads a stream without a length, so --num_epochs cannot say how long to train; pass "
+            "--max_train_steps (e.g. --max_train_steps 10000)."
         )
 
 

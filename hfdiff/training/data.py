@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+# A save_to_disk folder streamed with --dataset_streaming is cut into this many shards, so that DDP can hand each
+# rank whole shards (split_dataset_by_node) where the world size divides it.
+_STREAM_SHARDS = 64
 
 
 @dataclass
@@ -65,6 +68,11 @@ class TrainingData:
         return not isinstance(self.images, torch.Tensor)
 
     @property
+    def has_length(self) -> bool:
+        """False for a `datasets` stream (--dataset_streaming): the number of images is unknown."""
+        return isinstance(self.images, torch.Tensor) or self.images.has_length
+
+    @property
     def channels(self) -> int:
         return self.images.shape[1]
 
@@ -79,7 +87,9 @@ def load_training_data(config: TrainingConfig, conditional: bool, budget: DataBu
     is not decoded here: its images are a StreamedImages, decoded batch by batch; without one, always decoded."""
     text = conditional and config.conditioning == "text"
     captions = None
-    if config.sprites_npy:
+    if config.dataset_streaming:
+        images, labels, class_names, description = _load_stream(config, conditional)
+    elif config.sprites_npy:
         array, labels, class_names, description = _load_npy(config, conditional)
         images = _array_images(array, config, budget, description)
     elif config.dataset_name:
@@ -108,6 +118,55 @@ def load_training_data(config: TrainingConfig, conditional: bool, budget: DataBu
     return TrainingData(
         images=images, labels=labels, class_names=class_names, description=description, captions=captions
     )
+
+
+def _load_stream(config: TrainingConfig, conditional: bool):
+    """--dataset_streaming: --dataset_name or --train_data_dir as a `datasets.IterableDataset` -> (IterableImages,
+    labels, class names, description). A stream cannot be read twice up front, so only what its features say is
+    known: class names come from a ClassLabel label column, and the context index is the identity (a streamed
+    micro-batch's "indices" are its class labels)."""
+    from .streaming import IterableImages
+
+    if conditional and config.conditioning == "text":
+        raise ValueError(
+            "--conditioning text needs the table of distinct captions before training, which a stream cannot give "
+            "without reading it all; drop --dataset_streaming (the map-style streaming path decodes batch by batch "
+            "too), or train with --conditioning class."
+        )
+    if config.dataset_name:
+        dataset = _load_named_dataset(config.dataset_name, config.dataset_config_name, streaming=True)
+        flag, description = f"--dataset_name {config.dataset_name}", f"dataset {config.dataset_name} (streamed)"
+    else:
+        dataset = _load_image_folder(config.train_data_dir, streaming=True)
+        flag, description = (
+            f"--train_data_dir {config.train_data_dir}",
+            f"image folder {config.train_data_dir} (streamed)",
+        )
+    if dataset.features is None:  # e.g. JSON lines: datasets infers the features from the first rows
+        dataset = dataset._resolve_features()
+    labels, class_names, label_column = None, None, None
+    if conditional:
+        import datasets
+
+        _check_label_column(dataset, config.label_column, flag)
+        feature = dataset.features[config.label_column]
+        if not isinstance(feature, datasets.ClassLabel):
+            raise ValueError(
+                f"--label_column {config.label_column!r} of {flag} holds {feature}; with --dataset_streaming the "
+                "classes must be known before reading the stream, from a ClassLabel feature. Cast the column "
+                "(dataset.cast_column(column, datasets.ClassLabel(names=[...]))), or drop --dataset_streaming."
+            )
+        label_column, class_names = config.label_column, list(feature.names)
+        labels = torch.arange(len(class_names))
+    image_column = _image_column(dataset, config, flag)
+    images = IterableImages(dataset, image_column, label_column, class_names, flag, config)
+    logger.info(
+        "%s: streaming data path (--dataset_streaming): rows read as a `datasets` stream, shuffled in a buffer of %d, "
+        "decoded batch by batch in DataLoader workers; the number of images is not known.",
+        flag,
+        config.shuffle_buffer_size,
+    )
+    return images, labels, class_names, description
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -293,8 +352,9 @@ def _looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def _load_named_dataset(name: str, config_name: str | None):
-    """A save_to_disk folder (loaded with load_from_disk), any other local folder, or a Hub id -> a Dataset."""
+def _load_named_dataset(name: str, config_name: str | None, streaming: bool = False):
+    """A save_to_disk folder (loaded with load_from_disk), any other local folder, or a Hub id -> a Dataset; with
+    `streaming`, an IterableDataset (load_dataset's streaming=True; a save_to_disk folder's to_iterable_dataset)."""
     import datasets
 
     path = os.path.expanduser(name)
@@ -306,13 +366,15 @@ def _load_named_dataset(name: str, config_name: str | None):
                 f"--dataset_name {name}: the save_to_disk folder could not be loaded ({type(err).__name__}: {err}); "
                 "it may be empty or damaged. Save the data set again with at least one row."
             ) from err
+        if streaming:
+            dataset = _train_split(dataset, name).to_iterable_dataset(num_shards=_STREAM_SHARDS)
     elif os.path.isdir(path):
-        dataset = datasets.load_dataset(path)
+        dataset = datasets.load_dataset(path, streaming=streaming)
     elif _looks_like_path(name):
         raise FileNotFoundError(f"--dataset_name {name} looks like a local path but does not exist; check the path.")
     else:
         try:
-            dataset = datasets.load_dataset(name, config_name)
+            dataset = datasets.load_dataset(name, config_name, streaming=streaming)
         except Exception as err:  # datasets raises many types here (offline, not found, gated); all need the same fix
             raise FileNotFoundError(
                 f"--dataset_name {name}: not a local folder, and loading it from the Hub failed ({err}). Check the "
@@ -324,7 +386,7 @@ def _load_named_dataset(name: str, config_name: str | None):
 def _train_split(dataset, name: str):
     import datasets
 
-    if not isinstance(dataset, datasets.DatasetDict):
+    if not isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return dataset
     if "train" in dataset:
         return dataset["train"]
@@ -335,7 +397,7 @@ def _train_split(dataset, name: str):
     )
 
 
-def _load_image_folder(path: str):
+def _load_image_folder(path: str, streaming: bool = False):
     import datasets
 
     if not os.path.exists(path):
@@ -365,7 +427,7 @@ def _load_image_folder(path: str):
             _first_few(others),
             "/".join(sorted(found)),
         )
-    return _train_split(datasets.load_dataset("imagefolder", data_dir=path), path)
+    return _train_split(datasets.load_dataset("imagefolder", data_dir=path, streaming=streaming), path)
 
 
 def _first_few(names: list[str], count: int = 5) -> str:
@@ -403,13 +465,7 @@ def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str,
     if conditional and config.conditioning == "text":
         captions = _captions(dataset, config.caption_column, flag)
     elif conditional:
-        if config.label_column not in dataset.column_names:
-            raise ValueError(
-                f"Conditional training needs labels, but --label_column {config.label_column!r} is not a column of "
-                f"{flag} (columns: {dataset.column_names}). Choose one with --label_column, put the images of an "
-                "image folder in one sub-folder per class (two classes at least), or train without labels with "
-                "train_unconditional.py."
-            )
+        _check_label_column(dataset, config.label_column, flag)
         labels, class_names = _labels(dataset, config.label_column, flag)
     if budget is not None:
         from .streaming import DatasetImages, streams
@@ -426,6 +482,15 @@ def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str,
     if config.resolution is not None and images.shape[2:] != (config.resolution, config.resolution):
         images = resize_images(images, config.resolution, config.center_crop)
     return images, labels, class_names, captions
+
+
+def _check_label_column(dataset, column: str, flag: str) -> None:
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"Conditional training needs labels, but --label_column {column!r} is not a column of {flag} (columns: "
+            f"{dataset.column_names}). Choose one with --label_column, put the images of an image folder in one "
+            "sub-folder per class (two classes at least), or train without labels with train_unconditional.py."
+        )
 
 
 def _captions(dataset, column: str, flag: str) -> list[str]:
@@ -470,17 +535,7 @@ def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
     feature = dataset.features[column]
     values = list(dataset[column])
     if isinstance(feature, datasets.ClassLabel):
-        labels = torch.tensor(values, dtype=torch.int64)
-        outside = ((labels < 0) | (labels >= feature.num_classes)).nonzero()
-        if len(outside):
-            row = int(outside[0])
-            raise ValueError(
-                f"--label_column {column!r} of {flag} has {len(outside)} label(s) outside 0..{feature.num_classes - 1} "
-                f"(row {row}: {values[row]}; `datasets` writes -1 for a missing label). Keep only labelled rows, "
-                f"e.g. dataset.filter(lambda row: row[{column!r}] >= 0), or train without labels with "
-                "train_unconditional.py."
-            )
-        return labels, list(feature.names)
+        return _class_labels(values, feature.names, column, flag), list(feature.names)
     if all(isinstance(value, str) for value in values):
         names = sorted(set(values))
         index = {name: k for k, name in enumerate(names)}
@@ -495,6 +550,21 @@ def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
         f"--label_column {column!r} of {flag} holds {feature}; expected class indices (ints or a ClassLabel) or "
         "class names (strings)."
     )
+
+
+def _class_labels(values: list, names: list[str], column: str, flag: str) -> torch.Tensor:
+    """A ClassLabel column's values -> (N,) int64, each in 0..K-1 (the map-style load checks all at once, a stream
+    each batch as it is decoded)."""
+    labels = torch.tensor(values, dtype=torch.int64)
+    outside = ((labels < 0) | (labels >= len(names))).nonzero()
+    if len(outside):
+        row = int(outside[0])
+        raise ValueError(
+            f"--label_column {column!r} of {flag} has {len(outside)} label(s) outside 0..{len(names) - 1} (row {row} "
+            f"of the batch: {values[row]}; `datasets` writes -1 for a missing label). Keep only labelled rows, e.g. "
+            f"dataset.filter(lambda row: row[{column!r}] >= 0), or train without labels with train_unconditional.py."
+        )
+    return labels
 
 
 def _to_pil(value, flag: str) -> PIL.Image.Image:

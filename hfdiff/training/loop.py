@@ -60,7 +60,7 @@ from .data import TrainingData, check_image_size, load_training_data
 from .process_state import RestoredProcessState, use_fast_cuda_kernels
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
 from .step import EagerStep, GraphedStep, LossWatch, StepInputs, graphed_step_unsupported
-from .streaming import batch_loader, data_budget, warn_direction_dependent
+from .streaming import batch_loader, data_budget, stream_loader, warn_direction_dependent, worker_errors_raised
 
 logger = get_logger(__name__)
 
@@ -241,8 +241,11 @@ def build_ema(config: TrainingConfig, unet) -> EMAModel | None:
     )
 
 
-def schedule_length(config: TrainingConfig, batches: EpochBatches) -> tuple[int, int]:
-    """(max_train_steps, num_epochs): --max_train_steps wins over --num_epochs when both are set."""
+def schedule_length(config: TrainingConfig, batches: EpochBatches | None) -> tuple[int, int | None]:
+    """(max_train_steps, num_epochs): --max_train_steps wins over --num_epochs when both are set. A stream (no
+    `batches`: its length is unknown) has no number of epochs."""
+    if batches is None:
+        return config.max_train_steps, None
     if config.max_train_steps is not None:
         return config.max_train_steps, math.ceil(config.max_train_steps / batches.updates_per_epoch)
     return config.num_epochs * batches.updates_per_epoch, config.num_epochs
@@ -506,7 +509,7 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
     if accelerator.is_main_process:
         warn_direction_dependent(config.random_flip, data.class_names, data.captions)
     unet = build_unet(config, data, conditional, contexts)
-    batches = EpochBatches(
+    batches = None if not data.has_length else EpochBatches(
         len(data), config.train_batch_size, config.gradient_accumulation_steps, config.seed,
         accelerator.process_index, world_size, device,
     )  # fmt: skip
@@ -568,26 +571,40 @@ def step_inputs(config, data: TrainingData, contexts: Contexts | None, device, m
     )  # fmt: skip
 
 
-def batch_images(run: Run) -> Iterator[torch.Tensor | None]:
-    """The streaming path's micro-batch images, from DataLoader workers in the order of run.batches from
-    run.global_step on; on the resident path None for each (the step gathers them on the device)."""
-    if not run.data.streaming:
-        return itertools.repeat(None)
-    loader = batch_loader(
-        run.data.images, run.batches, run.global_step, run.num_epochs, run.config.dataloader_num_workers,
-        run.accelerator.device,
-    )  # fmt: skip
-    return iter(loader)
+def micro_batches(run: Run) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
+    """(epoch, micro-batch, indices (B,) on the device, images) from run.global_step on. Resident path: run.batches'
+    indices and None for the images (the step gathers them on the device); streaming path: the same indices and
+    their (B, C, H, W) uint8 images from DataLoader workers (EpochBatchSampler replays run.batches); a stream
+    (--dataset_streaming, no run.batches): the workers' class labels as indices (the context index is the identity)
+    and their images."""
+    config, device = run.config, run.accelerator.device
+    if not run.data.has_length:
+        micro_batches_done = run.global_step * config.gradient_accumulation_steps
+        loader = stream_loader(
+            run.data.images, config.train_batch_size, config.seed, run.accelerator.process_index,
+            run.accelerator.num_processes, micro_batches_done, config.dataloader_num_workers, device,
+        )  # fmt: skip
+        for epoch, micro, labels, images in worker_errors_raised(loader):
+            yield epoch, micro, labels.to(device, non_blocking=True), images
+        return
+    images = itertools.repeat(None)
+    if run.data.streaming:
+        loader = batch_loader(
+            run.data.images, run.batches, run.global_step, run.num_epochs, config.dataloader_num_workers, device
+        )
+        images = worker_errors_raised(loader)
+    for (epoch, micro, indices), batch in zip(run.batches.iterate(run.global_step, run.num_epochs), images):
+        yield epoch, micro, indices, batch
 
 
 def log_run(run: Run) -> None:
     config, data, accelerator = run.config, run.data, run.accelerator
     logger.info(
-        f"{data.description}: {len(data)} images {tuple(data.images.shape[1:])} "
+        f"{data.description}: {len(data) if data.has_length else 'a stream of'} images {tuple(data.images.shape[1:])} "
         f"({'streamed from DataLoader workers' if data.streaming else 'resident on the device'}), "
         f"{context_description(run)}; "
         f"{sum(p.numel() for p in run.unet.parameters()):,} parameters; {run.max_train_steps} steps of "
-        f"{run.images_per_step} images ({run.num_epochs} epochs) on {accelerator.num_processes} process(es), "
+        f"{run.images_per_step} images ({run.num_epochs or 'an unknown number of'} epochs) on {accelerator.num_processes} process(es), "
         f"{accelerator.device}, mixed precision {config.mixed_precision}, {type(run.step).__name__} "
         f"(built in {run.step_setup_seconds:.1f} s).",
         main_process_only=True,
@@ -612,13 +629,12 @@ def run_steps(run: Run, trained_indices: list | None) -> tuple[Meter, dict]:
     )
     generator = torch.Generator(device=accelerator.device)
     meter, watch, logs = Meter(run.images_per_step), LossWatch(accelerator), {}
-    images = batch_images(run)  # the same order as run.batches: EpochBatchSampler replays it
-    for epoch, micro, indices in run.batches.iterate(run.global_step, run.num_epochs):
+    for epoch, micro, indices, images in micro_batches(run):
         if run.global_step >= run.max_train_steps:
             break
         # Noise, timesteps and context dropout of this micro-batch depend only on where it is in the run.
         generator.manual_seed(stream_seed(config.seed, accelerator.process_index, epoch, micro))
-        loss, finished_step = run.step(indices, generator, next(images))
+        loss, finished_step = run.step(indices, generator, images)
         meter.add(loss, finished_step)
         if trained_indices is not None:
             trained_indices.append(indices.cpu())

@@ -17,6 +17,7 @@ the same way. Augmentation (--random_flip) happens in the step on the device, so
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
 import math
 import os
@@ -91,6 +92,7 @@ class StreamedImages(abc.ABC, torch.utils.data.Dataset):
     reads the same; `[indices]` (a 1-D index tensor, one batch) is what the DataLoader's workers call."""
 
     dtype = torch.uint8
+    has_length = True  # False for a stream (IterableImages), whose number of images is unknown
 
     def __init__(self, shape: tuple[int, int, int, int]):
         self.shape = torch.Size(shape)  # (N, C, H, W) after --resolution
@@ -134,7 +136,48 @@ class ArrayImages(StreamedImages):
         return self._finish(_nhwc_to_tensor(self.array[np.asarray(indices, dtype=np.int64)]), indices)
 
 
-class DatasetImages(StreamedImages):
+class _EncodedColumn:
+    """Decoding of one image column of a `datasets` table or stream, shared by DatasetImages and IterableImages: files
+    are decoded here (the column is cast to Image(decode=False)), so that a bad one is named. `skip_fix` is the
+    error's advice, which depends on the source."""
+
+    def _set_column(self, feature, flag: str, resolution: int | None, center_crop: bool, skip_fix: str) -> None:
+        import datasets
+
+        self.feature, self.flag, self.resolution, self.center_crop = feature, flag, resolution, center_crop
+        self.encoded = isinstance(feature, datasets.Image) and feature.decode
+        self.skip_fix = skip_fix
+
+    def _undecoded(self, dataset, column: str):
+        import datasets
+
+        return dataset.cast_column(column, datasets.Image(decode=False)) if self.encoded else dataset
+
+    def _first_shape(self, value, resolution: int | None) -> tuple[int, int, int]:
+        """(C, H, W) of the set, from its first image: one channel if it is grayscale, else RGB; its size unless
+        --resolution."""
+        first = self._decode("row 0", value)
+        self.mode = "L" if first.mode in _GRAYSCALE_MODES else "RGB"
+        size = (first.height, first.width) if resolution is None else (resolution, resolution)
+        return (1 if self.mode == "L" else 3, *size)
+
+    def _decode(self, name: str, value):
+        if not self.encoded:
+            return _to_pil(value, self.flag)
+        try:
+            return self.feature.decode_example(value)
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            raise ValueError(
+                f"{self.flag}: image {value.get('path') or name} could not be read ({type(error).__name__}: "
+                f"{error}). The streaming data path cannot skip it; delete or replace it, or {self.skip_fix}."
+            ) from None
+
+    def _decode_batch(self, names: list[str], values: list) -> torch.Tensor:
+        pils = [self._decode(name, value) for name, value in zip(names, values)]
+        return _images(pils, self.resolution, self.flag, mode=self.mode, center_crop=self.center_crop)
+
+
+class DatasetImages(_EncodedColumn, StreamedImages):
     """The image column of a `datasets.Dataset`, decoded a batch of rows at a time (Arrow memory-maps the table, so
     the workers share it without copying). The first row decides the mode (one channel if it is grayscale, else RGB)
     and, without --resolution, the size; a row that does not decode stops training with its name, since the resident
@@ -145,40 +188,54 @@ class DatasetImages(StreamedImages):
 
         if isinstance(dataset, datasets.IterableDataset) or not hasattr(dataset, "__len__"):
             raise ValueError(
-                f"{flag} is a streaming data set without a length; hfdiff streams batches from a map-style Dataset "
-                "(its data order is a function of the row count). Load it without streaming=True, or save it with "
-                "save_to_disk and pass that folder."
+                f"{flag} is a streaming data set without a length; pass --dataset_streaming to train on it as a "
+                "stream, or load it without streaming=True (or save it with save_to_disk and pass that folder)."
             )
-        self.feature = dataset.features[column]
-        self.encoded = isinstance(self.feature, datasets.Image) and self.feature.decode
-        dataset = dataset.select_columns([column])
-        if self.encoded:  # decoded here, so that a bad file is named
-            dataset = dataset.cast_column(column, datasets.Image(decode=False))
-        self.dataset, self.column, self.flag = dataset, column, flag
-        self.resolution, self.center_crop = resolution, center_crop
-        first = self._decode(0, dataset[0][column])
-        self.mode = "L" if first.mode in _GRAYSCALE_MODES else "RGB"
-        channels = 1 if self.mode == "L" else 3
-        size = (first.height, first.width) if resolution is None else (resolution, resolution)
-        super().__init__((len(dataset), channels, *size))
-
-    def _decode(self, row: int, value):
-        if not self.encoded:
-            return _to_pil(value, self.flag)
-        try:
-            return self.feature.decode_example(value)
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise ValueError(
-                f"{self.flag}: image {value.get('path') or f'row {row}'} could not be read ({type(error).__name__}: "
-                f"{error}). The streaming data path cannot skip it; delete or replace it, or raise "
-                "--device_data_budget_mb so that the set is decoded up front (which skips unreadable images)."
-            ) from None
+        fix = "raise --device_data_budget_mb so that the set is decoded up front (which skips unreadable images)"
+        self._set_column(dataset.features[column], flag, resolution, center_crop, fix)
+        self.dataset, self.column = self._undecoded(dataset.select_columns([column]), column), column
+        super().__init__((len(dataset), *self._first_shape(self.dataset[0][column], resolution)))
 
     def rows(self, indices: list[int]) -> torch.Tensor:
         values = self.dataset[indices][self.column]
-        pils = [self._decode(row, value) for row, value in zip(indices, values)]
-        images = _images(pils, self.resolution, self.flag, mode=self.mode, center_crop=self.center_crop)
-        return self._finish(images, indices)
+        return self._finish(self._decode_batch([f"row {row}" for row in indices], values), indices)
+
+
+class IterableImages(_EncodedColumn, StreamedImages):
+    """The image column (and class labels) of a `datasets.IterableDataset` (--dataset_streaming): a stream without a
+    length. The main process reads encoded rows in the order of `StreamBatchSampler`; the workers decode them here,
+    with the map-style path's functions. Its shape's N is 0: the number of images is unknown."""
+
+    has_length = False
+
+    def __init__(self, dataset, column: str, label_column: str | None, class_names, flag: str, config):
+        self._set_column(dataset.features[column], flag, config.resolution, config.center_crop, "load it without "
+                         "--dataset_streaming, which skips unreadable images")  # fmt: skip
+        self.column, self.label_column, self.class_names = column, label_column, class_names
+        self.buffer_size = config.shuffle_buffer_size
+        columns = [column] + ([label_column] if label_column else [])
+        self.dataset = self._undecoded(dataset.select_columns(columns), column)
+        first = next(iter(self.dataset.take(1)), None)
+        if first is None:
+            raise ValueError(f"{flag} has no rows; check the source.")
+        super().__init__((0, *self._first_shape(first[column], config.resolution)))
+
+    def rows(self, indices: list[int]) -> torch.Tensor:
+        raise TypeError("A stream has no row indices; its batches come from StreamBatchSampler.")
+
+    def __getitem__(self, item: tuple[int, int, dict]) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+        """(epoch, micro-batch, encoded rows) from the sampler -> (epoch, micro-batch, labels (B,) int64, images
+        (B, C, H, W) uint8); without a label column the labels are zeros."""
+        from .data import _class_labels
+
+        epoch, micro, rows = item
+        values = rows[self.column]
+        names = [f"row {i} of micro-batch {micro} of epoch {epoch}" for i in range(len(values))]
+        images = self._finish(self._decode_batch(names, values), [0])
+        if self.label_column is None:
+            return epoch, micro, torch.zeros(len(values), dtype=torch.int64), images
+        labels = _class_labels(rows[self.label_column], self.class_names, self.label_column, self.flag)
+        return epoch, micro, labels, images
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,18 +263,85 @@ def default_num_workers() -> int:
 def batch_loader(images: StreamedImages, batches, start_step: int, num_epochs: int, num_workers: int | None, device):
     """A DataLoader yielding each micro-batch's (B, C, H, W) uint8 images in EpochBatches' order; pinned on CUDA so
     that the step's copy to the device is asynchronous."""
+    return _loader(images, EpochBatchSampler(batches, start_step, num_epochs), num_workers, device)
+
+
+class StreamBatchSampler(torch.utils.data.Sampler):
+    """--dataset_streaming's batches: encoded rows read in the main process (cheap; decoding is the workers' job)
+    in the order `datasets` gives for (seed, epoch, rank): IterableDataset.shuffle's buffer and shard order, reseeded
+    by set_epoch, and split_dataset_by_node's share of this rank. Each epoch's last, incomplete micro-batch is
+    dropped; a rank whose share runs out goes on into its next epoch, so ranks with unequal shares still take the
+    same number of steps. The first `skip` micro-batches are read and dropped undecoded: the resume of a stream."""
+
+    def __init__(self, images: IterableImages, batch_size: int, seed: int, rank: int, world_size: int, skip: int):
+        self.images, self.batch_size, self.seed, self.skip = images, batch_size, seed, skip
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int, dict]]:
+        from datasets.distributed import split_dataset_by_node
+
+        stream = self.images.dataset.shuffle(seed=self.seed, buffer_size=self.images.buffer_size)
+        stream = split_dataset_by_node(stream, rank=self.rank, world_size=self.world_size)
+        done = 0
+        for epoch in itertools.count():
+            stream.set_epoch(epoch)
+            micro = -1
+            for micro, rows in enumerate(stream.iter(self.batch_size, drop_last_batch=True)):
+                done += 1
+                if done > self.skip:
+                    yield epoch, micro, rows
+            if micro < 0:
+                raise ValueError(
+                    f"{self.images.flag} gives process {self.rank} of {self.world_size} fewer rows than one "
+                    f"micro-batch ({self.batch_size}); lower --train_batch_size, or use more data."
+                )
+
+
+def stream_loader(images: IterableImages, batch_size: int, seed: int, rank: int, world_size: int, skip: int,
+                  num_workers: int | None, device):  # fmt: skip
+    """A DataLoader yielding (epoch, micro-batch, labels (B,) int64, images (B, C, H, W) uint8) of the stream, from
+    micro-batch `skip` on."""
+    if skip:
+        logger.info(
+            "Resuming a stream: replaying its first %d micro-batches and skipping them (their rows are read, not "
+            "decoded); datasets' IterableDataset.state_dict would lose the shuffle buffer, so not the same order.",
+            skip,
+        )
+    return _loader(images, StreamBatchSampler(images, batch_size, seed, rank, world_size, skip), num_workers, device)
+
+
+def _loader(images: StreamedImages, sampler, num_workers: int | None, device) -> torch.utils.data.DataLoader:
     num_workers = default_num_workers() if num_workers is None else num_workers
     logger.info("Streaming batches from %d DataLoader worker process(es).", num_workers)
     return torch.utils.data.DataLoader(
         images,
         batch_size=None,  # the sampler's items are whole batches, decoded by one __getitem__ call
-        sampler=EpochBatchSampler(batches, start_step, num_epochs),
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=torch.device(device).type == "cuda",
         # torch's default of 2 batches ahead per worker: each waits in shared memory (/dev/shm, 64 MB in a default
         # Docker container), 12.6 MB for 1,024 RGB images at 64x64
         prefetch_factor=2 if num_workers else None,
     )
+
+
+def worker_errors_raised(loader) -> Iterator:
+    """The loader's items; a user error raised in a worker (an unreadable image) re-raised as its own one-line
+    message. DataLoader re-raises it with the same type but a message of several lines (the worker's traceback);
+    the CLI promises one line."""
+    items = iter(loader)
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except (ValueError, FileNotFoundError) as error:
+            text = str(error)
+            marker = f"\n{type(error).__name__}: "
+            if not text.startswith(f"Caught {type(error).__name__} in DataLoader worker") or marker not in text:
+                raise
+            raise type(error)(text.rsplit(marker, 1)[1].strip()) from None
+        yield item
 
 
 # ----------------------------------------------------------------------------------------------------------------
