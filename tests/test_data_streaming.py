@@ -3,6 +3,9 @@ and shards by rank; its bad inputs are refused in one line. CPU, tiny runs on a 
 
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -14,6 +17,7 @@ from test_data_paths import TINY_RUN
 from hfdiff.training import TrainingConfig, load_training_data, parse_config, resolve_defaults, train
 from hfdiff.training.streaming import IterableImages, stream_loader, worker_errors_raised
 
+ROOT = Path(__file__).resolve().parents[1]
 STREAM_RUN = [flag for flag in TINY_RUN if flag not in ("--num_train_images", "64")]
 
 
@@ -109,3 +113,43 @@ def test_unreadable_image_in_a_worker_is_one_line(tmp_path):
         list(zip(worker_errors_raised(loader), range(3)))
     message = str(raised.value)
     assert "\n" not in message and "01.png could not be read" in message and "cannot skip it" in message
+
+
+def test_unreadable_image_in_a_worker_reaches_the_cli_as_one_line(tmp_path):
+    """The map-style streaming path (tiny budget) through train_conditional.py: the worker's ValueError is the one
+    line printed, and the exit status is not 0."""
+    folder = image_folder(tmp_path / "folder", per_class=4)
+    (tmp_path / "folder" / "b" / "01.png").write_bytes(b"not a png")
+    flags = ["--output_dir", str(tmp_path / "run"), "--train_data_dir", folder, "--resolution", "8"]
+    flags += ["--max_train_steps", "2", "--train_batch_size", "4", "--device_data_budget_mb", "0.0001"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "train_conditional.py", *STREAM_RUN, *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "01.png could not be read" in result.stderr and "DataLoader worker" not in result.stderr, result.stderr
+
+
+def test_two_process_ddp_stream(tmp_path):
+    """Two CPU processes (accelerate launch --multi_gpu): split_dataset_by_node gives each its share, both take the
+    same number of steps and end with the same weights."""
+    folder = image_folder(tmp_path / "folder")
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29523"]
+    flags = ["--output_dir", str(out), "--train_data_dir", folder, "--dataset_streaming", "--resolution", "8"]
+    flags += ["--max_train_steps", "3", "--train_batch_size", "4", "--dataloader_num_workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(
+        [*launcher, "tests/train_and_dump.py", str(dump), *STREAM_RUN, *flags],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    ranks = [load_file(dump / f"rank-{r}.safetensors") for r in range(2)]
+    assert [len(rank.pop("indices")) for rank in ranks] == [12, 12]  # 3 steps of 4 images on each process
+    assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])  # DDP kept the weights in sync
+    assert (out / "samples.png").is_file()
