@@ -13,12 +13,14 @@ bf16 and torch.compile are switches: `pipe.enable_fast_sampling(dtype=torch.bflo
 
 Three things make one recording serve every step:
 
-1. The scheduler's update is written as x_{t'} = A_t x_t + B_t m + s_t z, three numbers per step, gathered on the
-   device by a step counter that the graph advances itself. The numbers are not written out here: `step_coefficients`
-   reads them off the scheduler's own `step`, evaluated on a small float64 probe, so DDPM, DDIM, subclasses of either
-   and diffusers' DDPMScheduler/DDIMScheduler (clip_sample=False) all work, and a step that is not of that form
-   (clipping, thresholding, learned variances, state kept between steps) sends the call back to the pipeline's loop
-   with the reason in words. The number of steps, eta, extra_noise and the guidance scale are data in fixed buffers,
+1. The scheduler's update is written as x_{t'} = A_t x_t + B_t m + s_t z + c_t, with the carry c_t = C x + D m of
+   the previous step's x and m (second-order multistep solvers reuse the previous x0 prediction; 0 for single-step
+   schedulers): five numbers per step, gathered on the device by a step counter that the graph advances itself. The
+   numbers are not written out here: `step_coefficients` reads them off the scheduler's own `step`, evaluated on a
+   small float64 probe, so DDPM, DDIM, subclasses of either, diffusers' DDPMScheduler/DDIMScheduler (clip_sample=False)
+   and DPMSolverMultistepScheduler (solver_order=2, "dpmsolver++" or "sde-dpmsolver++") all work, and a step that is
+   not of that form (clipping, thresholding, learned variances, state older than one step such as third order) sends
+   the call back to the pipeline's loop with the reason in words. The number of steps, eta, extra_noise and the guidance scale are data in fixed buffers,
    not graph structure: one graph per (batch, image shape, guidance on/off, dtype) serves them all.
 2. The noise z of each step is drawn between replays into a fixed buffer exactly as the scheduler draws it
    (diffusers' `randn_tensor(shape, generator, device, dtype)`), on exactly the steps where it draws, so a generator
@@ -31,11 +33,11 @@ Three things make one recording serve every step:
 
 What is cached on the sampler between calls: the derived coefficients (per scheduler, timesteps, eta, extra_noise),
 the UNet copy (bf16 only) and, per graph key, the fixed buffers, the CUDA graph with its memory pool and (with
-`compile=True`) the compiled step. Each call copies in x_T, the context, the coefficients (N x 3 floats) and the
+`compile=True`) the compiled step. Each call copies in x_T, the context, the coefficients (N x 5 floats) and the
 guidance scale, draws the noise and replays N times. On the CPU the sampler runs the same step function without graphs.
 
 When the pipeline should not use it, `FastSampler.fallback_reason` says why in words (not CUDA, a scheduler step that
-is not affine in (x_t, m, z), a scheduler that rescales the UNet's input, a step callback, one generator per image,
+is not affine in (x_t, m, z) and the previous step's (x_t, m), a scheduler that rescales the UNet's input, a step callback, one generator per image,
 offload hooks, an autocast around the call); the pipeline then runs its own loop.
 """
 
@@ -53,18 +55,26 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .pipelines.pipeline_sprite_diffusion import scheduler_step_kwargs
 
-__all__ = ["FastSampler", "StepCoefficients", "side_stream", "step_coefficients", "step_update"]
+__all__ = ["FastSampler", "StepCoefficients", "carry_update", "side_stream", "step_coefficients", "step_update"]
 
-# Columns of StepCoefficients.coefficients, in order: x_{t'} = A x_t + B m + s z (see `step_update`).
+# Columns of StepCoefficients.coefficients, in order (see `step_update` and `carry_update`):
+# x_{t'} = A x_t + B m + s z + c, with c the carry the previous step left, and this step's carry for the next one
+# c' = C x_t + D m (multistep solvers such as DPM-Solver++ 2M reuse the previous step's x0 prediction; C = D = 0 for
+# single-step schedulers and on the last step).
 COEFFICIENT_NAMES = (
     "prev_from_sample",  # A
     "prev_from_output",  # B: m is the (guided) network output
     "prev_from_noise",  # s: 0 on steps that draw no noise
+    "carry_from_sample",  # C: what x_t adds to the next step's update
+    "carry_from_output",  # D: what m adds to the next step's update
 )
 FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 # The probe the step is evaluated on: a few images' worth of random numbers, enough that a step which mixes pixels,
 # clamps (inputs x 3 leave [-1, 1]) or adds a constant cannot pass for an affine one.
 PROBE_SHAPE = (4, 2, 3, 3)
+# The dtypes a step may draw its noise in: the model output's (DDPM, DDIM) or float32 whatever the output's dtype
+# (diffusers' DPM-Solver schedulers); the probe keeps the one that fits.
+NOISE_DTYPES = (None, torch.float32)
 
 
 @dataclass
@@ -72,13 +82,15 @@ class StepCoefficients:
     """The scheduler's update for each chosen timestep, as numbers.
 
     timesteps: (N,) int64, the scheduler's timesteps t_i, in sampling order.
-    coefficients: (N, 3) float32, one row (A, B, s) per step, columns as COEFFICIENT_NAMES.
+    coefficients: (N, 5) float32, one row (A, B, s, C, D) per step, columns as COEFFICIENT_NAMES.
     draws_noise: N booleans: whether the scheduler's step i draws z (the fast path draws exactly when it does).
+    noise_dtype: the dtype the step draws z in; None: the sample's dtype.
     """
 
     timesteps: torch.Tensor
     coefficients: torch.Tensor
     draws_noise: list[bool]
+    noise_dtype: torch.dtype | None = None
 
 
 def config_fallback_reason(scheduler) -> str | None:
@@ -102,12 +114,15 @@ def step_coefficients(scheduler, eta: float = 0.0, extra_noise: bool = True) -> 
 
     Without clipping or thresholding every DDPM/DDIM step is affine in the sample x_t, the network output m and the
     noise z: x_{t'} = A x_t + B m + s z (DDPM's posterior mean, Ho et al. 2020 eq. 7 with eq. 15's x0_hat; DDIM's
-    eq. 12 of Song et al. 2021; x_0 and v targets are linear too, see schedulers/_math.py). So the math stays in the
-    scheduler: its `step` runs once per timestep, on a copy of the scheduler (steps of multistep schedulers change
-    their state), with float64 random x_t and m and a generator; A, B and s are the least-squares fit of the output on
-    (x_t, m, z), z being the generator's draw, and the fit must be exact to float64 rounding or the step is refused.
-    Whether a step draws at all is read off the generator's state. The numbers are stored in float32, so a step
-    agrees with `scheduler.step` to float32 rounding (tests check it).
+    eq. 12 of Song et al. 2021; x_0 and v targets are linear too, see schedulers/_math.py). A second-order multistep
+    step (DPM-Solver++ 2M, Lu et al. 2022 Alg. 2, and its SDE variant) also takes the previous step's x0 prediction,
+    itself affine in that step's x_t and m, so it adds C' x_{t_prev} + D' m_prev: the carry, whose weights are stored
+    on the previous step's row. So the math stays in the scheduler: its `step` runs once per timestep, on a copy of the
+    scheduler (multistep schedulers keep state), with float64 random x_t and m and a generator; the coefficients are
+    the least-squares fit of the output on (x_t, m, z, x_{t_prev}, m_prev), z being the generator's draw, and the fit
+    must be exact to float32 rounding (diffusers' DPM-Solver computes in float32; the table is float32) or the step is
+    refused: a clamp, a quantile or state older than one step misses by far more. Whether a step draws at all is read
+    off the generator's state, the dtype it draws in (NOISE_DTYPES) off which one fits.
 
     Raises a ValueError with the reason in words when the step is not of that form.
     """
@@ -116,43 +131,68 @@ def step_coefficients(scheduler, eta: float = 0.0, extra_noise: bool = True) -> 
         raise ValueError(f"step_coefficients cannot express this scheduler's step: {reason}.")
     if getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError("Call scheduler.set_timesteps(num_inference_steps) first: the coefficients are per timestep.")
+    if getattr(scheduler, "step_index", None) is not None:
+        raise ValueError(
+            f"{type(scheduler).__name__} is part-way through a trajectory (step_index={scheduler.step_index}); call "
+            "scheduler.set_timesteps(num_inference_steps) again to start from its first step."
+        )
     probe_scheduler = copy.deepcopy(scheduler)
     timesteps = scheduler.timesteps.detach().to("cpu", torch.int64)  # (N,)
     inputs = torch.Generator().manual_seed(0)
-    # fresh x_t and m at every step: with the same ones, a step that mixes in earlier steps' outputs would pass
-    samples, outputs, noises = 3 * torch.randn(
-        (3, len(timesteps), *PROBE_SHAPE), generator=inputs, dtype=torch.float64
-    )
-    prev_samples = torch.zeros_like(samples)  # (N, *PROBE_SHAPE)
+    # fresh x_t and m at every step (with the same ones, a step that mixes in earlier steps' outputs would pass), and
+    # a pair before the first step that the scheduler never sees; noise the steps that draw none never see
+    samples, outputs = 3 * torch.randn((2, len(timesteps) + 1, *PROBE_SHAPE), generator=inputs, dtype=torch.float64)
+    unseen_noise = 3 * torch.randn((len(timesteps), *PROBE_SHAPE), generator=inputs, dtype=torch.float64)
+    noises = [unseen_noise.clone() for _ in NOISE_DTYPES]
+    prev_samples = torch.zeros_like(unseen_noise)  # (N, *PROBE_SHAPE)
     kwargs = scheduler_step_kwargs(scheduler, None, eta, extra_noise)
-    draws_noise, output_dtype = [], torch.float64
+    draws_noise = []
     for i, t in enumerate(timesteps.tolist()):
-        prev_sample, draws = _probe_step(probe_scheduler, t, samples[i], outputs[i], noises[i], kwargs)
-        prev_samples[i], output_dtype = prev_sample, prev_sample.dtype
+        step_noises = [noise[i] for noise in noises]
+        prev_samples[i], draws = _probe_step(probe_scheduler, t, samples[i + 1], outputs[i + 1], step_noises, kwargs)
         draws_noise.append(draws)
 
-    # A, B, s per step: least squares of x_{t'} on (x_t, m, z) over the probe's numbers. Where the step drew no noise,
-    # z holds numbers it never saw (a zero column would make the fit rank-deficient), its s comes out ~0 and is set to 0
-    design = torch.stack([samples, outputs, noises], dim=-1).flatten(1, -2)  # (N, n, 3)
-    target = prev_samples.flatten(1)  # (N, n)
-    solution = torch.linalg.lstsq(design, target.unsqueeze(-1)).solution.squeeze(-1)  # (N, 3)
-    solution[:, 2] *= torch.tensor(draws_noise, dtype=torch.float64)
-    residual = ((design @ solution.unsqueeze(-1)).squeeze(-1) - target).abs().amax(dim=1)  # (N,)
-    tolerance = 1e3 * torch.finfo(output_dtype).eps * (1 + target.abs().amax(dim=1))
-    off = (~(residual <= tolerance)).nonzero().flatten().tolist()  # also catches NaN
-    if off:
+    for noise, noise_dtype in zip(noises, NOISE_DTYPES):
+        solution, off, residual = _fit_steps(samples, outputs, noise, prev_samples, draws_noise)
+        if not off:
+            break
+    else:
+        solution, off, residual = _fit_steps(samples, outputs, noises[0], prev_samples, draws_noise)
         raise ValueError(
             f"step_coefficients cannot express this scheduler's step: {type(scheduler).__name__}.step at timestep "
-            f"{timesteps[off[0]].item()} is not a fixed affine map of (sample, model output, its noise) (off by "
-            f"{residual[off[0]].item():.2g}); it may clip, threshold, keep state between steps or draw its noise "
-            "another way."
+            f"{timesteps[off[0]].item()} is not a fixed affine map of (sample, model output, its noise, the previous "
+            f"step's sample and model output) (off by {residual[off[0]].item():.2g}); it may clip, threshold, keep "
+            "state from before the previous step or draw its noise another way."
         )
-    return StepCoefficients(timesteps=timesteps, coefficients=solution.float(), draws_noise=draws_noise)
+    # row i: (A_i, B_i, s_i) and the carry weights of step i + 1, which multiply step i's (x_t, m)
+    coefficients = torch.cat([solution[:, :3], torch.cat([solution[1:, 3:], solution[:1, 3:] * 0])], dim=1)
+    return StepCoefficients(timesteps, coefficients.float(), draws_noise, noise_dtype)
 
 
-def _probe_step(scheduler, t: int, sample, model_output, noise, kwargs: dict) -> tuple[torch.Tensor, bool]:
-    """scheduler.step(model_output, t, sample) with a generator of its own; the noise it drew goes into `noise`.
-    Returns x_{t'} and whether the step drew noise."""
+def _fit_steps(samples, outputs, noises, prev_samples, draws_noise) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """Least squares of each step's x_{t'} on (x_t, m, z, x_{t_prev}, m_prev) over the probe's numbers.
+
+    samples, outputs: (N + 1, *PROBE_SHAPE), step i saw entry i + 1 (entry 0 precedes the first step); noises,
+    prev_samples: (N, *PROBE_SHAPE). Returns the (N, 5) solution (A, B, s, C, D) in float64, where C, D weigh the
+    previous step's x_t and m, the steps whose fit is not exact to float32 rounding, and the residuals (N,)."""
+    design = torch.stack([samples[1:], outputs[1:], noises, samples[:-1], outputs[:-1]], dim=-1).flatten(1, -2)
+    target = prev_samples.flatten(1)  # (N, n); design: (N, n, 5)
+    solution = torch.linalg.lstsq(design, target.unsqueeze(-1)).solution.squeeze(-1)  # (N, 5)
+    # Columns a step never saw (z where it drew nothing, the pair before the first step) come out ~0: set to 0.
+    solution[:, 2] *= torch.tensor(draws_noise, dtype=torch.float64)
+    solution[0, 3:] = 0
+    # Weights below float32's resolution of their row (a lower-order last step's carry, a single-step scheduler's)
+    # are rounding of an absent term: 0, so such steps add exactly nothing.
+    solution[solution.abs() < 1e-12 * solution.abs().amax(dim=1, keepdim=True)] = 0
+    residual = ((design @ solution.unsqueeze(-1)).squeeze(-1) - target).abs().amax(dim=1)  # (N,)
+    tolerance = 1e3 * torch.finfo(torch.float32).eps * (1 + target.abs().amax(dim=1))
+    off = (~(residual <= tolerance)).nonzero().flatten().tolist()  # also catches NaN
+    return solution, off, residual
+
+
+def _probe_step(scheduler, t: int, sample, model_output, noises: list, kwargs: dict) -> tuple[torch.Tensor, bool]:
+    """scheduler.step(model_output, t, sample) with a generator of its own; when it draws, the same draw in each of
+    NOISE_DTYPES goes into `noises`. Returns x_{t'} and whether the step drew noise."""
     if not torch.equal(scheduler.scale_model_input(sample, t), sample):
         raise ValueError(
             f"step_coefficients cannot express this scheduler's step: {type(scheduler).__name__}.scale_model_input "
@@ -164,38 +204,53 @@ def _probe_step(scheduler, t: int, sample, model_output, noise, kwargs: dict) ->
         kwargs = {**kwargs, "generator": generator}
     prev_sample = scheduler.step(model_output, t, sample, **kwargs).prev_sample
     draws = not torch.equal(generator.get_state(), state)
-    if draws:
+    for noise, noise_dtype in zip(noises, NOISE_DTYPES) if draws else ():
         generator.set_state(state)  # the step's own draw again (randn_tensor is how diffusers' schedulers draw)
-        noise.copy_(randn_tensor(model_output.shape, generator=generator, dtype=model_output.dtype))
+        noise.copy_(randn_tensor(model_output.shape, generator=generator, dtype=noise_dtype or model_output.dtype))
     return prev_sample, draws
 
 
 def step_update(
-    sample: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor, coefficients: torch.Tensor
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    noise: torch.Tensor,
+    coefficients: torch.Tensor,
+    carry: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x_t -> x_{t'} = A x_t + B m + s z with one row (A, B, s) of `step_coefficients`: the scheduler's step.
+    """x_t -> x_{t'} = A x_t + B m + s z + c with one row of `step_coefficients`: the scheduler's step.
 
-    sample x_t, model_output m (the guided prediction), noise z: (B, C, H, W). Returns x_{t'}: (B, C, H, W).
+    sample x_t, model_output m (the guided prediction), noise z, carry c (what the previous step's `carry_update`
+    left; None or zeros on the first step): (B, C, H, W). Returns x_{t'}: (B, C, H, W).
     """
-    prev_from_sample, prev_from_output, prev_from_noise = coefficients.unbind()
-    return prev_from_sample * sample + prev_from_output * model_output + prev_from_noise * noise
+    prev_from_sample, prev_from_output, prev_from_noise = coefficients[:3].unbind()
+    prev_sample = prev_from_sample * sample + prev_from_output * model_output + prev_from_noise * noise
+    return prev_sample if carry is None else prev_sample + carry
+
+
+def carry_update(sample: torch.Tensor, model_output: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """What step i's x_t and m add to step i + 1's update (C x_t + D m, with row i of `step_coefficients`): a
+    multistep solver's use of the previous x0 prediction; zeros for single-step schedulers. (B, C, H, W)."""
+    carry_from_sample, carry_from_output = coefficients[3:].unbind()
+    return carry_from_sample * sample + carry_from_output * model_output
 
 
 def denoise(
     unet: torch.nn.Module,
     sample: torch.Tensor,
     noise: torch.Tensor,
+    carry: torch.Tensor,
     context: torch.Tensor | None,
     coefficients: torch.Tensor,
     timestep: torch.Tensor,
     guidance_scale: torch.Tensor,
     guidance: bool,
     channels_last: bool,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One whole denoising step: the UNet on x_t (both guidance halves in one batch), guidance, `step_update`.
 
-    sample, noise: (B, C, H, W) in the sampler's state dtype; context: (B, D), (2B, D) with guidance, or None;
-    coefficients: (3,); timestep: (1,) int64; guidance_scale: () float32. Returns x_{t'}: (B, C, H, W).
+    sample, noise, carry: (B, C, H, W) in the sampler's state dtype; context: (B, D), (2B, D) with guidance, or None;
+    coefficients: (5,); timestep: (1,) int64; guidance_scale: () float32. Returns x_{t'} and the next step's carry:
+    (B, C, H, W) each.
     """
     model_input = torch.cat([sample, sample]) if guidance else sample
     memory_format = torch.channels_last if channels_last else torch.preserve_format
@@ -205,18 +260,32 @@ def denoise(
         # classifier-free guidance (Ho & Salimans 2022, eq. 6)
         cond, null = model_output.chunk(2)
         model_output = null + guidance_scale * (cond - null)
-    return step_update(sample, model_output, noise, coefficients)
+    prev_sample = step_update(sample, model_output, noise, coefficients, carry)
+    return prev_sample, carry_update(sample, model_output, coefficients)
 
 
 def _denoise_in_place(
-    denoise_fn, unet, sample, noise, context, coefficients, timesteps, step, guidance_scale, *, guidance, channels_last
+    denoise_fn,
+    unet,
+    sample,
+    noise,
+    carry,
+    context,
+    coefficients,
+    timesteps,
+    step,
+    guidance_scale,
+    *,
+    guidance,
+    channels_last,
 ) -> None:
     """One step on the fixed buffers (see `_StepBuffers`), all kernels: the step index `step` selects this step's
     coefficients and timestep on the device, and is advanced by one."""
-    x_prev = denoise_fn(
+    prev_sample, next_carry = denoise_fn(
         unet,
         sample,
         noise,
+        carry,
         context,
         coefficients.index_select(0, step)[0],
         timesteps.index_select(0, step),
@@ -224,7 +293,8 @@ def _denoise_in_place(
         guidance,
         channels_last,
     )
-    sample.copy_(x_prev)
+    sample.copy_(prev_sample)
+    carry.copy_(next_carry)
     step.add_(1)
 
 
@@ -244,8 +314,9 @@ class _StepBuffers:
 
     sample: torch.Tensor  # (B, C, H, W) x_t, updated in place to x_{t'} by each step
     noise: torch.Tensor  # (B, C, H, W) z of the current step
+    carry: torch.Tensor  # (B, C, H, W) what the previous step adds to this one's update (multistep solvers)
     context: torch.Tensor | None  # (B, D) or (2B, D), in the UNet copy's dtype
-    coefficients: torch.Tensor  # (T, 3) float32, rows 0..N-1 used
+    coefficients: torch.Tensor  # (T, 5) float32, rows 0..N-1 used
     timesteps: torch.Tensor  # (T,) int64
     step: torch.Tensor  # (1,) int64, the index i of the current step; each step adds 1
     guidance_scale: torch.Tensor  # () float32
@@ -416,6 +487,7 @@ class FastSampler:
         buffers = self._get_buffers(latents, context, guidance)
 
         buffers.sample.copy_(latents)
+        buffers.carry.zero_()  # the first step has no previous one
         if context is not None:
             buffers.context.copy_(context)
         buffers.coefficients[:num_steps].copy_(steps.coefficients)
@@ -426,7 +498,8 @@ class FastSampler:
             if steps.draws_noise[i]:
                 # The scheduler's own draw, randn_tensor(model_output.shape, generator, device, dtype), so any generator
                 # gives the eager loop's noise; a CPU generator draws on the CPU and copies (the module docstring).
-                noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+                dtype = steps.noise_dtype or latents.dtype
+                noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=dtype)
                 buffers.noise.copy_(noise)
             if buffers.graph is not None:
                 buffers.graph.replay()
@@ -445,6 +518,7 @@ class FastSampler:
         buffers = _StepBuffers(
             sample=torch.zeros_like(latents, memory_format=torch.contiguous_format),
             noise=torch.zeros_like(latents, memory_format=torch.contiguous_format),
+            carry=torch.zeros_like(latents, memory_format=torch.contiguous_format),
             context=None if context is None else torch.zeros(context.shape, dtype=unet.dtype, device=device),
             coefficients=torch.zeros(num_train_timesteps, len(COEFFICIENT_NAMES), device=device),
             timesteps=torch.zeros(num_train_timesteps, dtype=torch.int64, device=device),
@@ -460,7 +534,7 @@ class FastSampler:
             _denoise_in_place,
             self._denoise,
             unet,
-            *(buffers.sample, buffers.noise, buffers.context, buffers.coefficients, buffers.timesteps),
+            *(buffers.sample, buffers.noise, buffers.carry, buffers.context, buffers.coefficients, buffers.timesteps),
             buffers.step,
             buffers.guidance_scale,
             guidance=guidance,

@@ -3,12 +3,12 @@ pipeline's loop (CPU), the fallback decision, graph keys, and on a GPU the recor
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from tiny import T, make_pipe, seed, tiny_unet
 
 from hfdiff import SpriteDDIMScheduler, SpriteDDPMScheduler, SpriteDiffusionPipeline
-from hfdiff.fast_sampling import FastSampler, step_coefficients, step_update
+from hfdiff.fast_sampling import FastSampler, carry_update, step_coefficients, step_update
 
 HAS_HOOK = hasattr(SpriteDiffusionPipeline, "enable_fast_sampling")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -50,12 +50,29 @@ class ClampingDDPM(SpriteDDPMScheduler):
 
 
 class MomentumDDIM(SpriteDDIMScheduler):
-    """A step that keeps state between steps (like multistep solvers): affine in each call, but not a fixed map."""
+    """A step that keeps the previous step's output (like a multistep solver): affine in (x_t, m, m_prev)."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self.previous_output = None  # a new trajectory, as diffusers' multistep schedulers reset theirs
 
     def step(self, model_output, timestep, sample, *args, **kwargs):
-        previous = getattr(self, "previous_output", torch.zeros_like(model_output))
+        previous = model_output if self.previous_output is None else self.previous_output
         self.previous_output = model_output
         return super().step(0.5 * (model_output + previous), timestep, sample, *args, **kwargs)
+
+
+def dpm_solver(num_train_timesteps=T, **overrides):
+    """diffusers' DPM-Solver++ 2M SDE on a zero-SNR v-prediction schedule (the "dpm++" sampler's configuration)."""
+    config = {
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "timestep_spacing": "trailing",
+        "algorithm_type": "sde-dpmsolver++",
+        "solver_order": 2,
+        **overrides,
+    }
+    return DPMSolverMultistepScheduler(num_train_timesteps=num_train_timesteps, **config)
 
 
 def check_step(scheduler, steps, i, t, **step_kwargs):
@@ -106,7 +123,8 @@ def test_ddpm_step_equals_scheduler_step(config, extra_noise):
     scheduler = SpriteDDPMScheduler(num_train_timesteps=50, **config)
     scheduler.set_timesteps(10)
     steps = step_coefficients(scheduler, extra_noise=extra_noise)
-    assert steps.timesteps.tolist() == scheduler.timesteps.tolist() and steps.coefficients.shape == (10, 3)
+    assert steps.timesteps.tolist() == scheduler.timesteps.tolist() and steps.coefficients.shape == (10, 5)
+    assert torch.all(steps.coefficients[:, 3:] == 0) and steps.noise_dtype is None  # single-step: no carry
     for i, t in enumerate(scheduler.timesteps):
         check_step(scheduler, steps, i, t, extra_noise=extra_noise)
     assert steps.draws_noise == [extra_noise] * 9 + [False]  # Alg. 2: no noise on the step that lands on x_0
@@ -147,9 +165,67 @@ def test_derived_from_other_and_subclassed_schedulers(scheduler, step_kwargs):
 def test_step_coefficients_leave_the_scheduler_as_it_was():
     scheduler = MomentumDDIM(num_train_timesteps=T)
     scheduler.set_timesteps(4)
-    with pytest.raises(ValueError, match="not a fixed affine map"):
+    steps = step_coefficients(scheduler)
+    assert scheduler.previous_output is None  # probed on a copy: the user's scheduler kept no state
+    # its step takes 0.5 (m_i + m_{i-1}): m_{i-1} enters as a carry with B_i's weight, none out of the last step
+    assert torch.all(steps.coefficients[:, 3] == 0) and torch.all(steps.coefficients[-1][3:] == 0)
+    torch.testing.assert_close(steps.coefficients[:-1, 4], steps.coefficients[1:, 1])
+
+
+def multistep_trajectory_error(scheduler, steps, num_steps) -> float:
+    """Largest error of the coefficient recurrence (`step_update` with `carry_update`) against scheduler.step over a
+    whole trajectory, float64 random model outputs and the step's own noise, relative to the sample's size."""
+    x, carry, error = torch.randn(2, 3, 4, 4, generator=seed(0), dtype=torch.float64), None, 0.0
+    for i, t in enumerate(scheduler.timesteps):
+        m = 2 * torch.randn(2, 3, 4, 4, generator=seed(1 + i), dtype=torch.float64)
+        expected = scheduler.step(m, t, x, generator=seed(100 + i)).prev_sample
+        z = randn_tensor(x.shape, generator=seed(100 + i), dtype=steps.noise_dtype or torch.float64).double()
+        row = steps.coefficients[i].double()
+        got, carry = step_update(x, m, z, row, carry), carry_update(x, m, row)
+        error = max(error, ((got - expected).abs().max() / (1 + expected.abs().max())).item())
+        x = expected
+    assert i == num_steps - 1
+    return error
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"prediction_type": "epsilon"},
+        {"algorithm_type": "dpmsolver++"},
+        {"solver_type": "heun", "timestep_spacing": "leading", "rescale_betas_zero_snr": False},
+        {"lower_order_final": False, "final_sigmas_type": "sigma_min"},
+        {"euler_at_final": True, "beta_schedule": "squaredcos_cap_v2"},
+    ],
+)
+@pytest.mark.parametrize("num_steps", [7, 20])
+def test_multistep_solver_step_equals_scheduler_step(overrides, num_steps):
+    """DPM-Solver++ 2M (SDE) reuses the previous step's x0 prediction: the probe's table, carry included, gives
+    diffusers' own `step` over a whole trajectory, to the float32 rounding that step computes in."""
+    scheduler = dpm_solver(num_train_timesteps=50, **overrides)
+    scheduler.set_timesteps(num_steps)
+    steps = step_coefficients(scheduler)
+    sde = scheduler.config.algorithm_type == "sde-dpmsolver++"
+    assert steps.draws_noise == [sde] * num_steps and steps.noise_dtype == (torch.float32 if sde else None)
+    config = scheduler.config
+    # diffusers makes the last step first order (no carry into it) for a "zero" final sigma (it lands on x0_hat, its
+    # draw multiplied by 0), euler_at_final, or lower_order_final under 15 steps
+    first_order_last = config.final_sigmas_type == "zero" or config.euler_at_final
+    first_order_last = first_order_last or (config.lower_order_final and num_steps < 15)
+    assert torch.all(steps.coefficients[:-2, 4] != 0) and torch.all(steps.coefficients[-1, 3:] == 0)
+    assert (steps.coefficients[-2, 4] == 0) == first_order_last
+    assert (steps.coefficients[-1, 2] == 0) == (config.final_sigmas_type == "zero")
+    scheduler.set_timesteps(num_steps)  # a fresh trajectory for diffusers' own steps
+    assert multistep_trajectory_error(scheduler, steps, num_steps) < 1e-6
+
+
+def test_step_coefficients_refuse_a_scheduler_part_way_through():
+    scheduler = dpm_solver()
+    scheduler.set_timesteps(4)
+    scheduler.step(torch.zeros(1, 3, 4, 4), scheduler.timesteps[0], torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="step_index=1.*set_timesteps"):
         step_coefficients(scheduler)
-    assert not hasattr(scheduler, "previous_output")  # probed on a copy: the user's scheduler kept no state
 
 
 @pytest.mark.parametrize(
@@ -160,7 +236,11 @@ def test_step_coefficients_leave_the_scheduler_as_it_was():
         (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="learned_range"), "network's output"),
         (SpriteDDIMScheduler(num_train_timesteps=T, thresholding=True), "thresholding"),
         (ClampingDDPM(num_train_timesteps=T), "not a fixed affine map"),
-        (MomentumDDIM(num_train_timesteps=T), "keep state between steps"),
+        (
+            dpm_solver(solver_order=3, lower_order_final=False),
+            "keep state from before the previous step",
+        ),  # third order: two steps back
+        (dpm_solver(thresholding=True), "thresholding"),
     ],
 )
 def test_step_coefficients_refuses_what_it_cannot_express(scheduler, words):
@@ -190,6 +270,10 @@ def test_step_coefficients_need_timesteps():
             {"num_inference_steps": 6},
         ),
         (ScaledDDIM(num_train_timesteps=T), {"num_inference_steps": 5, "eta": 1.0}),  # a user's subclass
+        (MomentumDDIM(num_train_timesteps=T), {"num_inference_steps": 5}),  # carries its previous output
+        (dpm_solver(), {"num_inference_steps": 8}),  # DPM-Solver++ 2M SDE: noise and the previous x0 prediction
+        (dpm_solver(prediction_type="epsilon"), {"num_inference_steps": 20, "class_labels": 1, "guidance_scale": 2.0}),
+        (dpm_solver(algorithm_type="dpmsolver++", final_sigmas_type="sigma_min"), {"num_inference_steps": 6}),
         (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="fixed_small", prediction_type="v_prediction"), {}),
         (SpriteDDIMScheduler(num_train_timesteps=T), {"num_inference_steps": 5}),  # deterministic DDIM
         (
@@ -291,6 +375,7 @@ def test_fallback_reason():
         (SpriteDDPMScheduler(num_train_timesteps=T, variance_type="learned"), "learned"),
         (SpriteDDPMScheduler(num_train_timesteps=T, thresholding=True), "thresholding"),
         (ClampingDDPM(num_train_timesteps=T), "ClampingDDPM.step at timestep"),
+        (dpm_solver(solver_order=3, lower_order_final=False), "DPMSolverMultistepScheduler.step at timestep"),
     ):
         pipe.scheduler = scheduler
         scheduler.set_timesteps(4)
@@ -299,6 +384,7 @@ def test_fallback_reason():
         SpriteDDIMScheduler(num_train_timesteps=T),
         ScaledDDIM(num_train_timesteps=T),  # a subclass whose step is still affine takes the fast path
         DDIMScheduler(num_train_timesteps=T, clip_sample=False),
+        dpm_solver(),  # second-order multistep: its carry runs on the graph too
     ):
         pipe.scheduler = scheduler
         pipe.scheduler.set_timesteps(4)
