@@ -3,6 +3,8 @@ recommended "fast" one on the CUDA-graph path, and the CLI's --sampler."""
 
 import pytest
 import torch
+from diffusers import DPMSolverMultistepScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from test_text import save_tiny_bert
 from test_text_pipeline import make_text_pipe
 from tiny import make_pipe, seed
@@ -49,8 +51,53 @@ def test_fast_is_strided_ddpm_on_the_graph_path():
     assert isinstance(with_sampler(pipe, "ddim").scheduler, SpriteDDIMScheduler)
 
 
+def test_dpm_sampler_is_diffusers_solver_on_the_models_schedule_and_on_the_graph_path():
+    pipe = make_pipe(scheduler=zero_snr_scheduler())
+    dpm = with_sampler(pipe, "dpm++")
+    config = dpm.scheduler.config
+    assert type(dpm.scheduler) is DPMSolverMultistepScheduler and default_steps("dpm++", 500) == 20
+    assert (config.algorithm_type, config.solver_order, config.final_sigmas_type) == ("sde-dpmsolver++", 2, "zero")
+    assert not config.use_karras_sigmas and dpm.scheduler.alphas_cumprod[-1] == 2**-24  # zero SNR, clamped
+    # round trip: back to DDPM from the solver's config, the model's schedule unchanged
+    back = with_sampler(dpm, "ddpm").scheduler
+    assert {k: back.config[k] for k in pipe.scheduler.config} == dict(pipe.scheduler.config)
+    dpm.scheduler.set_timesteps(20)
+    assert FastSampler(dpm).fallback_reason(device="cuda", generator=seed(0)) is None
+    steps = step_coefficients(dpm.scheduler)
+    assert steps.coefficients.shape == (20, 5) and torch.isfinite(steps.coefficients).all()
+    assert steps.noise_dtype == torch.float32 and all(steps.draws_noise)  # SDE: draws on every step
+
+
+def by_hand(pipe, scheduler, batch_size, class_labels, generator):
+    """diffusers' scheduler driven by hand around the UNet (what any diffusers pipeline's loop does)."""
+    context = pipe.prepare_context(class_labels, None, batch_size, "cpu", torch.float32)
+    scheduler.set_timesteps(20)
+    sample = randn_tensor((batch_size, 3, 16, 16), generator=generator) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_output = pipe.unet(scheduler.scale_model_input(sample, t), t, context=context).sample
+        sample = scheduler.step(model_output, t, sample, generator=generator).prev_sample
+    return pipe.postprocess(sample, "pt")
+
+
+def test_dpm_sampler_gives_diffusers_solver_images_in_the_pipeline_and_on_the_fast_path():
+    """The "dpm++" pipeline, its loop and FastSampler's steps (the graph's step function, run on the CPU), against
+    DPMSolverMultistepScheduler stepped by hand with the same generator."""
+    pipe = with_sampler(make_pipe(scheduler=zero_snr_scheduler()), "dpm++")
+    labels = ["hero", "food", 2, 4]
+    expected = by_hand(pipe, DPMSolverMultistepScheduler.from_config(pipe.scheduler.config), 4, labels, seed(3))
+    got = pipe(batch_size=4, class_labels=labels, num_inference_steps=20, generator=seed(3), output_type="pt")
+    torch.testing.assert_close(got.images, expected, rtol=0, atol=1e-6)
+
+    generator = seed(3)
+    context = pipe.prepare_context(labels, None, 4, "cpu", torch.float32)
+    pipe.scheduler.set_timesteps(20)
+    latents = randn_tensor((4, 3, 16, 16), generator=generator)
+    fast = pipe.postprocess(FastSampler(pipe).sample(latents, context, generator=generator), "pt")
+    torch.testing.assert_close(fast, expected, rtol=0, atol=2e-5)
+
+
 def test_unknown_sampler_names_the_choices():
-    with pytest.raises(ValueError, match="Unknown sampler 'dpm'; choose one of 'fast', 'ddpm', 'ddim'"):
+    with pytest.raises(ValueError, match="Unknown sampler 'dpm'; choose one of 'fast', 'ddpm', 'ddim', 'dpm\\+\\+'"):
         get_sampler("dpm")
 
 
@@ -70,6 +117,7 @@ def test_cli_sampler_flag_takes_the_named_sampler_and_its_steps(tmp_path, monkey
     for flag, expected in (
         (["--sampler", "fast"], ("SpriteDDPMScheduler", 25)),
         (["--scheduler", "ddim"], ("SpriteDDIMScheduler", 50)),
+        (["--sampler", "dpm++"], ("DPMSolverMultistepScheduler", 20)),
     ):
         output = tmp_path / f"{flag[1]}.png"
         args = ["sample", str(tmp_path / "model"), "--per_class", "1", "--output", str(output), "--device", "cpu"]
