@@ -147,19 +147,24 @@ def test_streaming_run_resumed_equals_a_resident_run(tmp_path, fresh_accelerate_
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_cuda_graph_step_streams_what_it_would_gather(tmp_path, fresh_accelerate_state):
+def test_cuda_graph_step_streams_what_it_would_gather(tmp_path, fresh_accelerate_state, monkeypatch):
     """The graphed step with --random_flip, resident vs. streaming (batches copied into its static buffer from pinned
-    memory): the same weights within the kernels' run-to-run rounding."""
+    memory): bit-identical weights.
+
+    Eager UNet and deterministic cuDNN, so that the two runs do the same arithmetic: on an H200 two identical compiled
+    runs, both resident, ended 1.5e-5 apart (torch.compile's kernels are not deterministic run to run), and the same
+    runs uncompiled with deterministic cuDNN ended bit-identical, streamed or not."""
     from accelerate.state import AcceleratorState
 
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     weights = {}
     for name, extra in [("resident", []), ("streamed", ["--device_data_budget_mb", "0.01"])]:
         flags = ["--output_dir", str(tmp_path / name), "--max_train_steps", "6", "--checkpointing_steps", "6"]
-        train(parse_config([*TINY_RUN, *flags, "--random_flip", "--cuda_graphs", *extra]), conditional=True)
+        train(parse_config([*TINY_RUN, *flags, "--random_flip", "--cuda_graphs", "--no-compile", *extra]), True)
         AcceleratorState._reset_state(reset_partial_state=True)
         weights[name] = load_file(tmp_path / name / "checkpoint-6" / "model.safetensors")
     for key, value in weights["resident"].items():
-        torch.testing.assert_close(weights["streamed"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        assert torch.equal(weights["streamed"][key], value), key
 
 
 # ---- bad input

@@ -24,7 +24,9 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name, low, high", [("sprite-small", 1.0e6, 2.0e6), ("sprite-base", 5e6, 10e6)])
+@pytest.mark.parametrize(
+    "name, low, high", [("sprite-small", 1.0e6, 2.0e6), ("sprite-base", 5e6, 10e6), ("sprite-64", 3e6, 6e6)]
+)
 def test_presets_size_and_shape(name, low, high):
     unet = ContextUNet2DModel.from_preset(name)
     assert low <= count_parameters(unet) <= high

@@ -19,7 +19,8 @@ from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 from torch import nn
 
 # Named architectures. "sprite-small" is the course scale (1.4M parameters, no attention);
-# "sprite-base" is wider and deeper, with self-attention at the lowest resolution (6.7M parameters).
+# "sprite-base" is wider and deeper, with self-attention at the lowest resolution (6.7M parameters);
+# "sprite-64" is for 64x64 images: a fourth level, so attention runs at 8x8 as sprite-base's does at 4x4 (4.5M).
 UNET_PRESETS: dict[str, dict] = {
     "sprite-small": {
         "sample_size": 16,
@@ -42,12 +43,23 @@ UNET_PRESETS: dict[str, dict] = {
         "norm_num_groups": 32,
         "context_dim": 5,
     },
+    "sprite-64": {
+        "sample_size": 64,
+        "block_out_channels": (32, 64, 128, 128),
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "layers_per_block": 1,
+        "add_attention": True,
+        "attention_head_dim": 32,
+        "norm_num_groups": 8,
+        "context_dim": 5,
+    },
 }
 
 
 # Bounds on a UNet config, checked before anything is allocated, so that a hostile or mistyped config.json (10,000
 # blocks, a million channels) is refused at once instead of filling memory for minutes. They are far above every
-# preset (3 blocks of <= 128 channels, 16x16 images, <= 7M parameters) and above sensible user models: Stable
+# preset (<= 4 blocks of <= 128 channels, <= 64x64 images, <= 7M parameters) and above sensible user models: Stable
 # Diffusion's UNet has 4 blocks of <= 1280 channels, 2 layers per block, 860M parameters.
 UNET_CONFIG_LIMITS = {
     "blocks": 8,  # resolutions (entries of block_out_channels, down_block_types, up_block_types): 256x256 -> 2x2

@@ -216,8 +216,11 @@ class TrainingConfig:
     )
 
     # ---- model and noise schedule
-    preset: Literal["sprite-small", "sprite-base"] = field(
-        default="sprite-small", metadata=_help("ContextUNet2DModel architecture.")
+    preset: Literal["sprite-small", "sprite-base", "sprite-64"] = field(
+        default="sprite-small",
+        metadata=_help(
+            "ContextUNet2DModel architecture. sprite-64 is for 64x64 images and sets --resolution 64 unless given."
+        ),
     )
     model_config_overrides: Optional[str] = field(
         default=None,
@@ -503,6 +506,11 @@ def cpu_threads(config: TrainingConfig, local_processes: int) -> tuple[int, str]
     return threads, f"auto: at most {limit} ({limit_reason}); {load}"
 
 
+# Presets built for one image size: their data is resized to it unless --resolution says otherwise (the others take
+# the data's own size).
+PRESET_RESOLUTIONS = {"sprite-64": 64}
+
+
 def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditional: bool) -> TrainingConfig:
     """Fill the auto (None) fields for `device` and check the values; returns a new config.
 
@@ -531,6 +539,8 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
         updates["compile"] = device.type == "cuda"
     if config.channels_last is None:
         updates["channels_last"] = device.type == "cuda" and updates.get("compile", config.compile)
+    if config.resolution is None and config.preset in PRESET_RESOLUTIONS:
+        updates["resolution"] = PRESET_RESOLUTIONS[config.preset]
     if config.output_dir is None:
         updates["output_dir"] = "sprite-conditional" if conditional else "sprite-unconditional"
     resolved = dataclasses.replace(config, **updates)

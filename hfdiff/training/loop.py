@@ -527,6 +527,8 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "seed": config.seed,
     }
+    if not data.has_length:  # a stream's order also depends on its shuffle buffer
+        run_shape["shuffle_buffer_size"] = config.shuffle_buffer_size
     run = Run(
         config=config,
         conditional=conditional,
