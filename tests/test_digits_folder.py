@@ -1,0 +1,51 @@
+"""benchmarks/digits_folder.py --write_folder: scikit-learn's digits as an image folder that the training scripts'
+loader reads back with the right labels and pixels."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "digits_folder.py")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("digits_folder", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_folder_reads_back_through_the_training_loader(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from hfdiff.training import parse_config
+    from hfdiff.training.data import load_training_data
+
+    folder = str(tmp_path / "digits")
+    assert load_script().write_digits_folder(folder) == 1797
+    assert sorted(os.listdir(folder)) == [str(k) for k in range(10)]
+
+    data = load_training_data(parse_config(["--train_data_dir", folder]), conditional=True)
+    assert data.class_names == [str(k) for k in range(10)]
+    assert tuple(data.images.shape) == (1797, 1, 8, 8)  # greyscale stays one channel
+
+    digits = load_digits()
+    expected = np.rint(digits.images * 255 / 16).astype(np.uint8)
+    assert expected.max() == 255 and expected.min() == 0
+    loaded = data.images[:, 0].numpy()
+    labels = data.labels.numpy()
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), np.bincount(digits.target, minlength=10))
+    for k in range(10):  # the same images in each class, whatever order the loader lists the files in
+        mine = sorted(image.tobytes() for image in loaded[labels == k])
+        theirs = sorted(image.tobytes() for image in expected[digits.target == k])
+        assert mine == theirs, f"class {k}"
+
+
+def test_write_folder_refuses_a_folder_with_files(tmp_path):
+    (tmp_path / "old.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="not empty"):
+        load_script().write_digits_folder(str(tmp_path))
