@@ -1,12 +1,14 @@
 """Time hfdiff's fast sampling path (hfdiff.fast_sampling) beside the eager pipeline and diffusers' own pipelines.
 
-    python benchmarks/bench_fast_sampling.py                   # CPU: 16 sprites, DDPM 100 steps, DDIM 25 steps
+    python benchmarks/bench_fast_sampling.py                   # CPU: 16 sprites, DDPM 100, DDIM 25, DPM++ 20 steps
     python benchmarks/bench_fast_sampling.py --batch_size 1000 --ddpm_steps 500 --compile --profile   # one GPU
 
 One run times, with the same "sprite-small" UNet (random weights: speed does not depend on them) and T = 500 linear
 schedules, alternating between runs so that drifts of the machine hit all alike:
-- the references, built here from diffusers alone: DDPMPipeline (DDPM task) and DDIMPipeline (DDIM task);
-- SpriteDiffusionPipeline's step-by-step loop ("eager") with SpriteDDPMScheduler / SpriteDDIMScheduler;
+- the references, built here from diffusers alone: DDPMPipeline (DDPM task), DDIMPipeline (DDIM task) and
+  DDPMPipeline's loop with DPMSolverMultistepScheduler (DPM++ task: hfdiff.samplers' "dpm++", DPM-Solver++ 2M SDE);
+- SpriteDiffusionPipeline's step-by-step loop ("eager") with SpriteDDPMScheduler / SpriteDDIMScheduler / the "dpm++"
+  sampler's DPMSolverMultistepScheduler (built from the sprite schedule's config, as `with_sampler` builds it);
 - SpriteDiffusionPipeline through hfdiff.fast_sampling.FastSampler, in several configurations on CUDA (the default
   one first) and as the same step function without graphs on the CPU.
 Every run gets its own generator on the device, seeded 0: on CUDA the fast path then draws exactly the eager loop's
@@ -31,11 +33,12 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from hfdiff import ContextUNet2DModel, SpriteDDIMScheduler, SpriteDDPMScheduler, SpriteDiffusionPipeline
 from hfdiff.fast_sampling import FastSampler
+from hfdiff.samplers import get_sampler
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS_S = {"DDPM": 0.4, "DDIM": 0.025}  # issue 7, for 1,000 sprites, 500 DDPM / 25 DDIM steps, one H100
@@ -295,6 +298,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--ddpm_steps", type=int, default=100)
     parser.add_argument("--ddim_steps", type=int, default=25)
+    parser.add_argument("--dpm_steps", type=int, default=get_sampler("dpm++").num_inference_steps)
     parser.add_argument("--guidance_scale", type=float, default=3.0, help="for the DDIM + guidance task")
     parser.add_argument("--preset", default="sprite-small")
     parser.add_argument("--repeats", type=int, default=3)
@@ -338,6 +342,7 @@ def main(argv=None):
         return (pipe, *fast_pipeline_call(pipe, options, use_hook))
 
     fast = {name: fast_variant(options) for name, options in variants.items()}
+    dpm_overrides = dict(get_sampler("dpm++").overrides)  # algorithm_type="sde-dpmsolver++", solver_order=2
     tasks = {
         "DDPM": (
             DDPMPipeline,
@@ -345,16 +350,24 @@ def main(argv=None):
             SpriteDDPMScheduler(**schedule),
         ),
         "DDIM": (DDIMPipeline, DDIMScheduler(**schedule), SpriteDDIMScheduler(**schedule)),
+        # diffusers has no pipeline of its own for DPM-Solver: DDPMPipeline's loop steps any scheduler
+        "DPM++": (
+            DDPMPipeline,
+            DPMSolverMultistepScheduler(**schedule, **dpm_overrides),
+            DPMSolverMultistepScheduler.from_config(SpriteDDPMScheduler(**schedule).config, **dpm_overrides),
+        ),
     }
+    task_steps = {"DDPM": args.ddpm_steps, "DDIM": args.ddim_steps, "DPM++": args.dpm_steps}
     eager_name = "SpriteDiffusionPipeline eager"
     task_runs = {}  # task -> (results by run name, reference run, call arguments, scheduler, target s)
     for kind, (reference_cls, reference_scheduler, scheduler) in tasks.items():
-        steps = args.ddpm_steps if kind == "DDPM" else args.ddim_steps
+        steps = task_steps[kind]
         common = {"batch_size": args.batch_size, "num_inference_steps": steps, "output_type": "np"}
         reference = reference_cls(unet=unet, scheduler=reference_scheduler)
         reference.set_progress_bar_config(disable=True)
         eager = eager_pipeline(unet, scheduler)
-        reference_name = f"diffusers {reference_cls.__name__} (reference)"
+        solver = f" + {type(reference_scheduler).__name__}" if kind == "DPM++" else ""
+        reference_name = f"diffusers {reference_cls.__name__}{solver} (reference)"
         runs = {
             reference_name: (lambda pipe=reference, common=common: pipe(generator=generator(), **common).images, None),
             eager_name: (lambda pipe=eager, common=common: run_pipe(pipe, generator, common), None),
@@ -363,7 +376,9 @@ def main(argv=None):
             pipe.scheduler = scheduler
             runs[name] = (lambda call=call, common=common: call(generator=generator(), **common), sampler)
         log(f"== {kind}: {args.batch_size} sprites x {steps} steps")
-        issue_config = device.type == "cuda" and args.batch_size == 1000 and steps == {"DDPM": 500, "DDIM": 25}[kind]
+        issue_config = (
+            device.type == "cuda" and args.batch_size == 1000 and steps == {"DDPM": 500, "DDIM": 25}.get(kind)
+        )
         target = TARGETS_S[kind] if issue_config else None
         task_runs[kind] = (time_runs(runs, device, args.repeats, log), reference_name, common, scheduler, target)
 
@@ -378,7 +393,8 @@ def main(argv=None):
     eager = eager_pipeline(unet, SpriteDDIMScheduler(**schedule))
     runs = {eager_name: (lambda: run_pipe(eager, generator, common), None)}
     for name in list(variants)[:2]:  # the first two left: the default (fp32) and bf16, unless --only dropped them
-        _, call, sampler = fast[name]
+        pipe, call, sampler = fast[name]
+        pipe.scheduler = tasks["DDIM"][2]  # the tasks above left the last one's (DPM++) there
         runs[name] = (lambda call=call: call(generator=generator(), **common), sampler)
     log(f"== DDIM + guidance w={args.guidance_scale}: {args.batch_size} sprites x {args.ddim_steps} steps")
     task_runs["DDIM + guidance"] = (time_runs(runs, device, args.repeats, log), eager_name, common, None, None)
@@ -419,7 +435,7 @@ def main(argv=None):
     if args.compile and device.type == "cuda":
         for name, options in compile_variants.items():
             pipe, call, sampler = fast_variant(options)
-            for task in ("DDPM", "DDIM"):
+            for task in tasks:
                 results, _, common, scheduler, _ = task_runs[task]
                 pipe.scheduler = scheduler
                 log(f"== {task}: {name}")
