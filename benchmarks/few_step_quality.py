@@ -1,13 +1,14 @@
 """Issue 14: how good is each sampler on a trained model, and why are the deterministic ones worse?
 
-For every model (label=folder) and every sampler of SAMPLER_TABLE asked for, 1,000 images (per_class x classes) are
+For every model (label=folder) and every sampler of SAMPLER_TABLE asked for (or a named sampler of hfdiff.samplers:
+fast, ddpm, ddim, dpm++, built by `with_sampler` exactly as the CLI's --sampler and the demo build it), 1,000 images (per_class x classes) are
 sampled from one seed and scored with hfdiff.evaluate: an independent sprite classifier's accuracy and the Fréchet
 distance in its features (with its floor, real vs held-out real). Beside the scores, the colour statistics that show
 the deterministic samplers' failure: mean brightness, mean saturation and the spread of per-image mean brightness, for
 the samples and for the real images. With --guidance_scales, the first two samplers are also swept over guidance.
 
     python benchmarks/few_step_quality.py --models course=sprite-model zsnr=sprite-zsnr \\
-        --samplers ddpm-500 ddim-50 ddim-25 dpmpp-2m-sde-20 --output benchmarks/results/few-step-quality
+        --samplers ddpm-500 ddim-50 ddim-25 dpmpp-2m-sde-20 dpm++ --output benchmarks/results/few-step-quality
 
 Writes OUTPUT.json and OUTPUT.md (and prints the table). Absolute times only mean something from one GPU run.
 """
@@ -22,6 +23,8 @@ import sys
 
 import numpy as np
 import torch
+
+from hfdiff.samplers import SAMPLERS, with_sampler
 
 # sampler name -> (scheduler class, scheduler config overrides, num_inference_steps (None = T), eta)
 SAMPLER_TABLE = {
@@ -50,6 +53,12 @@ SAMPLER_TABLE = {
     "unipc-20": ("UniPCMultistepScheduler", {}, 20, 0.0),
     "euler-a-25": ("EulerAncestralDiscreteScheduler", {}, 25, 0.0),
 }
+DEFAULT_SAMPLERS = list(SAMPLER_TABLE)  # the named samplers below repeat rows of these: chosen only by name
+# hfdiff.samplers' named samplers, by their names (fast, ddpm, ddim, dpm++); `with_scheduler` builds them with
+# `with_sampler`, so a row is what the CLI and the demo sample with
+SAMPLER_TABLE.update(
+    {name: (s.scheduler, dict(s.overrides), s.num_inference_steps, 0.0) for name, s in SAMPLERS.items()}
+)
 
 
 def scheduler_class(name: str):
@@ -62,9 +71,12 @@ def scheduler_class(name: str):
 
 def with_scheduler(pipe, sampler: str):
     """`pipe` with the sampler's scheduler, built from the model's own scheduler config (same schedule)."""
-    class_name, overrides, _, _ = SAMPLER_TABLE[sampler]
-    scheduler = scheduler_class(class_name).from_config({**pipe.scheduler.config, **overrides})
-    other = type(pipe)(**{**pipe.components, "scheduler": scheduler})
+    if sampler in SAMPLERS:
+        other = with_sampler(pipe, sampler)
+    else:
+        class_name, overrides, _, _ = SAMPLER_TABLE[sampler]
+        scheduler = scheduler_class(class_name).from_config({**pipe.scheduler.config, **overrides})
+        other = type(pipe)(**{**pipe.components, "scheduler": scheduler})
     other.set_progress_bar_config(disable=True)
     return other
 
@@ -199,7 +211,7 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="label=pipeline_folder, one per model.")
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLER_TABLE), choices=list(SAMPLER_TABLE))
+    parser.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, choices=list(SAMPLER_TABLE))
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="w of the sampler rows.")
     parser.add_argument(
         "--guidance_scales", type=float, nargs="*", default=[], help="Also sweep these w for the first two samplers."
