@@ -479,6 +479,8 @@ GPU_CASES = [
         SpriteDDIMScheduler(num_train_timesteps=T),
         {"num_inference_steps": 8, "eta": 0.5, "guidance_scale": 3.0, "class_labels": [0, 1, 2, 3] * 16},
     ),
+    (dpm_solver(), {"num_inference_steps": 20}),  # the "dpm++" sampler: noise and a carry on every step
+    (dpm_solver(prediction_type="epsilon"), {"num_inference_steps": 10, "guidance_scale": 3.0, "class_labels": 2}),
 ]
 
 
