@@ -20,8 +20,9 @@ Three things make one recording serve every step:
    small float64 probe, so DDPM, DDIM, subclasses of either, diffusers' DDPMScheduler/DDIMScheduler (clip_sample=False)
    and DPMSolverMultistepScheduler (solver_order=2, "dpmsolver++" or "sde-dpmsolver++") all work, and a step that is
    not of that form (clipping, thresholding, learned variances, state older than one step such as third order) sends
-   the call back to the pipeline's loop with the reason in words. The number of steps, eta, extra_noise and the guidance scale are data in fixed buffers,
-   not graph structure: one graph per (batch, image shape, guidance on/off, dtype) serves them all.
+   the call back to the pipeline's loop with the reason in words. The number of steps, eta, extra_noise and the
+   guidance scale are data in fixed buffers, not graph structure: one graph per (batch, image shape, guidance on/off,
+   dtype) serves them all.
 2. The noise z of each step is drawn between replays into a fixed buffer exactly as the scheduler draws it
    (diffusers' `randn_tensor(shape, generator, device, dtype)`), on exactly the steps where it draws, so a generator
    gives the eager loop's noise stream. A CPU `torch.Generator` gives the same images on every device, as diffusers
@@ -37,8 +38,8 @@ the UNet copy (bf16 only) and, per graph key, the fixed buffers, the CUDA graph 
 guidance scale, draws the noise and replays N times. On the CPU the sampler runs the same step function without graphs.
 
 When the pipeline should not use it, `FastSampler.fallback_reason` says why in words (not CUDA, a scheduler step that
-is not affine in (x_t, m, z) and the previous step's (x_t, m), a scheduler that rescales the UNet's input, a step callback, one generator per image,
-offload hooks, an autocast around the call); the pipeline then runs its own loop.
+is not affine in (x_t, m, z) and the previous step's (x_t, m), a scheduler that rescales the UNet's input, a step
+callback, one generator per image, offload hooks, an autocast around the call); the pipeline then runs its own loop.
 """
 
 from __future__ import annotations
