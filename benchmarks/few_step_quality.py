@@ -4,8 +4,9 @@ For every model (label=folder) and every sampler of SAMPLER_TABLE asked for (or 
 fast, ddpm, ddim, dpm++, built by `with_sampler` exactly as the CLI's --sampler and the demo build it), 1,000 images
 (per_class x classes) are sampled from one seed and scored with hfdiff.evaluate: an independent sprite classifier's
 accuracy and the Fréchet distance in its features (with its floor, real vs held-out real). Beside the scores, the
-colour statistics that show the deterministic samplers' failure: mean brightness, mean saturation and the spread of per-image mean brightness, for
-the samples and for the real images. With --guidance_scales, the first two samplers are also swept over guidance.
+colour statistics that show the deterministic samplers' failure: mean brightness, mean saturation and the spread of
+per-image mean brightness, for the samples and for the real images. With --guidance_scales, the first two samplers are
+also swept over guidance.
 
     python benchmarks/few_step_quality.py --models course=sprite-model zsnr=sprite-zsnr \\
         --samplers ddpm-500 ddim-50 ddim-25 dpmpp-2m-sde-20 dpm++ --output benchmarks/results/few-step-quality
