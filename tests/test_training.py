@@ -1,6 +1,7 @@
 """hfdiff.training: config flags, data order, targets, checkpoints; both scripts end to end; real 2-process DDP; exact
 resume. The end-to-end runs use a tiny UNet and a few steps, on one CPU thread per process."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -113,6 +114,18 @@ def test_epoch_batches_shard_and_resume():
     assert full[8:] == [(e, m, i.tolist()) for e, m, i in ranks[0].iterate(4, num_epochs=3)]  # step 4 = micro 8
     with pytest.raises(ValueError, match="fewer than one optimizer step"):
         EpochBatches(10, 8, 1, seed=0, rank=0, world_size=2, device="cpu")
+
+
+def test_a_large_dropped_tail_is_warned_about(tmp_path, fresh_accelerate_state, caplog):
+    """28 images at batch 16: one step an epoch, 12 images of each epoch unused; 64 at 16 (TINY_RUN) drop none."""
+    flags = ["--output_dir", str(tmp_path), "--num_epochs", "1", "--num_cpu_threads", "1"]
+    with caplog.at_level(logging.WARNING, logger="hfdiff.training"):
+        train(parse_config([*TINY_RUN, *flags, "--num_train_images", "28"]), conditional=True)
+    assert "Each epoch trains on 16 of the 28 images (1 optimizer step(s) of 16)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hfdiff.training"):
+        train(parse_config([*TINY_RUN, *flags, "--output_dir", str(tmp_path / "full")]), conditional=True)
+    assert "Each epoch trains on" not in caplog.text
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
