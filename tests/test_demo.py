@@ -138,6 +138,7 @@ def test_sampler_pipeline_keeps_every_component(class_pipe):
         other = sampler_pipeline(class_pipe, name)
         assert other.unet is class_pipe.unet
         expected = {"fast": "SpriteDDPMScheduler", "ddpm": "SpriteDDPMScheduler", "ddim": "SpriteDDIMScheduler"}
+        expected["dpm++"] = "DPMSolverMultistepScheduler"
         assert type(other.scheduler).__name__ == expected[name]
     assert class_pipe.scheduler.__class__.__name__ == "SpriteDDPMScheduler"  # the shared pipeline is unchanged
 

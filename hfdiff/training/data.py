@@ -552,16 +552,16 @@ def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
     )
 
 
-def _class_labels(values: list, names: list[str], column: str, flag: str) -> torch.Tensor:
+def _class_labels(values: list, names: list[str], column: str, flag: str, rows_of: str = "") -> torch.Tensor:
     """A ClassLabel column's values -> (N,) int64, each in 0..K-1 (the map-style load checks all at once, a stream
-    each batch as it is decoded)."""
+    each batch as it is decoded: `rows_of` says so in the message, since its row numbers count from the batch)."""
     labels = torch.tensor(values, dtype=torch.int64)
     outside = ((labels < 0) | (labels >= len(names))).nonzero()
     if len(outside):
         row = int(outside[0])
         raise ValueError(
-            f"--label_column {column!r} of {flag} has {len(outside)} label(s) outside 0..{len(names) - 1} (row {row} "
-            f"of the batch: {values[row]}; `datasets` writes -1 for a missing label). Keep only labelled rows, e.g. "
+            f"--label_column {column!r} of {flag} has {len(outside)} label(s) outside 0..{len(names) - 1} (row {row}"
+            f"{rows_of}: {values[row]}; `datasets` writes -1 for a missing label). Keep only labelled rows, e.g. "
             f"dataset.filter(lambda row: row[{column!r}] >= 0), or train without labels with train_unconditional.py."
         )
     return labels

@@ -234,7 +234,9 @@ class IterableImages(_EncodedColumn, StreamedImages):
         images = self._finish(self._decode_batch(names, values), [0])
         if self.label_column is None:
             return epoch, micro, torch.zeros(len(values), dtype=torch.int64), images
-        labels = _class_labels(rows[self.label_column], self.class_names, self.label_column, self.flag)
+        labels = _class_labels(
+            rows[self.label_column], self.class_names, self.label_column, self.flag, " of a streamed batch"
+        )
         return epoch, micro, labels, images
 
 
