@@ -231,10 +231,25 @@ def cmd_visualize(args) -> None:
             print(f"skipped {name}: {error}")  # mixtures of an unconditional model; plots without matplotlib
 
 
-def real_data(args, count: int = 0):
-    """The real images: the course .npy files when given, else procedural sprites (at least `count` held out)."""
+def real_data(args, count: int = 0, model_size: int | None = None):
+    """The real images: an image folder or `datasets` set (through the training loader, at --resolution, default the
+    model's `model_size`), the course .npy files, else procedural sprites (at least `count` held out)."""
     from hfdiff import evaluate as ev
 
+    given = [flag for flag in ("train_data_dir", "dataset_name", "npy_images") if getattr(args, flag)]
+    if len(given) > 1:
+        raise UserError(f"Choose one real data source; got {', '.join('--' + flag for flag in given)}.")
+    if args.train_data_dir or args.dataset_name:
+        return ev.real_training_data(
+            train_data_dir=args.train_data_dir,
+            dataset_name=args.dataset_name,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            resolution=args.resolution or model_size,
+            center_crop=args.center_crop,
+        )  # one fixed shuffle, so that evaluate holds out the images a train-classifier run held out
+    if args.resolution is not None:
+        raise UserError("--resolution applies to --train_data_dir or --dataset_name; pass one of them.")
     if args.npy_images or args.npy_labels:
         if not (args.npy_images and args.npy_labels):
             raise UserError("Pass both --npy_images and --npy_labels (or neither, for procedural sprites).")
@@ -252,10 +267,8 @@ def get_classifier(args, real):
         print(f"classifier: {folder} (trained on {trained_on or 'unknown data'})")
         return ev.load_classifier(folder, args.device)
     print(f"classifier: none in {folder}; training one on {real.description}")
-    classifier = ev.train_classifier(
-        real.train_images, real.train_labels, real.class_names, epochs=args.classifier_epochs, device=args.device
-    )
-    ev.save_classifier(classifier, folder, trained_on=real.description)
+    classifier = ev.train_classifier_on(real, epochs=args.classifier_epochs, device=args.device)
+    ev.save_classifier(classifier, folder)
     return classifier
 
 
@@ -272,12 +285,10 @@ def cmd_train_classifier(args) -> None:
         print(f"held-out accuracy: {shown}; wrote {args.output_dir}")
         return
     real = real_data(args)
-    classifier = ev.train_classifier(
-        real.train_images, real.train_labels, real.class_names, epochs=args.classifier_epochs, device=args.device
-    )
+    classifier = ev.train_classifier_on(real, epochs=args.classifier_epochs, device=args.device)
     predicted, _ = classifier.predict(real.heldout_images)
     accuracy = ev.conditional_accuracy(predicted, real.heldout_labels, real.class_names)["accuracy"]
-    ev.save_classifier(classifier, args.output_dir, trained_on=real.description)
+    ev.save_classifier(classifier, args.output_dir)
     print(f"held-out accuracy {accuracy:.1%}; wrote {args.output_dir}")
 
 
@@ -352,8 +363,12 @@ def cmd_evaluate(args) -> None:
     if args.held_out:
         raise UserError(f"--held_out is for text models, and {args.model} has no text encoder.")
     count = args.per_class * (pipe.unet.config.context_dim or 5)
-    real = real_data(args, count)
+    size = pipe.unet.config.sample_size
+    real = real_data(args, count, model_size=size if isinstance(size, int) else None)
+    if args.train_data_dir or args.dataset_name:
+        ev.check_class_names(real, pipe.class_names)
     classifier = get_classifier(args, real)
+    ev.pool_factor(size, classifier)  # refuse a size it cannot score before sampling, not after
     metrics = ev.evaluate_pipeline(
         pipe,
         classifier,
@@ -464,6 +479,29 @@ def _add_real_data(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("real data (classifier training and the Fréchet reference)")
     group.add_argument("--npy_images", default=None, help="The course's sprites .npy (N, 16, 16, 3) uint8.")
     group.add_argument("--npy_labels", default=None, help="The course's labels .npy (N, 5) one-hot.")
+    group.add_argument(
+        "--train_data_dir",
+        default=None,
+        help="An image folder, one sub-folder per class (as training takes it); read by the training loader.",
+    )
+    group.add_argument(
+        "--dataset_name", default=None, help="A `datasets` Hub id or save_to_disk folder (as training takes it)."
+    )
+    group.add_argument("--image_column", default="image", help="Column of --dataset_name holding the images.")
+    group.add_argument("--label_column", default="label", help="Column of --dataset_name holding the class labels.")
+    group.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="Resize --train_data_dir/--dataset_name images to this square size, as training's --resolution; "
+        "evaluate's default is the model's image size.",
+    )
+    group.add_argument(
+        "--center_crop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="With --resolution: centre crop before resizing, as training (on by default there too).",
+    )
     group.add_argument(
         "--num_train_images", type=int, default=20_000, help="Procedural sprites to train the classifier on."
     )

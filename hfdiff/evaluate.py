@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -41,11 +42,15 @@ CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_CONFIG = "classifier_config.json"
 HELDOUT_SEED = 1_000_003  # seed of the held-out procedural sprites (training data uses small seeds such as 0)
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception v3
+PROCEDURAL_SPRITES = "procedural sprites"  # in the description of data drawn by hfdiff.data.generate_sprites
 SAMPLERS = {  # report sampler name -> (scheduler, eta)
     "DDPM": ("ddpm", 0.0),
     "DDIM eta=0": ("ddim", 0.0),
     "DDIM eta=1": ("ddim", 1.0),
 }
+
+logger = logging.getLogger(__name__)
+_POOLINGS_LOGGED: set[tuple[int, int]] = set()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -65,6 +70,10 @@ class RealSprites:
     heldout_labels: np.ndarray
     class_names: list[str]
     description: str
+    # How many of train_images the classifier trains on (None: all). User data keeps the held-out images out of it.
+    num_classifier_train: int | None = None
+    # Random horizontal flips while training the classifier: see real_training_data for which data gets them.
+    flip: bool = True
 
 
 def real_sprites(num_train: int = 20_000, num_heldout: int = 5_000, seed: int = 0) -> RealSprites:
@@ -106,6 +115,62 @@ def real_npy(images_path: str, labels_path: str, heldout_fraction: float = 0.1, 
         names,
         f"{os.path.basename(images_path)} ({len(train)} train, {len(heldout)} held out)",
     )
+
+
+def real_training_data(
+    train_data_dir: str | None = None,
+    dataset_name: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    resolution: int | None = None,
+    center_crop: bool = True,
+    dataset_config_name: str | None = None,
+    seed: int = 0,
+) -> RealSprites:
+    """An image folder or a `datasets` set read by the training scripts' own loader (hfdiff.training), so the classifier
+    and the Fréchet reference see exactly the pixels training saw (channels, --resolution, centre crop).
+
+    The images are shuffled once (`seed`): the classifier trains on the first half, the held-out part is the second
+    half, and train_images is all of them, so train_images[:n] and the held-out images are disjoint for n <= half."""
+    from hfdiff.training import TrainingConfig, load_training_data
+
+    if bool(train_data_dir) == bool(dataset_name):
+        raise ValueError(f"Give one of train_data_dir and dataset_name (got {train_data_dir!r} and {dataset_name!r}).")
+    config = TrainingConfig(
+        train_data_dir=train_data_dir,
+        dataset_name=dataset_name,
+        dataset_config_name=dataset_config_name,
+        image_column=image_column,
+        label_column=label_column,
+        resolution=resolution,
+        center_crop=center_crop,
+    )
+    data = load_training_data(config, conditional=True)
+    order = np.random.default_rng(seed).permutation(len(data))
+    images = data.images.permute(0, 2, 3, 1).numpy()[order]  # (N, H, W, C) uint8, as the classifier reads them
+    labels = data.labels.numpy()[order]
+    half = len(images) // 2
+    return RealSprites(
+        images,
+        labels,
+        images[half:],
+        labels[half:],
+        list(data.class_names),
+        f"{data.description} ({len(images)} images, {data.channels} channel(s), {data.size[0]}x{data.size[1]})",
+        num_classifier_train=half,
+        # No flips: a folder or a Hub set may be direction-dependent (a mirrored digit or letter is another symbol, or
+        # none), and nothing says it is not. Sprites (procedural or the course's .npy) face both ways in every class.
+        flip=False,
+    )
+
+
+def check_class_names(real: RealSprites, model_class_names: Sequence[str] | None) -> None:
+    """Refuse real data whose classes are not the model's (scoring matches classes by name, so order is free)."""
+    if model_class_names is not None and sorted(model_class_names) != sorted(real.class_names):
+        raise ValueError(
+            f"The model's classes {list(model_class_names)} are not those of the real data {real.class_names} "
+            f"({real.description}); pass the data the model was trained on."
+        )
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -159,6 +224,7 @@ class SpriteClassifier(nn.Module):
 
         self.body = conv_body(in_channels, feature_dim)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, len(class_names)))
+        self.trained_on = ""  # the data description (RealSprites.description), saved beside the config
 
     @property
     def class_names(self) -> list[str]:
@@ -205,10 +271,11 @@ def train_classifier(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    flip: bool = True,
 ) -> SpriteClassifier:
     """Train a SpriteClassifier on (N, H, W, C) uint8 images and (N,) labels: AdamW with a cosine-decayed learning
-    rate, random horizontal flips (sprites face both ways in every class). 20,000 sprites x 3 epochs take about
-    half a minute on one CPU core."""
+    rate, random horizontal flips when `flip` (right for sprites, which face both ways in every class; wrong for
+    direction-dependent data such as digits). 20,000 sprites x 3 epochs take about half a minute on one CPU core."""
     labels = np.asarray(labels, dtype=np.int64)
     if len(images) != len(labels):
         raise ValueError(f"Got {len(images)} images but {len(labels)} labels; give one label per image.")
@@ -229,7 +296,27 @@ def train_classifier(
         seed=seed,
         progress=progress,
         desc="classifier",
+        flip=flip,
     )
+
+
+def train_classifier_on(
+    real: RealSprites, epochs: int = 3, device: str | torch.device = "cpu", progress: bool = True
+) -> SpriteClassifier:
+    """train_classifier on `real`'s classifier part (its first num_classifier_train training images), flipping only
+    where `real` says the data allows it; the result remembers `real.description` as its trained_on."""
+    count = real.num_classifier_train or len(real.train_images)
+    classifier = train_classifier(
+        real.train_images[:count],
+        real.train_labels[:count],
+        real.class_names,
+        epochs=epochs,
+        device=device,
+        progress=progress,
+        flip=real.flip,
+    )
+    classifier.trained_on = real.description
+    return classifier
 
 
 def fit(
@@ -242,10 +329,11 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     desc: str = "classifier",
+    flip: bool = True,
 ) -> nn.Module:
-    """The classifiers' training loop: AdamW with a one-cycle learning rate, random horizontal flips (sprites face
-    both ways in every class). `loss_fn(model(x), index)` gets the batch's outputs and its row indices (on the
-    model's device) into `images` (N, H, W, C) uint8. Returns the model in eval mode."""
+    """The classifiers' training loop: AdamW with a one-cycle learning rate, random horizontal flips of half the
+    images when `flip` (an augmentation only for data whose classes survive a mirror). `loss_fn(model(x), index)` gets
+    the batch's outputs and its row indices (on the model's device) into `images` (N, H, W, C) uint8. Returns the model in eval mode."""
     device = next(model.parameters()).device
     x_all = to_model_input(images).to(device)
     steps_per_epoch = max(1, len(images) // batch_size)
@@ -259,8 +347,9 @@ def fit(
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
             x = x_all[index]
-            flip = torch.rand(len(x), generator=generator).to(device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if flip:
+                mirrored = torch.rand(len(x), generator=generator).to(device) < 0.5
+                x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
             loss = loss_fn(model(x), index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -274,15 +363,17 @@ def fit(
 
 def save_classifier(model: SpriteClassifier, folder: str | os.PathLike, trained_on: str = "") -> None:
     """Write `folder`/classifier.safetensors and `folder`/classifier_config.json (class names, input size, data)."""
+    trained_on = trained_on or model.trained_on
     save_module(model, folder, CLASSIFIER_WEIGHTS, CLASSIFIER_CONFIG, {**model.config, "trained_on": trained_on})
 
 
 def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu") -> SpriteClassifier:
     """Load a classifier written by save_classifier (safetensors only; nothing is unpickled)."""
     config, state = read_module(folder, CLASSIFIER_WEIGHTS, CLASSIFIER_CONFIG, "hfdiff train-classifier")
-    config.pop("trained_on", None)
+    trained_on = config.pop("trained_on", "")
     model = SpriteClassifier(**config)
     model.load_state_dict(state)
+    model.trained_on = trained_on
     return model.to(device).eval()
 
 
@@ -454,6 +545,50 @@ def generate_images(
     return np.concatenate(chunks), labels, seconds
 
 
+def pool_factor(image_size: int | Sequence[int], classifier: SpriteClassifier) -> int:
+    """How much a model's (H, W) images are average-pooled before `classifier` scores them: 1 at its size; the whole
+    ratio when larger by one and the classifier knows procedural sprites; otherwise a ValueError that says the fix.
+
+    Pooling is exact only for procedural sprites: training makes them larger by whole-number pixel repetition
+    (hfdiff.training.data.resize_images), so a 64x64 training image pooled 4x4 is the 16x16 sprite it came from and
+    the 16x16 classifier and reference score the model's images at the resolution that holds all their detail."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = classifier.config["image_size"]
+    if (height, width) == (size, size):
+        return 1
+    factor = height // size
+    if height == width and height % size == 0 and PROCEDURAL_SPRITES in classifier.trained_on:
+        return factor
+    raise ValueError(
+        f"The model makes {height}x{width} images but the classifier takes {size}x{size} ones (trained on "
+        f"{classifier.trained_on or 'unknown data'}); only procedural-sprite classifiers score a whole multiple of "
+        f"their size (by average pooling). Train a classifier at the model's size on its training data: hfdiff "
+        f"train-classifier --train_data_dir DIR (or --dataset_name NAME) --resolution {height} --output_dir "
+        "MODEL/classifier, or pass the same flags to hfdiff evaluate."
+    )
+
+
+def fit_to_classifier(images: np.ndarray, classifier: SpriteClassifier) -> np.ndarray:
+    """(N, H, W, C) uint8 -> the same average-pooled by pool_factor (rounded back to uint8), logged once per size."""
+    factor = pool_factor(images.shape[1:3], classifier)
+    if factor == 1:
+        return images
+    if (images.shape[1], factor) not in _POOLINGS_LOGGED:
+        _POOLINGS_LOGGED.add((images.shape[1], factor))
+        logger.warning(
+            "Scoring %dx%d images average-pooled %dx%d to the classifier's %dx%d (it was trained on procedural "
+            "sprites, which training upscales by pixel repetition, so pooling its data gives the sprites back).",
+            *images.shape[1:3],
+            factor,
+            factor,
+            images.shape[1] // factor,
+            images.shape[2] // factor,
+        )
+    n, height, width, channels = images.shape
+    pooled = images.reshape(n, height // factor, factor, width // factor, factor, channels).mean(axis=(2, 4))
+    return np.rint(pooled).astype(np.uint8)
+
+
 def _to_uint8(images: np.ndarray) -> np.ndarray:
     """The pipeline's "np" output (N, H, W, C) in [0, 1] -> (N, H, W, C) uint8, the pixels its "pil" output (and so a
     saved PNG) holds: diffusers' own numpy_to_pil rounding, applied after the timed sampling."""
@@ -534,6 +669,7 @@ def evaluate_pipeline(
         generator=generator,
         progress=progress,
     )
+    images = fit_to_classifier(images, classifier)
     count = _check_count(real, len(images))
     result = {
         "images": int(len(images)),
@@ -554,8 +690,9 @@ def evaluate_pipeline(
 
 def score_images(pipe, classifier: SpriteClassifier, real: RealSprites, images: np.ndarray, labels) -> dict:
     """Score generated (N, H, W, C) uint8 `images` of `pipe`'s classes `labels` (None when unconditional): {"accuracy"
-    (None when unconditional), "per_class" (model class name -> accuracy), "frechet" (against as many real images)}."""
-    predicted, features = classifier.predict(images)
+    (None when unconditional), "per_class" (model class name -> accuracy), "frechet" (against as many real images)}.
+    Images larger than the classifier's input are pooled to it where pool_factor allows."""
+    predicted, features = classifier.predict(fit_to_classifier(images, classifier))
     _, real_features = classifier.predict(real.train_images[: len(images)])
     result = {"accuracy": None, "per_class": {}, "frechet": frechet_distance(features, real_features)}
     if labels is not None:

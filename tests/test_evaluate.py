@@ -6,6 +6,7 @@ import PIL.Image
 import pytest
 import torch
 from tiny import TINY_UNET as TINY
+from torch import nn
 
 from hfdiff import ContextUNet2DModel, SpriteDDPMScheduler, SpriteDiffusionPipeline
 from hfdiff import evaluate as ev
@@ -166,3 +167,125 @@ def test_generated_images_are_the_pipelines_pictures():
     )
     pil = pipe(batch_size=10, class_labels=labels.tolist(), generator=torch.manual_seed(0)).images
     np.testing.assert_array_equal(images, np.stack([np.asarray(image) for image in pil]))  # what a PNG would hold
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models trained on an image folder; images larger than the classifier's
+# ----------------------------------------------------------------------------------------------------------------
+
+FOLDER_CLASSES = ["bar", "dot", "left"]
+
+
+def write_folder(folder, class_names=FOLDER_CLASSES, per_class=12):
+    """8x8 RGB PNGs, one sub-folder per class: a horizontal bar, a centre dot, a mark on the left edge (which a
+    mirror would turn into another picture), each with a little noise."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(class_names):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 40, size=(8, 8, 3), dtype=np.uint8)
+            image[[(3, slice(None)), (slice(3, 5), slice(3, 5)), (slice(None), slice(0, 2))][k % 3]] = 230
+            PIL.Image.fromarray(image).save(folder / name / f"{i:02d}.png")
+    return folder
+
+
+def train_tiny(output_dir, *flags):
+    from tiny import TINY_UNET_JSON
+
+    from hfdiff.training import parse_config, train
+
+    run = ["--model_config_overrides", TINY_UNET_JSON, "--train_batch_size", "8", "--ddpm_num_steps", "20"]
+    run += ["--validation_inference_steps", "2", "--num_validation_images", "1", "--lr_warmup_steps", "1"]
+    run += ["--max_train_steps", "2", "--num_cpu_threads", "1", "--output_dir", str(output_dir), *flags]
+    train(parse_config(run), conditional=True)
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def folder_model(tmp_path_factory):
+    folder = write_folder(tmp_path_factory.mktemp("shapes") / "data")
+    return folder, train_tiny(tmp_path_factory.mktemp("shapes-model"), "--train_data_dir", str(folder))
+
+
+def test_fit_flips_only_when_asked():
+    images = np.zeros((8, 4, 4, 3), dtype=np.uint8)
+    images[:, :, 0] = 255  # a bright left column: its mirror has it on the right
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(48, 2)
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.linear(x.flatten(1))
+
+    def loss_fn(logits, index):
+        return logits.square().mean()
+
+    for flip, mirrored in ((False, False), (True, True)):
+        seen.clear()
+        ev.fit(Recorder(), images, loss_fn, epochs=4, batch_size=8, progress=False, flip=flip)
+        right_column_lit = torch.cat(seen)[:, :, :, -1].mean(dim=(1, 2)) > 0
+        assert bool(right_column_lit.any()) is mirrored
+
+
+def test_folder_data_is_what_training_saw_without_flips(folder_model):
+    folder, _ = folder_model
+    real = ev.real_training_data(train_data_dir=str(folder), resolution=16)
+    assert real.class_names == FOLDER_CLASSES and not real.flip and real.train_images.shape == (36, 16, 16, 3)
+    assert real.num_classifier_train == 18 and len(real.heldout_images) == 18
+    # 8x8 made 16x16 by pixel repetition, exactly as the training loader does it
+    np.testing.assert_array_equal(real.train_images[:, ::2, ::2], real.train_images[:, 1::2, 1::2])
+    assert ev.real_sprites(num_train=10, num_heldout=10).flip
+
+
+def test_evaluate_cli_on_an_image_folder(folder_model, tmp_path, capsys):
+    from hfdiff.cli import main
+
+    folder, model = folder_model
+    output = tmp_path / "metrics.json"
+    flags = ["--per_class", "4", "--classifier_epochs", "2", "--device", "cpu", "--num_inference_steps", "5"]
+    assert main(["evaluate", str(model), "--train_data_dir", str(folder), *flags, "--output", str(output)]) == 0
+    metrics = json.loads(output.read_text())
+    assert metrics["images"] == 12 and 0 <= metrics["accuracy"] <= 1
+    assert list(metrics["per_class"]) == FOLDER_CLASSES
+    assert metrics["frechet"] > 0 and metrics["frechet_floor"] >= 0
+    assert "image folder" in ev.classifier_trained_on(model / "classifier")
+
+    other = write_folder(tmp_path / "other", class_names=["cat", "dog", "fish"])
+    assert main(["evaluate", str(model), "--train_data_dir", str(other), *flags]) == 2
+    error = capsys.readouterr().err
+    assert "['bar', 'dot', 'left']" in error and "['cat', 'dog', 'fish']" in error
+
+
+def test_larger_sprite_models_are_pooled_to_the_classifier(classifier, real, tmp_path, caplog):
+    from tiny import tiny_unet
+
+    from hfdiff.cli import main
+
+    ev.save_classifier(classifier, tmp_path / "classifier", trained_on=real.description)
+    model = train_tiny(tmp_path / "sprites-32", "--num_train_images", "16", "--resolution", "32")
+    flags = ["--classifier", str(tmp_path / "classifier"), "--per_class", "2", "--num_inference_steps", "3"]
+    flags += ["--device", "cpu", "--num_train_images", "100"]
+    output = tmp_path / "metrics.json"
+    with caplog.at_level("WARNING", logger="hfdiff.evaluate"):
+        assert main(["evaluate", str(model), *flags, "--output", str(output)]) == 0
+    metrics = json.loads(output.read_text())
+    assert metrics["images"] == 10 and 0 <= metrics["accuracy"] <= 1 and metrics["frechet"] > 0
+    assert "average-pooled 2x2" in caplog.text
+
+    # pooling the training data gives the sprites back exactly
+    sprites = real.train_images[:4]
+    upscaled = sprites.repeat(4, axis=1).repeat(4, axis=2)
+    np.testing.assert_array_equal(ev.fit_to_classifier(upscaled, ev.load_classifier(tmp_path / "classifier")), sprites)
+
+    pipe = SpriteDiffusionPipeline(
+        unet=tiny_unet(context_dim=5, class_names=list(SPRITE_CLASSES), sample_size=24),
+        scheduler=SpriteDDPMScheduler(num_train_timesteps=20),
+    )
+    pipe.save_pretrained(tmp_path / "sprites-24")
+    with pytest.raises(ValueError, match=r"24x24 images but the classifier takes 16x16.*--resolution 24"):
+        ev.pool_factor(24, ev.load_classifier(tmp_path / "classifier"))
+    assert main(["evaluate", str(tmp_path / "sprites-24"), *flags]) == 2
