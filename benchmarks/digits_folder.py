@@ -76,25 +76,11 @@ def train_command(args) -> list[str]:
 
 
 def real_digits(folder: str, seed: int):
-    """The folder through the training scripts' loader -> ev.RealSprites: train = every image (shuffled), held out =
-    the second half, so that train[:n] and the held-out images are disjoint for n <= half."""
+    """The folder through the training scripts' loader at the training --resolution (hfdiff.evaluate's
+    real_training_data, the one `hfdiff evaluate --train_data_dir` uses): shuffled once, the classifier's half first."""
     from hfdiff import evaluate as ev
-    from hfdiff.training import parse_config
-    from hfdiff.training.data import load_training_data
 
-    data = load_training_data(parse_config(["--train_data_dir", folder, "--resolution", "16"]), conditional=True)
-    order = np.random.default_rng(seed).permutation(len(data))
-    images = data.images.permute(0, 2, 3, 1).numpy()[order]  # (N, H, W, C) uint8, as the classifier reads them
-    labels = data.labels.numpy()[order]
-    half = len(images) // 2
-    return ev.RealSprites(
-        images,
-        labels,
-        images[half:],
-        labels[half:],
-        list(data.class_names),
-        f"image folder {folder} ({len(images)} images, {data.channels} channel(s), {data.size[0]}x{data.size[1]})",
-    )
+    return ev.real_training_data(train_data_dir=folder, resolution=16, seed=seed)
 
 
 def sampling_pipe(pipe, name: str):
@@ -219,15 +205,9 @@ def train_and_score(args) -> dict:
         subprocess.run(command, check=True)
     train_seconds = None if args.skip_training else time.perf_counter() - begin
     real = real_digits(args.train_data_dir, args.seed)
-    half = len(real.heldout_images)
-    classifier = ev.train_classifier(
-        real.train_images[:half],
-        real.train_labels[:half],
-        real.class_names,
-        epochs=args.classifier_epochs,
-        device=device,
-        progress=False,
-    )
+    half = real.num_classifier_train  # train_images[:half] and the held-out images are disjoint
+    # No horizontal flips (real.flip is off for folders): a mirrored 2 or 7 is not a digit.
+    classifier = ev.train_classifier_on(real, epochs=args.classifier_epochs, device=device, progress=False)
     predicted, _ = classifier.predict(real.heldout_images)
     heldout_accuracy = ev.conditional_accuracy(predicted, real.heldout_labels, real.class_names)["accuracy"]
     ev.save_classifier(classifier, os.path.join(args.output_dir, "classifier"), trained_on=real.description)

@@ -49,3 +49,19 @@ def test_write_folder_refuses_a_folder_with_files(tmp_path):
     (tmp_path / "old.png").write_bytes(b"")
     with pytest.raises(ValueError, match="not empty"):
         load_script().write_digits_folder(str(tmp_path))
+
+
+def test_real_digits_is_the_shared_folder_reader(tmp_path):
+    from hfdiff import evaluate as ev
+
+    folder = str(tmp_path / "digits")
+    script = load_script()
+    script.write_digits_folder(folder)
+    real = script.real_digits(folder, seed=0)
+    shared = ev.real_training_data(train_data_dir=folder, resolution=16, seed=0)
+    np.testing.assert_array_equal(real.train_images, shared.train_images)
+    assert real.train_images.shape == (1797, 16, 16, 1) and real.class_names == [str(k) for k in range(10)]
+    assert not real.flip  # a mirrored digit is not a digit
+    half = real.num_classifier_train
+    assert half == 898 and len(real.heldout_images) == 899
+    np.testing.assert_array_equal(real.train_images[half:], real.heldout_images)  # the classifier's half is apart
