@@ -616,7 +616,8 @@ def class_map(pipe, classifier: SpriteClassifier) -> list[int]:
     if missing:
         raise ValueError(
             f"The classifier does not know the model's classes {missing} (it knows {classifier.class_names}); "
-            "train it on the model's training data (hfdiff train-classifier)."
+            "train it on the model's training data (hfdiff train-classifier, with --train_data_dir or --dataset_name "
+            "for an image folder or a `datasets` set; hfdiff evaluate takes the same flags)."
         )
     return [classifier.class_names.index(name) for name in names]
 

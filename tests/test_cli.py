@@ -179,3 +179,30 @@ def test_held_out_combinations_come_from_the_model_card(tmp_path):
     assert held_out_combinations(args) == ["kind=bat,colour=red"]
     (tmp_path / "README.md").write_text("# a card without a configuration\n")
     assert held_out_combinations(build_parser().parse_args(["evaluate", str(tmp_path)])) == []
+
+
+def test_train_classifier_on_a_dataset(tmp_path, capsys):
+    """--dataset_name (a save_to_disk folder) with its own column names, resized as training would (--resolution):
+    the classifier takes the training loader's images and knows the set's class names."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows, labels = [], []
+    for i in range(24):
+        image = rng.integers(0, 40, size=(8, 8), dtype=np.uint8)
+        image[:, :3] = 250 if i % 2 else 0  # class "lit" has a bright left edge, class "dark" none
+        rows.append(PIL.Image.fromarray(image))
+        labels.append(i % 2)
+    features = datasets.Features({"img": datasets.Image(), "kind": datasets.ClassLabel(names=["dark", "lit"])})
+    datasets.Dataset.from_dict({"img": rows, "kind": labels}, features=features).save_to_disk(tmp_path / "set")
+    output = tmp_path / "classifier"
+    flags = ["--dataset_name", str(tmp_path / "set"), "--image_column", "img", "--label_column", "kind"]
+    flags += ["--resolution", "16", "--classifier_epochs", "2", "--device", "cpu", "--output_dir", str(output)]
+    assert main(["train-classifier", *flags]) == 0
+    config = json.loads((output / "classifier_config.json").read_text())
+    assert config["class_names"] == ["dark", "lit"] and config["image_size"] == 16 and config["in_channels"] == 1
+    assert "held-out accuracy" in capsys.readouterr().out
+
+    assert main(["train-classifier", "--resolution", "16", "--output_dir", str(output)]) == 2
+    assert "--train_data_dir or --dataset_name" in capsys.readouterr().err
