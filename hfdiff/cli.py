@@ -6,13 +6,16 @@
     hfdiff visualize schedules --output_dir docs                             # the model-free ones need no --model
     hfdiff train-classifier --output_dir sprite-model/classifier              # the metrics' classifier (< 1 min, CPU)
     hfdiff evaluate sprite-model --per_class 100                              # accuracy + Fréchet distance vs floor
+    hfdiff evaluate digits-model --train_data_dir digits                      # a model trained on an image folder
     hfdiff report sprite-model --output_dir report --per_class 20 --steps 10 25 50 100 full
     hfdiff sample text-model --prompt "a green slime monster" --prompt "a small emerald blob" --guidance_scale 3
     hfdiff evaluate text-model --guidance_scales 1 3 --held_out kind=slime,colour=purple   # does it follow the text?
     hfdiff demo sprite-model --port 7860                                      # a web page to try it (hfdiff[demo])
 
 `evaluate` and `report` use the classifier in --classifier (default: MODEL/classifier); when there is none they
-train one on the real data (procedural sprites, or --npy_images/--npy_labels) and save it there for next time.
+train one on the real data (procedural sprites, --npy_images/--npy_labels, or the model's training data through the
+training loader: --train_data_dir or --dataset_name, at the model's size) and save it there for next time. A sprite
+classifier scores a model of a whole multiple of its size (--preset sprite-64) on average-pooled images.
 `evaluate` on a text model (one with a text encoder) samples prompts instead of classes and also uses the attribute
 classifier in --attribute_classifier (default: MODEL/attribute_classifier, trained there when missing).
 Every subcommand is a thin layer over hfdiff.visualize and hfdiff.evaluate, whose functions take the same options.

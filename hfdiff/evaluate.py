@@ -4,7 +4,8 @@ classifier's feature space, printed beside the real-vs-real floor.
     from hfdiff import evaluate as ev
 
     real = ev.real_sprites(num_train=20_000)                        # procedural sprites: train + held-out split
-    classifier = ev.train_classifier(real.train_images, real.train_labels, real.class_names)
+    # or: real = ev.real_training_data(train_data_dir="digits", resolution=16)   # a folder / `datasets` set, as trained
+    classifier = ev.train_classifier_on(real)                       # its classifier part; flips only for sprites
     ev.save_classifier(classifier, "sprite-model/classifier")       # safetensors + classifier_config.json
     metrics = ev.evaluate_pipeline(pipe, classifier, real, per_class=100, generator=torch.manual_seed(0))
     rows = ev.ddpm_vs_ddim(pipe, classifier, real, steps=(10, 25, 50, 100, None), per_class=50)
