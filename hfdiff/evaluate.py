@@ -659,6 +659,7 @@ def evaluate_pipeline(
 
     Returns {"images", "seconds", "images_per_second", "accuracy" (None when unconditional), "per_class",
     "frechet", "frechet_floor", "fid" (None unless `standard` and available), "fid_note"}."""
+    _check_count(real, per_class * len(classifier.class_names))  # before minutes of sampling, not after
     images, labels, seconds = generate_images(
         pipe,
         per_class,

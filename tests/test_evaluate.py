@@ -259,6 +259,10 @@ def test_evaluate_cli_on_an_image_folder(folder_model, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "['bar', 'dot', 'left']" in error and "['cat', 'dog', 'fish']" in error
 
+    # 7 per class are 21 images, more than the 18 held out: refused before sampling
+    assert main(["evaluate", str(model), "--train_data_dir", str(folder), *flags, "--per_class", "7"]) == 2
+    assert "only 18 are available" in capsys.readouterr().err
+
 
 def test_larger_sprite_models_are_pooled_to_the_classifier(classifier, real, tmp_path, caplog):
     from tiny import tiny_unet
