@@ -83,48 +83,6 @@ def real_digits(folder: str, seed: int):
     return ev.real_training_data(train_data_dir=folder, resolution=16, seed=seed)
 
 
-def sampling_pipe(pipe, name: str):
-    """(pipeline with the sampler's scheduler, steps, eta): a name of hfdiff.samplers, else of few_step_quality's
-    SAMPLER_TABLE (which also holds diffusers' DPM-Solver++ SDE)."""
-    from few_step_quality import SAMPLER_TABLE, with_scheduler
-
-    from hfdiff.samplers import SAMPLERS, default_steps, with_sampler
-
-    total = pipe.scheduler.config.num_train_timesteps
-    if name in SAMPLERS:
-        return with_sampler(pipe, name), default_steps(name, total), 0.0
-    _, _, steps, eta = SAMPLER_TABLE[name]
-    return with_scheduler(pipe, name), steps or total, eta
-
-
-def score_sampler(pipe, name, classifier, real, per_class, guidance_scale, seed, batch_size) -> dict:
-    from hfdiff import evaluate as ev
-
-    sampler_pipe, steps, eta = sampling_pipe(pipe, name)
-    sampler_pipe.set_progress_bar_config(disable=True)
-    sampler_pipe(batch_size=2, num_inference_steps=2, output_type="np")  # untimed warm-up
-    images, labels, seconds = ev.generate_images(
-        sampler_pipe,
-        per_class,
-        num_classes=len(classifier.class_names),
-        batch_size=batch_size,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        progress=False,
-    )
-    scores = ev.score_images(pipe, classifier, real, images, labels)
-    return {
-        "sampler": name,
-        "steps": steps,
-        "eta": eta,
-        "guidance_scale": guidance_scale,
-        "seconds": seconds,
-        **scores,
-    }
-
-
 def verdicts(rows: list[dict]) -> list[str]:
     """The issue's two targets, per guidance scale."""
     lines = []
@@ -195,6 +153,8 @@ def device_tag(device: torch.device) -> str:
 
 
 def train_and_score(args) -> dict:
+    from few_step_quality import evaluate_row  # one row of sampler scores, as the sprite benchmark writes it
+
     from hfdiff import SpriteDiffusionPipeline
     from hfdiff import evaluate as ev
 
@@ -216,7 +176,7 @@ def train_and_score(args) -> dict:
     rows = []
     for w in args.guidance_scales:
         for name in args.samplers:
-            row = score_sampler(pipe, name, classifier, real, args.per_class, w, args.seed, args.batch_size)
+            row = evaluate_row(pipe, name, classifier, real, args.per_class, w, args.seed, args.batch_size)
             rows.append(row)
             print(
                 f"{name:>18} w={w:<4g} acc {row['accuracy']:.1%} FD {row['frechet']:.2f} {row['seconds']:.1f} s",

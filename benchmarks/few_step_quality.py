@@ -150,6 +150,7 @@ def evaluate_row(pipe, sampler, classifier, real, per_class, guidance_scale, see
     return {
         "sampler": sampler,
         "steps": steps or pipe.scheduler.config.num_train_timesteps,
+        "eta": eta,
         "guidance_scale": guidance_scale,
         "accuracy": scores["accuracy"],
         "frechet": scores["frechet"],
