@@ -116,6 +116,21 @@ def test_epoch_batches_shard_and_resume():
         EpochBatches(10, 8, 1, seed=0, rank=0, world_size=2, device="cpu")
 
 
+def test_where_the_time_went_is_logged(tmp_path, fresh_accelerate_state, caplog):
+    """The cold-start report: each phase measured, the phases within train()'s time, the log line naming them."""
+    flags = ["--output_dir", str(tmp_path), "--max_train_steps", "4", "--checkpointing_steps", "2"]
+    flags += ["--validation_steps", "2", "--num_cpu_threads", "1"]
+    with caplog.at_level(logging.INFO, logger="hfdiff.training"):
+        result = train(parse_config([*TINY_RUN, *flags]), conditional=True)
+    seconds = result.seconds
+    assert {"data", "step", "steps", "checkpoints", "validation", "final save", "train()"} <= set(seconds)
+    assert all(value > 0 for value in seconds.values())
+    assert seconds["checkpoints"] + seconds["validation"] < seconds["steps"]
+    assert seconds["data"] + seconds["step"] + seconds["steps"] + seconds["final save"] < seconds["train()"]
+    line = next(record.message for record in caplog.records if "Time: " in record.message)
+    assert "since the process started" in line and "s building the step" in line and "saving checkpoints" in line
+
+
 def test_a_large_dropped_tail_is_warned_about(tmp_path, fresh_accelerate_state, caplog):
     """28 images at batch 16: one step an epoch, 12 images of each epoch unused; 64 at 16 (TINY_RUN) drop none."""
     flags = ["--output_dir", str(tmp_path), "--num_epochs", "1", "--num_cpu_threads", "1"]

@@ -75,6 +75,7 @@ class TrainingResult:
     images_per_second: float | None  # all processes together, after the first logging interval (warm-up, compile)
     final_loss: float | None = None  # mean training loss over the last logging interval
     step_setup_seconds: float = 0.0  # building the step: for the CUDA-graph step, warm-up, compile and capture
+    seconds: dict = dataclasses.field(default_factory=dict)  # where the time went: see `time_report`
 
 
 def stream_seed(*parts: int) -> int:
@@ -467,6 +468,7 @@ class Run:
     global_step: int = 0  # optimizer steps done, resumed ones included
     step: EagerStep | GraphedStep | None = None
     step_setup_seconds: float = 0.0
+    seconds: dict = dataclasses.field(default_factory=dict)  # phase -> seconds, for `time_report`
 
     @property
     def conditioning(self) -> str:
@@ -485,17 +487,44 @@ def train(config: TrainingConfig, conditional: bool, *, debug_dump_dir: str | No
     The speed flags, thread count and global RNG states it changes are restored when it returns or raises; logging
     is left to the caller (the training scripts' `main` sets it up). `debug_dump_dir` is a testing aid, not a flag:
     each process writes the image indices it trained on and its final weights there (see `dump_debug`)."""
+    entered = time.perf_counter()
     with RestoredProcessState() as process_state:
         config, accelerator, threads_note = start_accelerator(config, conditional, process_state)
         run = set_up(accelerator, config, conditional)
         if threads_note:  # logged once set-up has passed, so a user error before it stays the one line printed
             logger.info(threads_note, main_process_only=False)
         trained_indices = [] if debug_dump_dir else None
+        steps_start = time.perf_counter()
         meter, logs = run_steps(run, trained_indices)
+        run.seconds["steps"] = time.perf_counter() - steps_start
         finish(run, debug_dump_dir, trained_indices)
+        run.seconds["final save"] = time.perf_counter() - steps_start - run.seconds["steps"]
+        run.seconds["train()"] = time.perf_counter() - entered
+        logger.info(time_report(run.seconds), main_process_only=True)
     return TrainingResult(
-        config.output_dir, run.global_step, meter.steady_images_per_second(), logs.get("loss"), run.step_setup_seconds
+        config.output_dir, run.global_step, meter.steady_images_per_second(), logs.get("loss"), run.step_setup_seconds,
+        dict(run.seconds),
+    )  # fmt: skip
+
+
+def time_report(seconds: dict) -> str:
+    """Where a run's time went, from the process's start (interpreter, imports, the launcher) to the end of train():
+    the cold-start cost beside the training itself."""
+    import psutil
+
+    since_start = time.time() - psutil.Process().create_time()
+    before = since_start - seconds["train()"]
+    steps = seconds["steps"] - seconds.get("checkpoints", 0.0) - seconds.get("validation", 0.0)
+    return (
+        f"Time: {since_start:.1f} s since the process started: {before:.1f} s before train() (interpreter, imports), "
+        f"{seconds.get('data', 0.0):.1f} s loading the data, {seconds.get('step', 0.0):.1f} s building the step, "
+        f"{steps:.1f} s of training steps, {seconds.get('checkpoints', 0.0):.1f} s saving checkpoints, "
+        f"{seconds.get('validation', 0.0):.1f} s on validation grids, {seconds['final save']:.1f} s saving the "
+        f"pipeline and samples.png; {seconds['train()'] - sum(seconds.get(k, 0.0) for k in _TIMED):.1f} s other set-up."
     )
+
+
+_TIMED = ("data", "step", "steps", "final save")  # the phases that add up to train()'s time, with "other set-up"
 
 
 def start_accelerator(
@@ -522,9 +551,11 @@ def start_accelerator(
 def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) -> Run:
     """Data on the device, UNet, noise schedule, optimizer, LR schedule and EMA, prepared and resumed; the step."""
     device, world_size = accelerator.device, accelerator.num_processes
+    data_start = time.perf_counter()
     with accelerator.main_process_first():  # the first process fills the datasets (and Hub) caches, the others read
         data = load_training_data(config, conditional, data_budget(config.device_data_budget_mb, device))
         contexts = build_contexts(config, data, conditional, device)
+    data_seconds = time.perf_counter() - data_start
     if accelerator.is_main_process:
         warn_direction_dependent(config.random_flip, data.class_names, data.captions)
     unet = build_unet(config, data, conditional, contexts)
@@ -577,6 +608,7 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
     inputs = step_inputs(config, data, contexts, device, memory_format)
     run.step = make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, run.noise_scheduler, inputs)
     run.step_setup_seconds = time.perf_counter() - setup_start
+    run.seconds.update(data=data_seconds, step=run.step_setup_seconds)
     log_run(run)
     return run
 
@@ -690,13 +722,17 @@ def checkpoint_and_validate(run: Run, watch: LossWatch, epoch: int) -> None:
     config, step = run.config, run.global_step
     if config.checkpointing_steps and step % config.checkpointing_steps == 0:
         check_loss(config, watch.flush())
+        start = time.perf_counter()
         state = {"global_step": step, "epoch": epoch, **run.run_shape, "conditioning": run.conditioning}
         state["run"] = run.identity
         save_checkpoint(run.accelerator, config.output_dir, state, config.checkpoints_total_limit, run.training_state)
+        run.seconds["checkpoints"] = run.seconds.get("checkpoints", 0.0) + time.perf_counter() - start
     if step % config.validation_steps == 0 or step == run.max_train_steps:
         check_loss(config, watch.flush())
+        start = time.perf_counter()
         if run.accelerator.is_main_process:
             validate(run.accelerator, config, run.unet, run.ema, run.noise_scheduler, step, run.contexts)
+        run.seconds["validation"] = run.seconds.get("validation", 0.0) + time.perf_counter() - start
 
 
 def finish(run: Run, debug_dump_dir: str | None, trained_indices: list | None) -> None:
