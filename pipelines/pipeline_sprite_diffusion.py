@@ -203,6 +203,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                     "The save stopped part-way: the folder has no model_index.json now (from_pretrained says so), "
                     "so no mix of old and new components can load. Save again once the cause is fixed",
                 ) from error
+            if not demo_app:
+                _drop_stale_app(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if push_to_hub:
@@ -1105,6 +1107,22 @@ def _keep_other_variants(staging: Path, target: Path) -> None:
 _UPLOAD_KEYS = ("repo_id", "commit_message", "private", "token", "create_pr")
 _CARD_FILES = ("README.md", "samples.png")  # the model card and the sample grid it shows
 _APP_FILES = ("app.py", "requirements.txt")  # save_pretrained(demo_app=True)'s Gradio app (hfdiff.demo.APP_FILES)
+# The first line of the app.py that hfdiff.demo writes (APP_PY; a test ties the two). Written out here because this
+# file also runs without hfdiff, as the exported pipeline code.
+_APP_MARKER = "written by hfdiff's save_pretrained(demo_app=True)"
+
+
+def _drop_stale_app(target: Path) -> None:
+    """A plain save over a folder that an earlier save_pretrained(demo_app=True) wrote: that app.py and its
+    requirements.txt belong to a save that is gone (and push_to_hub would upload them with the new one), so they go
+    too. An app.py without hfdiff's first line is the user's own and stays."""
+    try:
+        ours = _APP_MARKER in (target / "app.py").read_text(encoding="utf-8", errors="replace")[:300]
+    except OSError:  # no app.py (or an unreadable one, which is not ours to delete)
+        return
+    if ours:
+        for name in _APP_FILES:
+            (target / name).unlink(missing_ok=True)
 
 
 def _pop_upload_kwargs(kwargs: dict, default_repo_id: str) -> dict:

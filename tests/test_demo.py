@@ -189,6 +189,23 @@ def test_save_with_demo_app_writes_a_space(class_pipe, tmp_path):
     assert "build_app(" in (space / "app.py").read_text()
 
 
+def test_a_plain_save_drops_the_app_an_earlier_demo_save_wrote(class_pipe, tmp_path):
+    """Otherwise the stale app.py and requirements.txt would stay and be uploaded beside a card without the Space
+    metadata; an app.py the user wrote stays."""
+    from hfdiff.demo import APP_PY
+    from hfdiff.hub import pipeline_files
+    from hfdiff.pipelines.pipeline_sprite_diffusion import _APP_MARKER
+
+    assert _APP_MARKER in APP_PY.splitlines()[0]  # the pipeline file recognises hfdiff's app by its first line
+    class_pipe.save_pretrained(tmp_path, demo_app=True)
+    class_pipe.save_pretrained(tmp_path)
+    assert not (tmp_path / "app.py").exists() and not (tmp_path / "requirements.txt").exists()
+    assert not {"app.py", "requirements.txt"} & set(pipeline_files(tmp_path))
+    (tmp_path / "app.py").write_text("print('my own app')\n")
+    class_pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "app.py").read_text() == "print('my own app')\n"
+
+
 def test_saved_app_builds_the_page_from_its_folder(class_pipe, tmp_path):
     """app.py, run as a module (as a Space imports it, without launching), loads its own folder's pipeline."""
     import runpy
