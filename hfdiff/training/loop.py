@@ -467,7 +467,6 @@ class Run:
     identity: dict  # the run's identity (checkpoints.run_identity), recorded in each checkpoint
     global_step: int = 0  # optimizer steps done, resumed ones included
     step: EagerStep | GraphedStep | None = None
-    step_setup_seconds: float = 0.0
     seconds: dict = dataclasses.field(default_factory=dict)  # phase -> seconds, for `time_report`
 
     @property
@@ -502,7 +501,7 @@ def train(config: TrainingConfig, conditional: bool, *, debug_dump_dir: str | No
         run.seconds["train()"] = time.perf_counter() - entered
         logger.info(time_report(run.seconds), main_process_only=True)
     return TrainingResult(
-        config.output_dir, run.global_step, meter.steady_images_per_second(), logs.get("loss"), run.step_setup_seconds,
+        config.output_dir, run.global_step, meter.steady_images_per_second(), logs.get("loss"), run.seconds["step"],
         dict(run.seconds),
     )  # fmt: skip
 
@@ -607,8 +606,7 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
     setup_start = time.perf_counter()
     inputs = step_inputs(config, data, contexts, device, memory_format)
     run.step = make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, run.noise_scheduler, inputs)
-    run.step_setup_seconds = time.perf_counter() - setup_start
-    run.seconds.update(data=data_seconds, step=run.step_setup_seconds)
+    run.seconds.update(data=data_seconds, step=time.perf_counter() - setup_start)
     log_run(run)
     return run
 
@@ -659,7 +657,7 @@ def log_run(run: Run) -> None:
         f"{sum(p.numel() for p in run.unet.parameters()):,} parameters; {run.max_train_steps} steps of "
         f"{run.images_per_step} images ({run.num_epochs or 'an unknown number of'} epochs) on {accelerator.num_processes} process(es), "
         f"{accelerator.device}, mixed precision {config.mixed_precision}, {type(run.step).__name__} "
-        f"(built in {run.step_setup_seconds:.1f} s).",
+        f"(built in {run.seconds['step']:.1f} s).",
         main_process_only=True,
     )
 
