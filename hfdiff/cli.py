@@ -234,6 +234,18 @@ def cmd_visualize(args) -> None:
             print(f"skipped {name}: {error}")  # mixtures of an unconditional model; plots without matplotlib
 
 
+def model_real_data(args, pipe, count: int):
+    """`real_data` for scoring `pipe`: a folder or set is read at the model's size (unless --resolution says
+    otherwise) and must have the model's class names."""
+    from hfdiff import evaluate as ev
+
+    size = pipe.unet.config.sample_size
+    real = real_data(args, count, model_size=size if isinstance(size, int) else None)
+    if args.train_data_dir or args.dataset_name:
+        ev.check_class_names(real, pipe.class_names)
+    return real
+
+
 def real_data(args, count: int = 0, model_size: int | None = None):
     """The real images: an image folder or `datasets` set (through the training loader, at --resolution, default the
     model's `model_size`), the course .npy files, else procedural sprites (at least `count` held out)."""
@@ -366,12 +378,11 @@ def cmd_evaluate(args) -> None:
     if args.held_out:
         raise UserError(f"--held_out is for text models, and {args.model} has no text encoder.")
     count = args.per_class * (pipe.unet.config.context_dim or 5)
-    size = pipe.unet.config.sample_size
-    real = real_data(args, count, model_size=size if isinstance(size, int) else None)
-    if args.train_data_dir or args.dataset_name:
-        ev.check_class_names(real, pipe.class_names)
+    real = model_real_data(args, pipe, count)
     classifier = get_classifier(args, real)
-    ev.pool_factor(size, classifier)  # refuse a size it cannot score before sampling, not after
+    ev.pool_factor(
+        pipe.unet.config.sample_size, classifier
+    )  # refuse a size it cannot score before sampling, not after
     metrics = ev.evaluate_pipeline(
         pipe,
         classifier,
@@ -404,7 +415,7 @@ def cmd_report(args) -> None:
     pipe = load_pipeline(args.model, args.device)
     ev.resolve_steps(steps, pipe.scheduler.config.num_train_timesteps)
     count = args.per_class * (pipe.unet.config.context_dim or 5)
-    real = real_data(args, count)
+    real = model_real_data(args, pipe, count)
     classifier = get_classifier(args, real)
     rows = ev.ddpm_vs_ddim(
         pipe,
