@@ -52,6 +52,12 @@ SAMPLER_TABLE = {
     "ddim-50-eta1": ("SpriteDDIMScheduler", {}, 50, 1.0),
     "ddpm-25": ("SpriteDDPMScheduler", {}, 25, 0.0),
     "unipc-20": ("UniPCMultistepScheduler", {}, 20, 0.0),
+    # deterministic second-order solvers not measured yet (issue 14's DDIM-50 target): Heun (Karras et al. 2022's
+    # sampler; two UNet calls a step but the last, so 13 steps = 25 calls), DEIS, DPM-Solver++ 2S (single step)
+    "heun-13": ("HeunDiscreteScheduler", {}, 13, 0.0),
+    "heun-25": ("HeunDiscreteScheduler", {}, 25, 0.0),
+    "deis-20": ("DEISMultistepScheduler", {}, 20, 0.0),
+    "dpmpp-2s-20": ("DPMSolverSinglestepScheduler", {}, 20, 0.0),
     "euler-a-25": ("EulerAncestralDiscreteScheduler", {}, 25, 0.0),
 }
 DEFAULT_SAMPLERS = list(SAMPLER_TABLE)  # the named samplers below repeat rows of these: chosen only by name
