@@ -33,6 +33,8 @@ SAMPLER_TABLE = {
     "ddim-50": ("SpriteDDIMScheduler", {}, 50, 0.0),
     "ddim-25": ("SpriteDDIMScheduler", {}, 25, 0.0),
     "ddim-10": ("SpriteDDIMScheduler", {}, 10, 0.0),
+    # near the exact probability-flow ODE: is the deterministic gap the solver's steps, or the ODE of this model?
+    "ddim-500": ("SpriteDDIMScheduler", {}, 500, 0.0),
     "ddim-50-trailing": ("SpriteDDIMScheduler", {"timestep_spacing": "trailing"}, 50, 0.0),
     "ddim-25-eta1": ("SpriteDDIMScheduler", {}, 25, 1.0),
     "ddim-25-eta1-trailing": ("SpriteDDIMScheduler", {"timestep_spacing": "trailing"}, 25, 1.0),
@@ -56,6 +58,7 @@ SAMPLER_TABLE = {
     # sampler; two UNet calls a step but the last, so 13 steps = 25 calls), DEIS, DPM-Solver++ 2S (single step)
     "heun-13": ("HeunDiscreteScheduler", {}, 13, 0.0),
     "heun-25": ("HeunDiscreteScheduler", {}, 25, 0.0),
+    "heun-100": ("HeunDiscreteScheduler", {}, 100, 0.0),
     "deis-20": ("DEISMultistepScheduler", {}, 20, 0.0),
     "dpmpp-2s-20": ("DPMSolverSinglestepScheduler", {}, 20, 0.0),
     "euler-a-25": ("EulerAncestralDiscreteScheduler", {}, 25, 0.0),
