@@ -22,9 +22,31 @@ if [ "$1" = "bench" ]; then
   echo "== training speed, text vs class"; timeout 330 python3 benchmarks/bench_training.py --only "hfdiff default" --steps 300 2>&1 | tail -12
   cp benchmarks/results/training-cuda.* $OUT/; exit 0
 fi
-echo "== text training"; start=$(date +%s)
-timeout 330 accelerate launch train_conditional.py --conditioning text --holdout kind=slime,colour=purple --output_dir /tmp/text-model ${EPOCHS:+--num_epochs $EPOCHS} 2>&1 | tail -8 | tee $OUT/text-train.log
-echo "whole command: $(( $(date +%s) - start )) s" | tee -a $OUT/text-train.log
-cp /tmp/text-model/samples.png $OUT/text-samples.png; cp /tmp/text-model/README.md $OUT/text-model-card.md
-echo "== evaluate"; timeout 400 hfdiff evaluate /tmp/text-model --guidance_scales ${SCALES:-1 3} --prompts_per_class 40 --images_per_prompt 5 --output $OUT/text-metrics.json 2>&1 | tail -40 | tee $OUT/text-eval.log
-hfdiff sample /tmp/text-model --prompt "a green slime monster" --prompt "a purple slime" --prompt "a small emerald blob" --prompt "a hero with red hair and a blue shield" --prompt "a red apple" --prompt "a golden sword" --guidance_scale 3 --per_class 8 --output $OUT/text-prompts.png 2>&1 | tail -2
+# VARIANTS="label=comma-separated flags ..." trains several text models at once (their speed is then not what is
+# measured), e.g. VARIANTS='wide=--model_config_overrides={"context_mlp_dim":256} long=--num_epochs=96'; each is
+# evaluated; logs, metrics and pictures come back as $OUT/text.tar and a summary is printed.
+mkdir -p /tmp/text-out
+pids=()
+for variant in ${VARIANTS:-default=}; do
+  label=${variant%%=*}; flags=${variant#*=}
+  (start=$(date +%s)
+   timeout ${TRAIN_TIMEOUT:-400} accelerate launch train_conditional.py --conditioning text --holdout kind=slime,colour=purple \
+     --output_dir /tmp/text-model-$label ${EPOCHS:+--num_epochs $EPOCHS} ${flags//,/ } > /tmp/text-out/train-$label.log 2>&1
+   echo "rc $? whole command $(( $(date +%s) - start )) s: --conditioning text ${EPOCHS:+--num_epochs $EPOCHS} ${flags//,/ }" \
+     >> /tmp/text-out/train-$label.log
+   cp /tmp/text-model-$label/samples.png /tmp/text-out/samples-$label.png 2>/dev/null
+   timeout ${EVAL_TIMEOUT:-300} hfdiff evaluate /tmp/text-model-$label --guidance_scales ${SCALES:-1 3} --prompts_per_class 40 \
+     --images_per_prompt 5 --output /tmp/text-out/metrics-$label.json > /tmp/text-out/eval-$label.log 2>&1
+   echo "evaluate rc $?" >> /tmp/text-out/eval-$label.log) &
+  pids+=($!)
+done
+wait "${pids[@]}"
+first=${VARIANTS:-default=}; first=${first%%=*}; first=${first%% *}
+hfdiff sample /tmp/text-model-$first --prompt "a green slime monster" --prompt "a purple slime" --prompt "a small emerald blob" \
+  --prompt "a hero with red hair and a blue shield" --prompt "a red apple" --prompt "a golden sword" --guidance_scale 3 \
+  --per_class 8 --output /tmp/text-out/prompts-$first.png 2>&1 | tail -2
+tar -C /tmp -cf $OUT/text.tar text-out
+for variant in ${VARIANTS:-default=}; do
+  label=${variant%%=*}; echo "== $label"; grep -E "Time:" /tmp/text-out/train-$label.log | sed 's/.*Time:/Time:/'
+  tail -1 /tmp/text-out/train-$label.log; grep -E "^\| (captions|held-out|paraphrases)" /tmp/text-out/eval-$label.log; tail -1 /tmp/text-out/eval-$label.log
+done

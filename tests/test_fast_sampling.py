@@ -457,10 +457,14 @@ def cuda_pipe(scheduler=None, context_dim=5):
 
 
 def bf16_close(got: torch.Tensor, expected: torch.Tensor) -> None:
-    """Images in [0, 1] from bf16 and float32 runs of the same trajectory: bf16 keeps ~3 significant digits."""
+    """Images in [0, 1] from bf16 and float32 runs of the same trajectory: bf16 keeps ~3 significant digits. The
+    untrained UNet under guidance 3 pushes most pixels past the clip to 0 or 1, and there bf16 rounding can tip a
+    pixel from one edge to the other (0.26% of the pixels in the DPM-Solver++ epsilon case on an H200, mean
+    difference 0.0026), so the bound is on the mean and on how many pixels are off by more than 0.05 (under 1%)."""
     difference = (got.float() - expected.float()).abs()
-    print(f"bf16 vs float32 images: max {difference.max():.4f}, mean {difference.mean():.5f}")
-    assert difference.mean() < 5e-3 and difference.max() < 5e-2, (difference.mean(), difference.max())
+    far = (difference > 5e-2).float().mean()
+    print(f"bf16 vs float32 images: max {difference.max():.4f}, mean {difference.mean():.5f}, over 0.05: {far:.2%}")
+    assert difference.mean() < 5e-3 and far < 1e-2, (difference.mean(), far)
 
 
 def float32_close(got: torch.Tensor, expected: torch.Tensor) -> None:

@@ -72,6 +72,26 @@ def test_round_trip_keeps_a_non_default_architecture(tmp_path):
     assert count_parameters(loaded) == count_parameters(unet)
 
 
+def test_context_mlp_width_is_configurable_and_saved(tmp_path):
+    # The course's C_i are as wide as the level they scale; context_mlp_dim widens their hidden layer (for sentence
+    # embeddings) and nothing else, and the width survives save/load.
+    narrow, wide = tiny_unet(context_dim=12), tiny_unet(context_dim=12, context_mlp_dim=48)
+    assert all(mlp[0].out_features == mlp[2].out_features for mlp in narrow.context_mlps)
+    assert [mlp[0].out_features for mlp in wide.context_mlps] == [48] * len(wide.context_mlps)
+    assert [m[2].out_features for m in wide.context_mlps] == [m[2].out_features for m in narrow.context_mlps]
+    assert [m[0].out_features for m in wide.time_mlps] == [m[0].out_features for m in narrow.time_mlps]
+    x, c = torch.randn(2, 3, 16, 16), torch.randn(2, 12)
+    fresh = ContextUNet2DModel(**{**TINY, "context_dim": 12, "context_mlp_dim": 48}).eval()
+    with torch.no_grad():
+        assert torch.allclose(fresh(x, 3, context=c).sample, fresh(x, 3).sample)  # still starts as C_i = 1
+        assert (wide(x, 3, context=c).sample - wide(x, 3).sample).abs().max() > 1e-3
+    wide.save_pretrained(tmp_path)
+    loaded = ContextUNet2DModel.from_pretrained(tmp_path)
+    assert loaded.config.context_mlp_dim == 48 and public_config(loaded) == public_config(wide)
+    with pytest.raises(ValueError, match="context_mlp_dim=0"):
+        tiny_unet(context_mlp_dim=0)
+
+
 def test_context_changes_output_and_null_context_is_zeros():
     unet = tiny_unet()
     x = torch.randn(2, 3, 16, 16)

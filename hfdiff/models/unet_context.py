@@ -70,6 +70,7 @@ UNET_CONFIG_LIMITS = {
     "out_channels": 64,
     "context_dim": 16384,  # text encoders' widths are 512..4096
     "time_embedding_dim": 16384,
+    "context_mlp_dim": 16384,
     "parameters": 4 * 10**9,  # estimated from the convolutions alone (about half the real count; 16 GB in float32)
 }
 
@@ -110,10 +111,12 @@ def check_config_limits(config: dict, source: str = "ContextUNet2DModel") -> Non
 
 
 class EmbedMLP(nn.Sequential):
-    """Linear-GELU-Linear from an embedding to a channel count: (B, in_dim) -> (B, out_dim, 1, 1)."""
+    """Linear-GELU-Linear from an embedding to a channel count: (B, in_dim) -> (B, out_dim, 1, 1). The hidden layer
+    is `hidden_dim` wide (default `out_dim`, the course's)."""
 
-    def __init__(self, in_dim: int, out_dim: int, init_bias: float = 0.0):
-        super().__init__(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+    def __init__(self, in_dim: int, out_dim: int, init_bias: float = 0.0, hidden_dim: int | None = None):
+        hidden_dim = hidden_dim or out_dim
+        super().__init__(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
         # Start as the identity map of the decoder (C_i = 1, T_i = 0): an untrained model then behaves like a
         # plain UNet2DModel at first and learns how much to let context and time in, instead of starting with every
         # decoder feature scaled by a random factor.
@@ -129,7 +132,7 @@ class ContextUNet2DModel(UNet2DModel):
     A UNet2DModel whose decoder takes a context vector, multiplied in, and the time embedding, added, before every up
     block: h <- C_i(c) * h + T_i(t).
 
-    Every UNet2DModel argument keeps its meaning; the two additions:
+    Every UNet2DModel argument keeps its meaning; the additions:
 
     Args:
         context_dim (`int`, *optional*):
@@ -138,6 +141,9 @@ class ContextUNet2DModel(UNet2DModel):
         class_names (`list[str]`, *optional*):
             Names of the context entries, in order, when the context is a one-hot class vector (used by the pipeline
             to turn "hero" into a context). Must have `context_dim` entries.
+        context_mlp_dim (`int`, *optional*):
+            Width of the hidden layer of the context MLPs C_i. `None` (the course's) makes it the channel count of
+            the level it scales; a sentence embedding (384 wide for MiniLM) may need more.
 
     Classes are only ever one-hot contexts: `forward(class_labels=...)` takes class indices and builds them, and
     UNet2DModel's own class embedding (`num_class_embeds`, `class_embed_type`) is refused.
@@ -179,6 +185,7 @@ class ContextUNet2DModel(UNet2DModel):
         num_train_timesteps: int | None = None,  # needed only by time_embedding_type="learned"
         context_dim: int | None = 5,  # length of the context vector c; None = unconditional decoder
         class_names: list[str] | None = None,  # names of the one-hot context entries, in order; None = unnamed
+        context_mlp_dim: int | None = None,  # hidden width of the context MLPs C_i; None = the level's channels
     ):
         check_config_limits(
             {
@@ -191,6 +198,7 @@ class ContextUNet2DModel(UNet2DModel):
                 "out_channels": out_channels,
                 "context_dim": context_dim,
                 "time_embedding_dim": time_embedding_dim,
+                "context_mlp_dim": context_mlp_dim,
             }
         )
         if num_class_embeds is not None or class_embed_type is not None:
@@ -247,7 +255,9 @@ class ContextUNet2DModel(UNet2DModel):
         if context_dim is None:
             self.context_mlps = None
         else:
-            self.context_mlps = nn.ModuleList(EmbedMLP(context_dim, ch, init_bias=1.0) for ch in up_in_channels)
+            self.context_mlps = nn.ModuleList(
+                EmbedMLP(context_dim, ch, init_bias=1.0, hidden_dim=context_mlp_dim) for ch in up_in_channels
+            )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ContextUNet2DModel":
