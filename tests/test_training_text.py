@@ -17,6 +17,7 @@ from hfdiff import SpriteDiffusionPipeline
 from hfdiff.data import SPRITE_CLASSES, generate_sprites, sprite_captions
 from hfdiff.text import encode_text
 from hfdiff.training import TrainingConfig, parse_config, resolve_defaults, train
+from hfdiff.training.config import TEXT_CONTEXT_MLP_DIM
 from hfdiff.training.context import build_contexts
 from hfdiff.training.data import load_training_data
 from hfdiff.training.step import get_batch
@@ -138,6 +139,9 @@ def test_bad_holdout_is_refused(holdout, message):
         (["--conditioning", "text", "--sprites_npy", "x.npy"], True, "the course's .npy files have none"),
         (["--conditioning", "text", "--holdout", "kind=bat", "--dataset_name", "d"], True, "filter those data sets"),
         (["--conditioning", "text"], False, "not train_unconditional.py"),
+        (["--context_mlp_dim", "64"], False, "train_unconditional.py's has none"),
+        (["--context_mlp_dim", "-1"], True, "--context_mlp_dim must be >= 0"),
+        (["--model_config_overrides", '{"context_mlp_dim": 64}'], True, "pass --context_mlp_dim instead"),
     ],
 )
 def test_text_flag_errors(flags, conditional, message):
@@ -185,6 +189,7 @@ def test_text_run_saves_a_pipeline_that_samples_from_prompts(bert, tmp_path, fre
     pipe = SpriteDiffusionPipeline.from_pretrained(out)
     assert pipe.text_encoder is not None and pipe.tokenizer is not None
     assert pipe.unet.config.context_dim == 32 and pipe.class_names is None
+    assert pipe.unet.config.context_mlp_dim == TEXT_CONTEXT_MLP_DIM  # the text default; class models keep None
     images = pipe(
         prompt=["a green slime", "a red sword"],
         num_images_per_prompt=2,

@@ -46,7 +46,7 @@ _OVERWRITTEN = re.compile(r"^\.checkpoint-\d+\.overwritten$")
 # change on a resume (length, cadence of checkpoints and validation, logging, speed flags, --output_dir). The data's
 # paths are left out on purpose: the data fingerprint checks their content, and a moved folder is the same run.
 IDENTITY_ENTRIES = (
-    "preset", "model_config_overrides", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule",
+    "preset", "model_config_overrides", "context_mlp_dim", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule",
     "rescale_betas_zero_snr", "snr_gamma", "conditioning",
     "text_encoder_name_or_path", "holdout", "dataset_name", "dataset_config_name", "image_column", "label_column",
     "caption_column", "resolution", "num_train_images", "use_ema", "seed",
@@ -56,7 +56,7 @@ IDENTITY_ENTRIES = (
 # Identity entries added after checkpoints had identities, with the value every run before them had: a checkpoint
 # without the entry is compared as if it held that value, so a run started before --recipe still resumes under
 # --recipe course.
-ADDED_IDENTITY_ENTRIES = {"rescale_betas_zero_snr": False, "snr_gamma": 0.0}
+ADDED_IDENTITY_ENTRIES = {"rescale_betas_zero_snr": False, "snr_gamma": 0.0, "context_mlp_dim": 0}
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -177,7 +177,9 @@ def prune_checkpoints(output_dir: str, total_limit: int | None, run: dict | None
         return
     checkpoints = list_checkpoints(output_dir)
     if run is not None:
-        checkpoints = [(step, path) for step, path in checkpoints if read_training_state(path).get("run") == run]
+        checkpoints = [
+            (step, path) for step, path in checkpoints if same_run(read_training_state(path).get("run"), run)
+        ]
     for _, path in checkpoints[: max(0, len(checkpoints) - total_limit)]:
         retired = retired_path(path)
         shutil.rmtree(retired, ignore_errors=True)
@@ -242,6 +244,11 @@ def identity_differences(saved: dict | None, current: dict) -> str:
     )
 
 
+def same_run(saved: dict | None, current: dict) -> bool:
+    """Whether a checkpoint's recorded identity is `current`'s run, entries added since it was written included."""
+    return saved is not None and not identity_differences(saved, current)
+
+
 def check_checkpoints_belong_to_run(config, identity: dict) -> None:
     """Before training: refuse to resume, or to start next to, another run's checkpoints in --output_dir; with
     --overwrite_output_dir move them aside instead (main process only; the caller waits for everyone after)."""
@@ -258,8 +265,8 @@ def check_checkpoints_belong_to_run(config, identity: dict) -> None:
             _refuse_foreign(path, identity, resume)
         return
     runs = {path: read_training_state(path).get("run") for _, path in list_checkpoints(output_dir)}
-    foreign = [path for path, run in runs.items() if run != identity]
-    own = [path for path, run in runs.items() if run == identity]
+    foreign = [path for path, run in runs.items() if not same_run(run, identity)]
+    own = [path for path, run in runs.items() if same_run(run, identity)]
     if foreign and not config.overwrite_output_dir:
         differences = identity_differences(read_training_state(foreign[-1]).get("run"), identity)
         raise ValueError(
@@ -284,7 +291,7 @@ def check_checkpoints_belong_to_run(config, identity: dict) -> None:
 
 def _refuse_foreign(path: str, identity: dict, resume: str) -> None:
     saved = read_training_state(path).get("run")
-    if saved == identity:
+    if same_run(saved, identity):
         return
     raise ValueError(
         f"--resume_from_checkpoint {resume}: {path} belongs to another run ({identity_differences(saved, identity)}"
