@@ -471,15 +471,15 @@ def _add_sampling(parser: argparse.ArgumentParser, scheduler_choice: bool = True
             dest="scheduler",
             choices=("model", *SAMPLERS),
             default="model",
-            help="The model's saved scheduler, or a named sampler on the same schedule (hfdiff.samplers): fast (DDPM "
-            "on 25 strided steps, the recommended few-step sampler), dpm++ (diffusers' DPM-Solver++ 2M SDE, 20 "
-            "steps), ddpm (every step), ddim (50 steps).",
+            help="The model's saved scheduler, or a named sampler on the same schedule (hfdiff.samplers): dpm++ "
+            "(diffusers' DPM-Solver++ 2M SDE on 25 steps, the recommended few-step sampler), fast (DDPM on 25 "
+            "strided steps), ddpm (every step), ddim (50 steps).",
         )
         group.add_argument(
             "--num_inference_steps",
             type=int,
             default=None,
-            help="Denoising steps; default: the sampler's (fast 25, dpm++ 20, ddim 50), all T for DDPM schedulers.",
+            help="Denoising steps; default: the sampler's (dpm++ 25, fast 25, ddim 50), all T for DDPM schedulers.",
         )
         group.add_argument("--eta", type=float, default=0.0, help="DDIM's noise scale: 0 deterministic, 1 DDPM-like.")
         group.add_argument(

@@ -36,7 +36,7 @@ from hfdiff.samplers import SAMPLERS as SAMPLER_PRESETS
 from hfdiff.samplers import default_steps, with_sampler
 from hfdiff.visualize import CLASSIC_MIXTURES, labelled_rows, mixture_contexts, save_gif, titled
 
-# The sampler dropdown, in hfdiff.samplers' order (first = default: the recommended few-step "fast").
+# The sampler dropdown, in hfdiff.samplers' order (first = default: the recommended few-step "dpm++").
 SAMPLERS = tuple(SAMPLER_PRESETS)
 MAX_BATCH = 64  # default cap on images per request: a CPU Space stays responsive, a GPU one fits in memory
 MAX_SLIDERS = 10  # unnamed context vectors longer than this get no mixture sliders (a text model's 384 entries)

@@ -602,7 +602,18 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 num_train_timesteps if isinstance(self.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
             )
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        return self.scheduler.timesteps
+        timesteps = self.scheduler.timesteps
+        # A first-order scheduler visits each timestep once (Heun-like ones, order 2, visit each twice by design);
+        # a repeat means the spacing collapsed, e.g. DPMSolverMultistepScheduler with "leading" spacing asked for
+        # every training step puts them all at t = 0, and would fail with an IndexError steps later.
+        if getattr(self.scheduler, "order", 1) == 1 and len(torch.unique(timesteps)) < len(timesteps):
+            raise ValueError(
+                f"{type(self.scheduler).__name__} with timestep_spacing="
+                f"{self.scheduler.config.get('timestep_spacing')!r} repeats timesteps at num_inference_steps="
+                f"{num_inference_steps} of {self.scheduler.config.num_train_timesteps} training steps; pass fewer "
+                "steps, or use a DDPM scheduler (--sampler ddpm) to take every step."
+            )
+        return timesteps
 
     def prepare_latents(self, batch_size, dtype, device, generator, latents=None) -> torch.Tensor:
         """x_T ~ N(0, I) (B, C, H, W) drawn with `generator` (or the given `latents`), scaled by the scheduler's

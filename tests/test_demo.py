@@ -133,7 +133,7 @@ def test_unconditional_model_ignores_guidance():
 
 
 def test_sampler_pipeline_keeps_every_component(class_pipe):
-    assert SAMPLERS[0] == "fast"  # the recommended few-step sampler is the page's default
+    assert SAMPLERS[0] == "dpm++"  # the recommended few-step sampler is the page's default
     for name in SAMPLERS:
         other = sampler_pipeline(class_pipe, name)
         assert other.unet is class_pipe.unet

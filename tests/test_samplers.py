@@ -1,5 +1,5 @@
 """Named samplers (hfdiff.samplers): built from the model's own scheduler config, every other component kept, the
-recommended "fast" one on the CUDA-graph path, and the CLI's --sampler."""
+"fast" and the recommended "dpm++" on the CUDA-graph path, and the CLI's --sampler."""
 
 import pytest
 import torch
@@ -51,11 +51,27 @@ def test_fast_is_strided_ddpm_on_the_graph_path():
     assert isinstance(with_sampler(pipe, "ddim").scheduler, SpriteDDIMScheduler)
 
 
+def test_collapsed_spacing_is_refused_and_the_defaults_avoid_it():
+    # diffusers' DPMSolverMultistepScheduler with the course recipe's "leading" spacing, asked for every training
+    # step, puts all of them at t = 0 (and failed with an IndexError on the second step): a clear error instead, and
+    # the named sampler's default (what the demo's page starts with) stays one below.
+    dpm = with_sampler(make_pipe(), "dpm++")  # the tiny model: T = 20, leading spacing
+    assert dpm.scheduler.config.timestep_spacing == "leading" and default_steps("dpm++", 20) == 19
+    with pytest.raises(ValueError, match="repeats timesteps at num_inference_steps=20 of 20 training steps"):
+        dpm(batch_size=1, class_labels=0, num_inference_steps=20)
+    assert len(dpm(batch_size=1, class_labels=0, num_inference_steps=default_steps("dpm++", 20)).images) == 1
+    # second-order schedulers visit each timestep twice by design, and still run
+    from diffusers import HeunDiscreteScheduler
+
+    heun = make_pipe(scheduler=HeunDiscreteScheduler(num_train_timesteps=20))
+    assert len(heun(batch_size=1, class_labels=0, num_inference_steps=3).images) == 1
+
+
 def test_dpm_sampler_is_diffusers_solver_on_the_models_schedule_and_on_the_graph_path():
     pipe = make_pipe(scheduler=zero_snr_scheduler())
     dpm = with_sampler(pipe, "dpm++")
     config = dpm.scheduler.config
-    assert type(dpm.scheduler) is DPMSolverMultistepScheduler and default_steps("dpm++", 500) == 20
+    assert type(dpm.scheduler) is DPMSolverMultistepScheduler and default_steps("dpm++", 500) == 25
     assert (config.algorithm_type, config.solver_order, config.final_sigmas_type) == ("sde-dpmsolver++", 2, "zero")
     assert not config.use_karras_sigmas and dpm.scheduler.alphas_cumprod[-1] == 2**-24  # zero SNR, clamped
     # round trip: back to DDPM from the solver's config, the model's schedule unchanged
@@ -97,7 +113,7 @@ def test_dpm_sampler_gives_diffusers_solver_images_in_the_pipeline_and_on_the_fa
 
 
 def test_unknown_sampler_names_the_choices():
-    with pytest.raises(ValueError, match="Unknown sampler 'dpm'; choose one of 'fast', 'ddpm', 'ddim', 'dpm\\+\\+'"):
+    with pytest.raises(ValueError, match="Unknown sampler 'dpm'; choose one of 'dpm\\+\\+', 'fast', 'ddpm', 'ddim'"):
         get_sampler("dpm")
 
 
@@ -117,7 +133,7 @@ def test_cli_sampler_flag_takes_the_named_sampler_and_its_steps(tmp_path, monkey
     for flag, expected in (
         (["--sampler", "fast"], ("SpriteDDPMScheduler", 25)),
         (["--scheduler", "ddim"], ("SpriteDDIMScheduler", 50)),
-        (["--sampler", "dpm++"], ("DPMSolverMultistepScheduler", 20)),
+        (["--sampler", "dpm++"], ("DPMSolverMultistepScheduler", 25)),
     ):
         output = tmp_path / f"{flag[1]}.png"
         args = ["sample", str(tmp_path / "model"), "--per_class", "1", "--output", str(output), "--device", "cpu"]
