@@ -1,23 +1,24 @@
 """Named samplers: which scheduler and how many steps, chosen by one word in the CLI, the demo and the reports.
 
 Every sampler is built from the model's own scheduler config (`from_config`), so it uses the schedule, prediction
-type and timestep spacing the model was trained with. "fast" is the few-step sampler the measurements recommend
-(benchmarks/results/few-step-quality-h200-*.md, 1,000 sprites on one H200, zero-snr recipe, 64 epochs):
+type and timestep spacing the model was trained with. "dpm++" is the few-step sampler the measurements recommend
+(benchmarks/results/few-step-quality-h200-dpm25.md: one default model, zero-snr recipe, 64 epochs, 1,000 sprites on
+one H200, w = 1):
 
 | sampler | steps | FD | FD / DDPM-500 |
 | --- | ---: | ---: | ---: |
-| DDPM (every step) | 500 | 0.62 | 1.00 |
-| fast: DDPM on 25 strided steps | 25 | 0.74 | 1.19 |
-| DDIM eta = 1, 25 steps | 25 | 0.77 | 1.25 |
-| DPM-Solver++ 2M SDE, 20 steps | 20 | 0.77 | 1.24 |
-| DDIM eta = 0, 50 / 25 steps | 50 / 25 | 1.42 / 1.57 | 2.3 / 2.6 |
+| DDPM (every step) | 500 | 0.81 | 1.00 |
+| dpm++: DPM-Solver++ 2M SDE | 25 | 0.66 | 0.81 |
+| DPM-Solver++ 2M SDE (dpm++ before) | 20 | 0.82 | 1.01 |
+| fast: DDPM on 25 strided steps | 25 | 1.04 | 1.28 |
+| DDIM eta = 0 | 50 | 1.60 | 1.97 |
 
-(On a 32-epoch model DPM-Solver++ 2M SDE at 20 steps came closest of all to DDPM-500: FD 1.09 against 1.06.)
+Over five default models DPM-Solver++ 2M SDE on 20 steps was 1.01-1.25x and `fast` 1.07-1.8x of DDPM-500.
 
 Every sampler here runs on the CUDA-graph path (`FastSampler`): DDPM's and DDIM's steps are affine in (x_t, model
 output, noise), and "dpm++" (diffusers' DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++", solver_order=2)
-adds only the previous step's x_t and output, which the graph carries over. The deterministic samplers stay about 2.3x
-off DDPM-500 on these models.
+adds only the previous step's x_t and output, which the graph carries over. The deterministic samplers stay 2-3.8x
+off DDPM-500 on these models however many steps they take (DDIM-500 as DDIM-50): the gap is the model's ODE.
 """
 
 from __future__ import annotations
