@@ -80,12 +80,15 @@ def _generator(args):
     return torch.Generator("cpu").manual_seed(args.seed)  # CPU: the same pictures on every device
 
 
-def _sampling_kwargs(args) -> dict:
-    from hfdiff.samplers import get_sampler
+def _sampling_kwargs(args, pipe=None) -> dict:
+    """The pipeline call's sampling keywords; a named sampler's default steps fit `pipe`'s schedule when given."""
+    from hfdiff.samplers import default_steps, get_sampler
 
     steps = args.num_inference_steps
     if steps is None and args.scheduler != "model":
         steps = get_sampler(args.scheduler).num_inference_steps
+        if pipe is not None:
+            steps = default_steps(args.scheduler, pipe.scheduler.config.num_train_timesteps)
     return {
         "num_inference_steps": steps,
         "guidance_scale": args.guidance_scale,
@@ -145,7 +148,7 @@ def cmd_sample(args) -> None:
             negative_prompt=[args.negative_prompt] * len(args.prompt) if args.negative_prompt is not None else None,
             num_images_per_prompt=args.num_images_per_prompt or args.per_class,
             generator=_generator(args),
-            **_sampling_kwargs(args),
+            **_sampling_kwargs(args, pipe),
         )
     else:
         grid = class_grid(
@@ -153,7 +156,7 @@ def cmd_sample(args) -> None:
             per_class=args.per_class,
             class_names=args.class_names,
             generator=_generator(args),
-            **_sampling_kwargs(args),
+            **_sampling_kwargs(args, pipe),
         )
     _makedirs_for(args.output)
     grid.save(args.output)
@@ -166,7 +169,7 @@ def make_picture(name: str, args, pipe=None) -> str:
 
     path = os.path.join(args.output_dir, PICTURES[name][0])
     generator = _generator(args)
-    sampling = _sampling_kwargs(args)
+    sampling = _sampling_kwargs(args, pipe)
     if name == "schedules":
         image = vis.schedule_curves(pipe.scheduler if pipe is not None else None)
     elif name == "embedding":
@@ -391,7 +394,7 @@ def cmd_evaluate(args) -> None:
         batch_size=args.batch_size,
         generator=_generator(args),
         standard=True,
-        **_sampling_kwargs(args),
+        **_sampling_kwargs(args, pipe),
     )
     print(ev.format_metrics(metrics))
     _write_json(metrics, args.output)

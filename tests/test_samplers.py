@@ -9,7 +9,7 @@ from test_text import save_tiny_bert
 from test_text_pipeline import make_text_pipe
 from tiny import make_pipe, seed
 
-from hfdiff import SpriteDDIMScheduler, SpriteDDPMScheduler
+from hfdiff import SpriteDDIMScheduler, SpriteDDPMScheduler, SpriteDiffusionPipeline
 from hfdiff.fast_sampling import FastSampler, step_coefficients
 from hfdiff.samplers import SAMPLERS, default_steps, get_sampler, with_sampler
 
@@ -139,3 +139,23 @@ def test_cli_sampler_flag_takes_the_named_sampler_and_its_steps(tmp_path, monkey
         args = ["sample", str(tmp_path / "model"), "--per_class", "1", "--output", str(output), "--device", "cpu"]
         assert cli.main([*args, *flag]) == 0 and output.exists()
         assert calls[-1] == expected
+
+
+def test_cli_named_sampler_steps_fit_a_short_schedule(tmp_path, monkeypatch):
+    # On a model trained with fewer steps than the sampler's own count, the CLI takes default_steps (as the demo
+    # does) instead of refusing its own default: T = 20 with "leading" spacing gives dpm++ 19 steps and fast 20.
+    from hfdiff import cli
+
+    make_pipe().save_pretrained(tmp_path / "model")
+    calls = []
+    real_call = SpriteDiffusionPipeline.__call__
+
+    def recording_call(self, *args, **kwargs):
+        calls.append((type(self.scheduler).__name__, kwargs.get("num_inference_steps")))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpriteDiffusionPipeline, "__call__", recording_call)
+    for name, expected in (("dpm++", ("DPMSolverMultistepScheduler", 19)), ("fast", ("SpriteDDPMScheduler", 20))):
+        output = tmp_path / "grid.png"
+        args = ["sample", str(tmp_path / "model"), "--per_class", "1", "--output", str(output), "--device", "cpu"]
+        assert cli.main([*args, "--sampler", name]) == 0 and calls[-1] == expected
