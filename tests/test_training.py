@@ -247,7 +247,7 @@ def test_train_unconditional_script_on_a_grayscale_folder(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(32):
         os.makedirs(tmp_path / "imgs" / "any", exist_ok=True)
-        PIL.Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), mode="L").save(
+        PIL.Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(
             tmp_path / "imgs" / "any" / f"{i}.png"
         )
     out = tmp_path / "run"
