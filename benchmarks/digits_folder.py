@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = "ddpm"  # hfdiff.samplers' DDPM over every training step: the FD ratios are against it
-DEFAULT_SAMPLERS = ["ddpm", "fast", "ddim", "dpmpp-2m-sde-20", "ddim-25-eta1"]
+DEFAULT_SAMPLERS = ["ddpm", "dpm++", "fast", "ddim", "heun-25", "ddim-25-eta1"]
 DIGIT_LEVELS = 16  # load_digits' pixels are 0..16
 
 
