@@ -86,8 +86,9 @@ def _sampling_kwargs(args, pipe=None) -> dict:
 
     steps = args.num_inference_steps
     if steps is None and args.scheduler != "model":
-        steps = get_sampler(args.scheduler).num_inference_steps
-        if pipe is not None:
+        if pipe is None:
+            steps = get_sampler(args.scheduler).num_inference_steps
+        else:
             steps = default_steps(args.scheduler, pipe.scheduler.config.num_train_timesteps)
     return {
         "num_inference_steps": steps,

@@ -565,8 +565,6 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
             f"--context_mlp_dim {config.context_mlp_dim} widens the context MLPs of a conditional model, and "
             "train_unconditional.py's has none: drop the flag."
         )
-    if "context_mlp_dim" in model_config_overrides(config):
-        raise ValueError("--model_config_overrides sets context_mlp_dim; pass --context_mlp_dim instead.")
     resolved = dataclasses.replace(config, **updates)
     check_config(resolved)
     return resolved
@@ -623,7 +621,8 @@ def check_config(config: TrainingConfig) -> None:
         raise ValueError(f"Choose one data source; got {', '.join('--' + s for s in sources)}.")
     check_schedule_config(config)
     check_text_config(config)
-    model_config_overrides(config)  # raises on malformed JSON
+    if "context_mlp_dim" in model_config_overrides(config):  # which also raises on malformed JSON
+        raise ValueError("--model_config_overrides sets context_mlp_dim; pass --context_mlp_dim instead.")
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
     check_hub_config(config)
