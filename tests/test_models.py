@@ -92,6 +92,33 @@ def test_context_mlp_width_is_configurable_and_saved(tmp_path):
         tiny_unet(context_mlp_dim=0)
 
 
+def test_context_time_embedding_reaches_every_resnet_and_starts_as_without(tmp_path):
+    # context_time_embedding adds a projection of c to the time embedding (UNet2DConditionModel's "projection"
+    # class embedding), on top of the decoder's C_i(c) * h; zero-initialised, so a fresh model computes what the same
+    # weights compute without it, and a trained one's encoder sees the context.
+    torch.manual_seed(0)
+    with_path = tiny_unet(context_dim=12, context_time_embedding=True)
+    without = ContextUNet2DModel(**{**TINY, "context_dim": 12})
+    missing, unexpected = without.load_state_dict(with_path.state_dict(), strict=False)
+    assert not missing and unexpected and all(key.startswith("context_embedding.") for key in unexpected)
+    x, c = torch.randn(2, 3, 16, 16), torch.randn(2, 12)
+    with torch.no_grad():
+        assert torch.allclose(with_path(x, 3, context=c).sample, without(x, 3, context=c).sample)
+        torch.nn.init.normal_(with_path.context_embedding.linear_2.weight)
+        encoder = []  # the first down block's output, before any of the decoder's C_i
+        for model in (without, with_path):
+            hook = model.down_blocks[0].register_forward_hook(lambda module, args, out: encoder.append(out[0]))
+            model(x, 3, context=c), model(x, 3, context=torch.randn(2, 12))
+            hook.remove()
+    assert torch.equal(encoder[0], encoder[1])  # the course's design: the encoder never sees the context
+    assert (encoder[2] - encoder[3]).abs().max() > 1e-3  # with the path it does
+    with_path.save_pretrained(tmp_path)
+    loaded = ContextUNet2DModel.from_pretrained(tmp_path)
+    assert loaded.config.context_time_embedding and public_config(loaded) == public_config(with_path)
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny_unet(context_dim=None, context_time_embedding=True)
+
+
 def test_context_changes_output_and_null_context_is_zeros():
     unet = tiny_unet()
     x = torch.randn(2, 3, 16, 16)

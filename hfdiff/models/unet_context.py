@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 from torch import nn
 
@@ -144,6 +145,10 @@ class ContextUNet2DModel(UNet2DModel):
         context_mlp_dim (`int`, *optional*):
             Width of the hidden layer of the context MLPs C_i. `None` (the course's) makes it the channel count of
             the level it scales; a sentence embedding (384 wide for MiniLM) may need more.
+        context_time_embedding (`bool`, *optional*, defaults to `False`):
+            Also add a projection of the context to the time embedding, which every resnet (encoder, middle and
+            decoder) receives, as UNet2DConditionModel's `class_embed_type="projection"` does; the decoder's
+            C_i(c) * h stays. `False` is the course's design: the context reaches only the decoder levels.
 
     Classes are only ever one-hot contexts: `forward(class_labels=...)` takes class indices and builds them, and
     UNet2DModel's own class embedding (`num_class_embeds`, `class_embed_type`) is refused.
@@ -186,6 +191,7 @@ class ContextUNet2DModel(UNet2DModel):
         context_dim: int | None = 5,  # length of the context vector c; None = unconditional decoder
         class_names: list[str] | None = None,  # names of the one-hot context entries, in order; None = unnamed
         context_mlp_dim: int | None = None,  # hidden width of the context MLPs C_i; None = the level's channels
+        context_time_embedding: bool = False,  # also add a projection of c to every resnet's time embedding
     ):
         check_config_limits(
             {
@@ -212,6 +218,11 @@ class ContextUNet2DModel(UNet2DModel):
             )
         if context_dim is not None and context_dim < 1:
             raise ValueError(f"context_dim must be a positive integer or None, got {context_dim}.")
+        if context_time_embedding and context_dim is None:
+            raise ValueError(
+                "context_time_embedding=True adds the context to the time embedding, but this model is unconditional "
+                "(context_dim=None); set context_dim, or leave context_time_embedding=False."
+            )
         if class_names is not None and len(class_names) != context_dim:
             raise ValueError(
                 f"class_names has {len(class_names)} entries but context_dim is {context_dim}; give one name per "
@@ -258,6 +269,12 @@ class ContextUNet2DModel(UNet2DModel):
             self.context_mlps = nn.ModuleList(
                 EmbedMLP(context_dim, ch, init_bias=1.0, hidden_dim=context_mlp_dim) for ch in up_in_channels
             )
+        self.context_embedding = None
+        if context_time_embedding:
+            self.context_embedding = TimestepEmbedding(context_dim, time_embed_dim)
+            # Zero output at first, as the EmbedMLPs: the untrained model is the one without this path.
+            nn.init.zeros_(self.context_embedding.linear_2.weight)
+            nn.init.zeros_(self.context_embedding.linear_2.bias)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ContextUNet2DModel":
@@ -414,6 +431,10 @@ class ContextUNet2DModel(UNet2DModel):
 
         # 1. time
         timesteps, emb = self.embed_timesteps(timestep, batch_size, sample.device)  # (B,), (B, time_embed_dim)
+        if self.context_embedding is not None:
+            # hfdiff: the context's projection joins the time embedding, where diffusers' step 1 adds its class
+            # embedding (the `class_embed_type="projection"` of UNet2DConditionModel)
+            emb = emb + self.context_embedding(context.to(emb.dtype))
 
         # 2. pre-process
         skip_sample = sample
