@@ -13,7 +13,8 @@ checkpoints) in a fresh Python process with its own empty inductor and Triton ca
   `torch.compiler.save_cache_artifacts` (a cache carried from another machine with the same torch, Triton and GPU).
 - no-pointwise-autotune: inductor's `triton.autotune_pointwise = False` (one launch config per pointwise kernel
   instead of benchmarking several the first time each runs).
-- early-pool: inductor's compile workers started before the data and the model are built (`AsyncCompile.warm_pool`).
+- early-pool: inductor's compile workers started before the data and the model are built (`maybe_warm_pool`, which
+  inductor otherwise calls only when the first forward reaches it).
 
 Per variant: the process's wall time, the time hfdiff logs for building the step (compile, warm-up, capture), the
 steady images/s, and torch's own compile-time breakdown. Results go to benchmarks/results/cold-start-<device>.md/json.
@@ -44,9 +45,9 @@ def child(variant: str, artifacts: Path, train_args: list[str]) -> None:
     if variant == "no-pointwise-autotune":
         inductor_config.triton.autotune_pointwise = False
     if variant == "early-pool":
-        from torch._inductor.async_compile import AsyncCompile
+        from torch._inductor.async_compile import maybe_warm_pool
 
-        AsyncCompile.warm_pool()
+        maybe_warm_pool()  # what inductor itself calls on its first compile: the pool and its workers
     if variant == "artifacts":
         loaded_start = time.perf_counter()
         torch.compiler.load_cache_artifacts(artifacts.read_bytes())
