@@ -66,6 +66,10 @@ logger = get_logger(__name__)
 
 # UNet config entries that the data decides; --model_config_overrides may not set them.
 _DATA_DECIDES = ("sample_size", "in_channels", "out_channels", "context_dim", "class_names")
+# Inductor options of the training step's torch.compile. Without per-kernel benchmarking of pointwise launch configs
+# a cold compile of the default recipe's step took 53 s instead of 60-69 s on one H200, at the same images/s
+# (benchmarks/results/cold-start-h200.md): sprite-sized tensors leave the launch config little to win.
+COMPILE_OPTIONS = {"triton.autotune_pointwise": False}
 
 
 @dataclass
@@ -569,7 +573,7 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
     optimizer = build_optimizer(config, unet, device)
     lr_scheduler = build_lr_scheduler(config, optimizer, max_train_steps, world_size)
     ema = build_ema(config, unet)
-    model = torch.compile(unet) if config.compile else unet
+    model = torch.compile(unet, options=COMPILE_OPTIONS) if config.compile else unet
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     run_shape = {
         "world_size": world_size,
