@@ -208,6 +208,7 @@ def test_identity_entries_added_later_compare_as_older_runs_had_them():
     older = {"prediction_type": "epsilon", "seed": 0}  # written before --recipe existed
     course = {"prediction_type": "epsilon", "seed": 0, "rescale_betas_zero_snr": False, "snr_gamma": 0.0}
     course["context_mlp_dim"] = 0  # the course's context MLP width, which every run before --context_mlp_dim had
+    course["context_time_embedding"] = False  # and the course's decoder-only context
     assert identity_differences(older, course) == ""
     assert identity_differences(older, {**course, "context_mlp_dim": 512}) == "context_mlp_dim: 0 -> 512"
     zero_snr = {**course, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "snr_gamma": 5.0}
@@ -226,7 +227,7 @@ def test_a_checkpoint_from_before_later_identity_entries_resumes(tmp_path, fresh
     AcceleratorState._reset_state(reset_partial_state=True)
     state_file = out / "checkpoint-2" / "training_state.json"
     state = json.loads(state_file.read_text())
-    for key in ("rescale_betas_zero_snr", "snr_gamma", "context_mlp_dim"):
+    for key in ("rescale_betas_zero_snr", "snr_gamma", "context_mlp_dim", "context_time_embedding"):
         del state["run"][key]
     state_file.write_text(json.dumps(state))
     with pytest.raises(ValueError, match=r"another run .*rescale_betas_zero_snr: False -> True"):

@@ -71,6 +71,13 @@ def test_auto_defaults_by_device(monkeypatch):
     }
     assert gpu.mixed_precision == "bf16"
     assert gpu.train_batch_size == 32 and gpu.output_dir == "sprite-unconditional"  # given values win
+    # The context reaches the time embedding too for text, by default; class models keep the course's decoder-only
+    # context unless asked.
+    assert not cpu.context_time_embedding and not gpu.context_time_embedding
+    assert resolve_defaults(TrainingConfig(conditioning="text"), "cpu", conditional=True).context_time_embedding
+    assert resolve_defaults(
+        TrainingConfig(context_time_embedding=True), "cpu", conditional=True
+    ).context_time_embedding
 
 
 def test_sprite_64_preset_sets_its_resolution_unless_given(tmp_path, fresh_accelerate_state):

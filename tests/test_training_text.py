@@ -142,6 +142,8 @@ def test_bad_holdout_is_refused(holdout, message):
         (["--context_mlp_dim", "64"], False, "train_unconditional.py's has none"),
         (["--context_mlp_dim", "-1"], True, "--context_mlp_dim must be >= 0"),
         (["--model_config_overrides", '{"context_mlp_dim": 64}'], True, "pass --context_mlp_dim instead"),
+        (["--context_time_embedding"], False, "train_unconditional.py's model has no context"),
+        (["--model_config_overrides", '{"context_time_embedding": true}'], True, "pass --context_time_embedding"),
     ],
 )
 def test_text_flag_errors(flags, conditional, message):
@@ -189,7 +191,8 @@ def test_text_run_saves_a_pipeline_that_samples_from_prompts(bert, tmp_path, fre
     pipe = SpriteDiffusionPipeline.from_pretrained(out)
     assert pipe.text_encoder is not None and pipe.tokenizer is not None
     assert pipe.unet.config.context_dim == 32 and pipe.class_names is None
-    assert pipe.unet.config.context_mlp_dim == TEXT_CONTEXT_MLP_DIM  # the text default; class models keep None
+    assert pipe.unet.config.context_mlp_dim == TEXT_CONTEXT_MLP_DIM  # the text defaults; class models keep None
+    assert pipe.unet.config.context_time_embedding and pipe.unet.context_embedding is not None  # and False
     images = pipe(
         prompt=["a green slime", "a red sword"],
         num_images_per_prompt=2,

@@ -46,8 +46,8 @@ _OVERWRITTEN = re.compile(r"^\.checkpoint-\d+\.overwritten$")
 # change on a resume (length, cadence of checkpoints and validation, logging, speed flags, --output_dir). The data's
 # paths are left out on purpose: the data fingerprint checks their content, and a moved folder is the same run.
 IDENTITY_ENTRIES = (
-    "preset", "model_config_overrides", "context_mlp_dim", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule",
-    "rescale_betas_zero_snr", "snr_gamma", "conditioning",
+    "preset", "model_config_overrides", "context_mlp_dim", "context_time_embedding", "prediction_type",
+    "ddpm_num_steps", "ddpm_beta_schedule", "rescale_betas_zero_snr", "snr_gamma", "conditioning",
     "text_encoder_name_or_path", "holdout", "dataset_name", "dataset_config_name", "image_column", "label_column",
     "caption_column", "resolution", "num_train_images", "use_ema", "seed",
 )  # fmt: skip
@@ -56,7 +56,9 @@ IDENTITY_ENTRIES = (
 # Identity entries added after checkpoints had identities, with the value every run before them had: a checkpoint
 # without the entry is compared as if it held that value, so a run started before --recipe still resumes under
 # --recipe course.
-ADDED_IDENTITY_ENTRIES = {"rescale_betas_zero_snr": False, "snr_gamma": 0.0, "context_mlp_dim": 0}
+ADDED_IDENTITY_ENTRIES = {
+    "rescale_betas_zero_snr": False, "snr_gamma": 0.0, "context_mlp_dim": 0, "context_time_embedding": False,
+}  # fmt: skip
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:

@@ -240,6 +240,15 @@ class TrainingConfig:
             "0 otherwise, which is the course's: as wide as the level's channels)."
         ),
     )
+    context_time_embedding: Optional[bool] = field(
+        default=None,
+        metadata=_help(
+            "Conditional only: also add a projection of the context to the time embedding that every resnet receives "
+            "(diffusers' projection class embedding), beside the decoder's context multiply (auto: on with "
+            "--conditioning text, where it followed named colours about a point better; off otherwise, the course's "
+            "design)."
+        ),
+    )
     recipe: Literal["zero-snr", "course"] = field(
         default="zero-snr",
         metadata=_help(
@@ -538,6 +547,7 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
     | cuda_graphs      | yes, on one GPU (in `train`) | -                                      |
     | prediction_type, rescale_betas_zero_snr, snr_gamma: from --recipe (RECIPES), on every device        |
     | context_mlp_dim: TEXT_CONTEXT_MLP_DIM with --conditioning text, else 0 (the course's), on every device |
+    | context_time_embedding: on with --conditioning text, else off (the course's), on every device           |
     """
     device = torch.device(device)
     if config.conditioning == "text" and not conditional:
@@ -564,6 +574,13 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
         raise ValueError(
             f"--context_mlp_dim {config.context_mlp_dim} widens the context MLPs of a conditional model, and "
             "train_unconditional.py's has none: drop the flag."
+        )
+    if config.context_time_embedding is None:
+        updates["context_time_embedding"] = config.conditioning == "text" and conditional
+    elif config.context_time_embedding and not conditional:
+        raise ValueError(
+            "--context_time_embedding adds a conditional model's context to its time embedding, and "
+            "train_unconditional.py's model has no context: drop the flag."
         )
     resolved = dataclasses.replace(config, **updates)
     check_config(resolved)
@@ -621,8 +638,9 @@ def check_config(config: TrainingConfig) -> None:
         raise ValueError(f"Choose one data source; got {', '.join('--' + s for s in sources)}.")
     check_schedule_config(config)
     check_text_config(config)
-    if "context_mlp_dim" in model_config_overrides(config):  # which also raises on malformed JSON
-        raise ValueError("--model_config_overrides sets context_mlp_dim; pass --context_mlp_dim instead.")
+    for flag in ("context_mlp_dim", "context_time_embedding"):  # the flags, which are part of the run's identity
+        if flag in model_config_overrides(config):  # which also raises on malformed JSON
+            raise ValueError(f"--model_config_overrides sets {flag}; pass --{flag} instead.")
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
     check_hub_config(config)

@@ -183,6 +183,7 @@ def build_unet(config: TrainingConfig, data: TrainingData, conditional: bool, co
         else None,
         "class_names": list(data.class_names) if conditional and not text else None,  # text contexts are not classes
         "context_mlp_dim": config.context_mlp_dim or None,  # 0: the course's width
+        "context_time_embedding": bool(config.context_time_embedding),
     }
     block_out_channels = overrides.get("block_out_channels", UNET_PRESETS[config.preset]["block_out_channels"])
     check_image_size((height, width), block_out_channels, data.description)
