@@ -79,15 +79,19 @@ def _conditioning(unet_config, class_names, text_encoder) -> tuple[str, str | No
     gets no pipeline_tag (which would file it under the wrong task) and says what it is in its tags instead."""
     if unet_config.context_dim is None:
         return "none (unconditional)", "unconditional-image-generation", "unconditional-image-generation"
+    everywhere = ""
+    if unet_config.get("context_time_embedding"):  # beside the decoder's multiply
+        everywhere = "; the context also joins every resnet's time embedding"
     if text_encoder is not None:
         what = (
             f"text: one sentence embedding ({unet_config.context_dim}-d) from a frozen {type(text_encoder).__name__}"
         )
-        return what, "text-to-image", "text-to-image"
+        return what + everywhere, "text-to-image", "text-to-image"
     if class_names:
         what = f"one-hot classes ({', '.join(class_names)}); mixtures and classifier-free guidance work"
-        return what, None, "class-conditional-image-generation"
-    return f"context vectors of length {unet_config.context_dim}", None, "context-conditional-image-generation"
+        return what + everywhere, None, "class-conditional-image-generation"
+    what = f"context vectors of length {unet_config.context_dim}{everywhere}"
+    return what, None, "context-conditional-image-generation"
 
 
 def _space_metadata() -> dict:

@@ -20,9 +20,9 @@ def encoder_folder(tmp_path_factory):
     return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
-def make_text_pipe(encoder_folder) -> SpriteDiffusionPipeline:
+def make_text_pipe(encoder_folder, **unet_config) -> SpriteDiffusionPipeline:
     tokenizer, text_encoder = load_text_encoder(encoder_folder)
-    unet = tiny_unet(context_dim=32)
+    unet = tiny_unet(context_dim=32, **unet_config)
     pipe = SpriteDiffusionPipeline(
         unet=unet, scheduler=SpriteDDPMScheduler(num_train_timesteps=T), text_encoder=text_encoder, tokenizer=tokenizer
     )
@@ -168,3 +168,6 @@ def test_model_card_of_a_text_model(encoder_folder):
     card = build_model_card(make_text_pipe(encoder_folder))
     assert card.data.pipeline_tag == "text-to-image" and "text-to-image" in card.data.tags
     assert 'prompt="a green slime monster"' in card.text and "frozen BertModel" in card.text
+    assert "time embedding" not in card.text
+    card = build_model_card(make_text_pipe(encoder_folder, context_time_embedding=True))  # the training default
+    assert "the context also joins every resnet's time embedding" in card.text
