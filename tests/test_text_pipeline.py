@@ -168,6 +168,6 @@ def test_model_card_of_a_text_model(encoder_folder):
     card = build_model_card(make_text_pipe(encoder_folder))
     assert card.data.pipeline_tag == "text-to-image" and "text-to-image" in card.data.tags
     assert 'prompt="a green slime monster"' in card.text and "frozen BertModel" in card.text
-    assert "time embedding" not in card.text
+    assert "joins every resnet's time embedding" not in card.text
     card = build_model_card(make_text_pipe(encoder_folder, context_time_embedding=True))  # the training default
     assert "the context also joins every resnet's time embedding" in card.text
