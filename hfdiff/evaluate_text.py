@@ -364,6 +364,13 @@ def score_prompt_set(images: np.ndarray, prompt_set: PromptSet, images_per_promp
     scores["all named"] = float(right.all(axis=0).mean())
     per_prompt = right.all(axis=0).reshape(len(prompt_set.prompts), images_per_prompt).mean(axis=1)
     scores["per_prompt"] = dict(zip(prompt_set.prompts, per_prompt.tolist()))
+    # By the class each prompt asks for: where the misses are (heroes' several colours, say), not only how many.
+    scores["per_class"] = {}
+    for name in dict.fromkeys(prompt_set.expected["class"].tolist()):
+        mine = expected["class"] == name
+        by_class = {"images": int(mine.sum()), "all named": float(right[:, mine].all(axis=0).mean())}
+        colour = attribute_accuracy({"colour": predicted["colour"][mine]}, {"colour": expected["colour"][mine]})
+        scores["per_class"][name] = {**by_class, **colour}
     return scores
 
 
@@ -442,6 +449,13 @@ def text_report_markdown(metrics: dict, probe_accuracy: Mapping[str, float] | No
             s = row[name]
             cells = " | ".join(_percent(s[key]) for key in ("class", "kind", "colour", "all named"))
             lines.append(f"| {title} | {row['guidance_scale']:g} | {s['images']} | {cells} |")
+    for row in metrics["guidance"]:
+        per_class = row["prompts"].get("per_class", {})
+        shown = ", ".join(
+            f"{name} {_percent(s['colour'])} / {_percent(s['all named'])}" for name, s in per_class.items()
+        )
+        if shown:
+            lines += ["", f"Captions at guidance {row['guidance_scale']:g}, colour / all named by class: {shown}."]
     combinations = ", ".join(",".join(f"{k}={v}" for k, v in c.items()) for c in metrics["held_out_combinations"])
     lines += ["", f"{metrics['images_per_prompt']} images per prompt. Held out: {combinations or 'none'}."]
     if probe_accuracy:

@@ -122,9 +122,14 @@ def test_text_evaluation_on_a_tiny_text_pipeline(tmp_path, classifier, probe):
                 assert 0.0 <= row[name][key] <= 1.0, (name, key, row[name][key])
             assert row[name]["all named"] <= min(row[name][k] for k in ("class", "kind", "colour"))
     assert "a small emerald blob" in metrics["guidance"][0]["paraphrases"]["per_prompt"]
+    per_class = metrics["guidance"][0]["prompts"]["per_class"]  # the same images, split by the class asked for
+    assert list(per_class) == list(SPRITE_CLASSES) and all(s["images"] == 2 * 2 for s in per_class.values())
+    all_named = metrics["guidance"][0]["prompts"]["all named"]
+    assert np.isclose(np.mean([s["all named"] for s in per_class.values()]), all_named)
     table = et.text_report_markdown(metrics, probe_accuracy=probe[1])
     assert table.count("| held-out combinations |") == 2 and "kind=slime,colour=purple" in table
     assert "Attribute classifier on held-out real sprites" in table
+    assert "Captions at guidance 3, colour / all named by class: hero " in table
     json.dumps(metrics)  # the CLI writes it as JSON
 
 
