@@ -334,7 +334,7 @@ class TrainingConfig:
     compile: Optional[bool] = field(
         default=None,
         metadata=_help(
-            "torch.compile the UNet (auto: on a GPU; about 45 s the first time, seconds once torch's compile cache "
+            "torch.compile the UNet (auto: on a GPU; about 50 s the first time, seconds once torch's compile cache "
             "holds it; off on CPU, where it takes minutes)."
         ),
     )
@@ -638,8 +638,9 @@ def check_config(config: TrainingConfig) -> None:
         raise ValueError(f"Choose one data source; got {', '.join('--' + s for s in sources)}.")
     check_schedule_config(config)
     check_text_config(config)
-    for flag in ("context_mlp_dim", "context_time_embedding"):  # the flags, which are part of the run's identity
-        if flag in model_config_overrides(config):  # which also raises on malformed JSON
+    overrides = model_config_overrides(config)  # which also raises on malformed JSON
+    for flag in ("context_mlp_dim", "context_time_embedding"):  # flags of their own, part of the run's identity
+        if flag in overrides:
             raise ValueError(f"--model_config_overrides sets {flag}; pass --{flag} instead.")
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
