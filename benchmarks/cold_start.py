@@ -7,12 +7,14 @@ Each variant trains the default conditional recipe (`train_conditional.py`'s def
 checkpoints) in a fresh Python process with its own empty inductor and Triton caches (except `warm`, which reuses
 `cold`'s), so every variant pays the compile a user pays on a machine that has never compiled this model:
 
-- cold: as shipped.
+- cold: as shipped (since commit 4ed6ea6 without pointwise autotuning, `hfdiff.training.loop.COMPILE_OPTIONS`).
 - warm: `cold`'s caches again (what every later run of the same model pays).
 - artifacts: empty caches, but first `torch.compiler.load_cache_artifacts` of what `cold` saved with
   `torch.compiler.save_cache_artifacts` (a cache carried from another machine with the same torch, Triton and GPU).
-- no-pointwise-autotune: inductor's `triton.autotune_pointwise = False` (one launch config per pointwise kernel
-  instead of benchmarking several the first time each runs).
+- pointwise-autotune: inductor's own default, `triton.autotune_pointwise = True` (several launch configs per
+  pointwise kernel, benchmarked the first time each runs), as hfdiff compiled before. Its first run
+  (`cold-start-h200.md`, commit 0424dbf) had the two the other way round: `cold` autotuned and a
+  `no-pointwise-autotune` variant did not.
 - early-pool: inductor's compile workers started before the data and the model are built (`maybe_warm_pool`, which
   inductor otherwise calls only when the first forward reaches it).
 
@@ -33,17 +35,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-VARIANTS = ("cold", "warm", "artifacts", "no-pointwise-autotune", "early-pool")
+VARIANTS = ("cold", "warm", "artifacts", "pointwise-autotune", "early-pool")
 MARK = "COLD-START-RESULT "
 
 
 def child(variant: str, artifacts: Path, train_args: list[str]) -> None:
     """One training run in this process, the variant's compile settings applied first; prints one result line."""
     import torch
-    import torch._inductor.config as inductor_config
 
-    if variant == "no-pointwise-autotune":
-        inductor_config.triton.autotune_pointwise = False
+    import hfdiff.training.loop as loop
+
+    if variant == "pointwise-autotune":  # the options training's torch.compile passes, without hfdiff's choice
+        loop.COMPILE_OPTIONS = {**loop.COMPILE_OPTIONS, "triton.autotune_pointwise": True}
     if variant == "early-pool":
         from torch._inductor.async_compile import maybe_warm_pool
 
