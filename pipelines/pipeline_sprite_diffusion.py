@@ -1272,8 +1272,9 @@ def _read_json(path: str | os.PathLike) -> dict:
 
 
 def _check_config(component_cls: type, component_folder: Path, name: str) -> None:
-    """The component's config file exists, is JSON, has every entry of _REQUIRED_CONFIG that its class takes, and
-    sizes within the class's limits (ContextUNet2DModel.check_config_limits), checked before anything is built."""
+    """The component's config file exists, is JSON, has every entry of _REQUIRED_CONFIG that its class takes, sizes
+    within the class's limits (ContextUNet2DModel.check_config_limits) and no entry the class does not know
+    (ContextUNet2DModel.check_config_entries), checked before anything is built."""
     config_path = component_folder / component_cls.config_name
     if not config_path.is_file():
         raise FileNotFoundError(
@@ -1293,6 +1294,8 @@ def _check_config(component_cls: type, component_folder: Path, name: str) -> Non
         )
     if hasattr(component_cls, "check_config_limits"):  # sizes that would allocate without bound, refused before
         component_cls.check_config_limits(config, source=str(config_path))
+    if hasattr(component_cls, "check_config_entries"):  # entries the installed class would silently drop
+        component_cls.check_config_entries(config, source=str(config_path))
 
 
 def retired_path(path: str | os.PathLike) -> Path:

@@ -3,6 +3,7 @@
 weights (refused with the culprit named), and configs that would allocate without bound (refused at once)."""
 
 import errno
+import json
 import os
 import shutil
 import uuid
@@ -291,3 +292,26 @@ def test_the_presets_and_a_stable_diffusion_sized_unet_are_within_the_limits():
         ContextUNet2DModel.check_config_limits(preset, source=name)
     sd_sized = {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "context_dim": 768}
     ContextUNet2DModel.check_config_limits(sd_sized | {"sample_size": 64, "down_block_types": ["DownBlock2D"] * 4})
+
+
+def test_pipeline_config_entries_the_class_does_not_know_are_refused(tmp_path):
+    # diffusers drops unknown config entries with a warning; for this model each entry shapes the architecture (a
+    # newer hfdiff's option, say), so loading a saved pipeline would put the weights into a different model. The
+    # pipeline's loader refuses it; the model's own from_pretrained keeps diffusers' behaviour, which EMAModel's
+    # save/load relies on (it stores the EMA's state as extra config entries).
+    from diffusers.training_utils import EMAModel
+    from tiny import tiny_unet
+
+    from hfdiff import ContextUNet2DModel
+
+    make_pipe().save_pretrained(tmp_path / "pipe")
+    config_path = tmp_path / "pipe" / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "context_cross_attention": True}))
+    with pytest.raises(ValueError, match=r"\['context_cross_attention'\].*newer hfdiff.*trust_remote_code=True"):
+        SpriteDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    unet = tiny_unet(context_dim=12, context_time_embedding=True)
+    ema = EMAModel(unet.parameters(), model_cls=ContextUNet2DModel, model_config=unet.config)
+    ema.save_pretrained(tmp_path / "ema")
+    loaded = EMAModel.from_pretrained(tmp_path / "ema", ContextUNet2DModel)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.shadow_params, ema.shadow_params))

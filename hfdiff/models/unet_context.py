@@ -159,6 +159,23 @@ class ContextUNet2DModel(UNet2DModel):
     # Where loaders that hold only the class find the size check (the pipeline's from_pretrained, before building).
     check_config_limits = staticmethod(check_config_limits)
 
+    @classmethod
+    def check_config_entries(cls, config: dict, source: str = "ContextUNet2DModel") -> None:
+        """Refuse a saved pipeline's UNet config with entries this class does not take. Each entry shapes the
+        architecture, so one it does not know (an option of a newer hfdiff, say) would be dropped by diffusers with a
+        warning and the weights loaded into a different model. Checked by the pipeline's loader only: a model folder
+        of diffusers' EMAModel.save_pretrained keeps the EMA's state as extra config entries, which from_pretrained
+        must pass over; diffusers' private entries ("_class_name", ...) always pass."""
+        takes = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(key for key in config if not key.startswith("_") and key not in takes)
+        if unknown:
+            raise ValueError(
+                f"{source} has entries {unknown} that the installed hfdiff's {cls.__name__} does not know, so it "
+                "would build a different model from the saved one. The pipeline was probably saved by a newer hfdiff: "
+                "upgrade it (pip install -U hfdiff), or load the folder with the code saved beside it "
+                "(DiffusionPipeline.from_pretrained(path, trust_remote_code=True))."
+            )
+
     @register_to_config
     def __init__(
         self,
@@ -277,22 +294,6 @@ class ContextUNet2DModel(UNet2DModel):
             # Zero output at first, as the EmbedMLPs: the untrained model is the one without this path.
             nn.init.zeros_(self.context_embedding.linear_2.weight)
             nn.init.zeros_(self.context_embedding.linear_2.bias)
-
-    @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        """diffusers' config-to-arguments step, refusing entries this class does not take. Every entry describes the
-        architecture, so one it does not know (an option of a newer hfdiff, say) would be dropped with a warning and
-        the weights loaded into a different model; diffusers' private entries ("_class_name", ...) pass."""
-        takes = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(key for key in config_dict if not key.startswith("_") and key not in takes)
-        if unknown:
-            raise ValueError(
-                f"This {cls.__name__} config has entries {unknown} that the installed hfdiff does not know, so it "
-                "would build a different model from the saved one. The model was probably saved by a newer hfdiff: "
-                "upgrade it (pip install -U hfdiff), or load the pipeline folder with the code saved beside it "
-                "(DiffusionPipeline.from_pretrained(path, trust_remote_code=True))."
-            )
-        return super().extract_init_dict(config_dict, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ContextUNet2DModel":
