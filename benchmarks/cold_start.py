@@ -51,6 +51,7 @@ def child(variant: str, artifacts: Path, train_args: list[str]) -> None:
         from torch._inductor.async_compile import maybe_warm_pool
 
         maybe_warm_pool()  # what inductor itself calls on its first compile: the pool and its workers
+    load_seconds = None
     if variant == "artifacts":
         loaded_start = time.perf_counter()
         torch.compiler.load_cache_artifacts(artifacts.read_bytes())
@@ -75,7 +76,7 @@ def child(variant: str, artifacts: Path, train_args: list[str]) -> None:
                 "images_per_second": result.images_per_second,
                 "seconds": result.seconds,
                 "artifact_bytes": saved_bytes,
-                "artifact_load_seconds": load_seconds if variant == "artifacts" else None,
+                "artifact_load_seconds": load_seconds,
                 "compile_times": compile_times(repr="str", aggregate=True),
             }
         ),

@@ -384,9 +384,8 @@ def cmd_evaluate(args) -> None:
     count = args.per_class * (pipe.unet.config.context_dim or 5)
     real = model_real_data(args, pipe, count)
     classifier = get_classifier(args, real)
-    ev.pool_factor(
-        pipe.unet.config.sample_size, classifier
-    )  # refuse a size it cannot score before sampling, not after
+    # refuse a size the classifier cannot score before sampling, not after
+    ev.pool_factor(pipe.unet.config.sample_size, classifier)
     metrics = ev.evaluate_pipeline(
         pipe,
         classifier,
