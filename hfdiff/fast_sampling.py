@@ -58,6 +58,11 @@ from .pipelines.pipeline_sprite_diffusion import scheduler_step_kwargs
 
 __all__ = ["FastSampler", "StepCoefficients", "carry_update", "side_stream", "step_coefficients", "step_update"]
 
+# Inductor options of hfdiff's torch.compile calls (the training step and `compile=True` here). Without per-kernel
+# benchmarking of pointwise launch configs a cold compile of the default recipe's training step took 53 s instead of
+# 60-69 s on one H200, at the same images/s (benchmarks/results/cold-start-h200.md): sprite-sized tensors leave the
+# launch config little to win.
+COMPILE_OPTIONS = {"triton.autotune_pointwise": False}
 # Columns of StepCoefficients.coefficients, in order (see `step_update` and `carry_update`):
 # x_{t'} = A x_t + B m + s z + c, with c the carry the previous step left, and this step's carry for the next one
 # c' = C x_t + D m (multistep solvers such as DPM-Solver++ 2M reuse the previous step's x0 prediction; C = D = 0 for
@@ -347,7 +352,8 @@ class FastSampler:
             spends ~2 s timing algorithms per graph key, too much for one-off calls.
         compile: torch.compile the step (UNet + guidance + update) before recording it, fusing the GroupNorm/SiLU/add
             chains: 2.7x faster replays on an H200, for ~13 s of compiling per graph key and process on first use.
-            A dict compiles with those inductor options (`torch.compile(options=...)`), e.g.
+            True compiles with `COMPILE_OPTIONS`, as training does; a dict compiles with exactly those inductor
+            options instead (`torch.compile(options=...)`), e.g.
             `{"max_autotune": True}` to time Triton convolution templates against cuDNN for every shape.
         cuda_graphs: record and replay the step (False runs the same step function eagerly, e.g. to profile it).
         cudnn_benchmark: let cuDNN time its algorithms for these shapes once, before recording (the choice is
@@ -374,10 +380,11 @@ class FastSampler:
         self.cuda_graphs = cuda_graphs
         self.cudnn_benchmark = cudnn_benchmark
         self.max_graphs = max_graphs
-        if isinstance(compile, dict):
-            self._denoise = torch.compile(denoise, dynamic=False, options=dict(compile))
+        if compile:
+            options = dict(compile) if isinstance(compile, dict) else COMPILE_OPTIONS
+            self._denoise = torch.compile(denoise, dynamic=False, options=options)
         else:
-            self._denoise = torch.compile(denoise, dynamic=False) if compile else denoise
+            self._denoise = denoise
         self._buffers: OrderedDict[tuple, _StepBuffers] = OrderedDict()
         self._unet_copy: torch.nn.Module | None = None
         self._unet_source: torch.nn.Module | None = None

@@ -44,6 +44,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from ..fast_sampling import COMPILE_OPTIONS
 from .checkpoint_state import TrainingState, refuse_pickles
 from .checkpoints import (
     check_checkpoints_belong_to_run,
@@ -66,10 +67,6 @@ logger = get_logger(__name__)
 
 # UNet config entries that the data decides; --model_config_overrides may not set them.
 _DATA_DECIDES = ("sample_size", "in_channels", "out_channels", "context_dim", "class_names")
-# Inductor options of the training step's torch.compile. Without per-kernel benchmarking of pointwise launch configs
-# a cold compile of the default recipe's step took 53 s instead of 60-69 s on one H200, at the same images/s
-# (benchmarks/results/cold-start-h200.md): sprite-sized tensors leave the launch config little to win.
-COMPILE_OPTIONS = {"triton.autotune_pointwise": False}
 
 
 @dataclass
