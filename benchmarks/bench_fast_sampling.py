@@ -72,6 +72,12 @@ COMPILE_VARIANTS = {
         "compile": {"coordinate_descent_tuning": True},
     },
     "fast: graph + torch.compile, bf16, NCHW": {**BF16, "compile": True, "channels_last": False},
+    "fast: graph + torch.compile, bf16, NCHW, cuDNN autotune": {
+        **BF16,
+        "compile": True,
+        "channels_last": False,
+        "cudnn_benchmark": True,
+    },
     "fast: graph + torch.compile (freezing), bf16, channels_last": {**BF16, "compile": {"freezing": True}},
     "fast: graph + torch.compile (max autotune), bf16, NCHW": {
         **BF16,
