@@ -78,6 +78,12 @@ def test_auto_defaults_by_device(monkeypatch):
     assert resolve_defaults(
         TrainingConfig(context_time_embedding=True), "cpu", conditional=True
     ).context_time_embedding
+    # Text models train longer on a GPU; a given --num_epochs wins, and the CPU default is the class models'.
+    assert resolve_defaults(TrainingConfig(conditioning="text"), "cuda", conditional=True).num_epochs == 96
+    assert (
+        resolve_defaults(TrainingConfig(conditioning="text", num_epochs=5), "cuda", conditional=True).num_epochs == 5
+    )
+    assert resolve_defaults(TrainingConfig(conditioning="text"), "cpu", conditional=True).num_epochs == 4
 
 
 def test_sprite_64_preset_sets_its_resolution_unless_given(tmp_path, fresh_accelerate_state):
