@@ -323,9 +323,9 @@ def test_cpu_unconditional_model_and_reuse_between_calls():
 )
 def test_compile_option_reaches_torch_compile(monkeypatch, compile_option, expected):
     """compile=True compiles the step with hfdiff's COMPILE_OPTIONS (those of the training step), a dict with exactly
-    those inductor options; either way the
-    step is compiled before the first timed step and gives the uncompiled step's images. torch.compile is replaced by
-    a recorder here (compiling on the CPU takes ~30 s; the GPU benchmark times the real thing)."""
+    those inductor options; either way the step is compiled before the first timed step and gives the uncompiled
+    step's images. torch.compile is replaced by a recorder here (compiling on the CPU takes ~30 s; the GPU benchmark
+    times the real thing)."""
     import hfdiff.fast_sampling as fast_sampling
 
     calls = []

@@ -74,7 +74,7 @@ def _help(text: str) -> dict:
 
 
 # Text models train longer on a GPU than class models: their colour words keep improving where the classes are
-# already learned. On one H200, two runs at 96 epochs named 91.3% and 92.4% of caption colours right at guidance 3,
+# already learned. On one H200, three runs at 96 epochs named 91.3-92.4% of caption colours right at guidance 3,
 # against 88.0-90.2% for three at 64 (benchmarks/results/text-eval-h200.md), for about 24 s more training.
 TEXT_GPU_NUM_EPOCHS = 96
 # The context MLPs' hidden width for text models. The course's (as wide as the level, 64-80 channels) lost colour
