@@ -17,6 +17,10 @@ checkpoints) in a fresh Python process with its own empty inductor and Triton ca
   `no-pointwise-autotune` variant did not.
 - early-pool: inductor's compile workers started before the data and the model are built (`maybe_warm_pool`, which
   inductor otherwise calls only when the first forward reaches it).
+- no-compile: `--no-compile`, the CUDA-graph step without torch.compile: what building the step costs without
+  compiling, and the images/s that compiling buys. The default recipe trains 5.7M images; at the uncompiled graph
+  step's 57k images/s (H100, `training-cuda.md`) against about 110k compiled, that is about 100 s of training against
+  52 s, so a 53 s cold compile only breaks even there, while a warm one (11 s) pays.
 
 Per variant: the process's wall time, the time hfdiff logs for building the step (compile, warm-up, capture), the
 steady images/s, and torch's own compile-time breakdown. Results go to benchmarks/results/cold-start-<device>.md/json.
@@ -35,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-VARIANTS = ("cold", "warm", "artifacts", "pointwise-autotune", "early-pool")
+VARIANTS = ("cold", "warm", "artifacts", "pointwise-autotune", "early-pool", "no-compile")
 MARK = "COLD-START-RESULT "
 
 
@@ -47,6 +51,8 @@ def child(variant: str, artifacts: Path, train_args: list[str]) -> None:
 
     if variant == "pointwise-autotune":  # the options training's torch.compile passes, without hfdiff's choice
         loop.COMPILE_OPTIONS = {**loop.COMPILE_OPTIONS, "triton.autotune_pointwise": True}
+    if variant == "no-compile":
+        train_args = [*train_args, "--no-compile"]
     if variant == "early-pool":
         from torch._inductor.async_compile import maybe_warm_pool
 
