@@ -73,7 +73,19 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
     name_or_path = str(name_or_path or default_text_encoder_path())
-    config = AutoConfig.from_pretrained(name_or_path)
+    if looks_like_local_path(name_or_path) and not Path(name_or_path).expanduser().is_dir():
+        # transformers would read it as a Hub id and complain about the id's form
+        raise FileNotFoundError(
+            f"No text encoder folder at {name_or_path}. Pass an existing folder or a Hub id of a transformers text "
+            f"encoder (e.g. sentence-transformers/all-MiniLM-L6-v2), or None for the default."
+        )
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except ValueError as error:  # a config.json without model_type: a diffusers folder, say
+        raise ValueError(
+            f"{name_or_path} is not a transformers model ({error}). Pass the folder or Hub id of a transformers text "
+            f"encoder, such as a BERT-style sentence encoder or CLIP's text model, or None for the default."
+        ) from error
     is_clip = config.model_type in ("clip", "clip_text_model")
     if not is_clip and getattr(config, "vocab_size", None) is None:
         raise ValueError(
@@ -99,6 +111,11 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
         if max_length:  # sentence-transformers trained MiniLM on 256 tokens though its positions go to 512
             tokenizer.model_max_length = min(tokenizer.model_max_length, max_length)
     return tokenizer, text_encoder
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Hub ids are "name" or "owner/name"; anything else is meant as a local path."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _check_pair(tokenizer, text_encoder, name: str) -> None:

@@ -93,6 +93,14 @@ def test_a_vision_model_is_refused(tmp_path):
         load_text_encoder(tmp_path)
 
 
+def test_a_folder_that_is_no_transformers_model_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"_class_name": "ContextUNet2DModel", "sample_size": 16}')  # diffusers
+    with pytest.raises(ValueError, match="not a transformers model.*text encoder"):
+        load_text_encoder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No text encoder folder at"):
+        load_text_encoder(tmp_path / "missing")
+
+
 def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path):
     save_tiny_bert(tmp_path, vocab_size=8)  # 23 tokens, 8 embedding rows
     with pytest.raises(ValueError, match="do not belong together"):
