@@ -60,7 +60,9 @@ def encode_text(tokenizer, text_encoder, texts: list[str], batch_size: int = 256
     max_length = _max_length(tokenizer, text_encoder)
     mode = getattr(text_encoder.config, "hfdiff_pooling", "pooler" if hasattr(text_encoder, "text_model") else "mean")
 
-    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+    # Cut one token past the maximum, so that a longer caption shows without transformers' own warning about
+    # sequences longer than the model takes (the encoding below truncates them).
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length + 1)["input_ids"]]
     too_long = sum(length > max_length for length in lengths)
     if too_long:
         warnings.warn(
