@@ -68,7 +68,7 @@ def encode_text(tokenizer, text_encoder, texts: list[str], batch_size: int = 256
         warnings.warn(
             f"{too_long} of {len(texts)} captions are longer than the text encoder's {max_length} tokens and were "
             f"truncated; shorten them to keep their ends.",
-            stacklevel=2,
+            stacklevel=3,  # the caller, past torch.no_grad's wrapper
         )
     vectors = []
     for start in range(0, len(texts), batch_size):
