@@ -73,8 +73,7 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
     name_or_path = str(name_or_path or default_text_encoder_path())
-    if looks_like_local_path(name_or_path) and not Path(name_or_path).expanduser().is_dir():
-        # transformers would read it as a Hub id and complain about the id's form
+    if missing_local_folder(name_or_path):  # transformers would read it as a Hub id and complain about its form
         raise FileNotFoundError(
             f"No text encoder folder at {name_or_path}. Pass an existing folder or a Hub id of a transformers text "
             f"encoder (e.g. sentence-transformers/all-MiniLM-L6-v2), or None for the default."
@@ -113,9 +112,11 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
     return tokenizer, text_encoder
 
 
-def looks_like_local_path(name: str) -> bool:
-    """Hub ids are "name" or "owner/name"; anything else is meant as a local path."""
-    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+def missing_local_folder(name: str) -> bool:
+    """`name` is meant as a local folder (Hub ids are "name" or "owner/name"; anything else is a path), and there is
+    no folder there."""
+    looks_local = Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+    return looks_local and not Path(name).expanduser().is_dir()
 
 
 def _check_pair(tokenizer, text_encoder, name: str) -> None:

