@@ -17,6 +17,11 @@ checkpoints) in a fresh Python process with its own empty inductor and Triton ca
   `no-pointwise-autotune` variant did not.
 - early-pool: inductor's compile workers started before the data and the model are built (`maybe_warm_pool`, which
   inductor otherwise calls only when the first forward reaches it).
+- lean: inductor's optional work that this model may not need switched off on top of hfdiff's options: its pattern
+  matcher (joint-graph and post-grad rewrites, 2.4 s of the cold compile in `cold-start-h200.md`), the second fusion
+  round that reorders loops (`loop_ordering_after_fusion`) and the size/stride asserts in the generated wrapper. Does
+  a shorter compile keep the images/s?
+- lean-unsplit: `lean` without inductor's splitting of large reductions (the GroupNorm statistics) into two kernels.
 - no-compile: `--no-compile`, the CUDA-graph step without torch.compile: what building the step costs without
   compiling, and the images/s that compiling buys. The default recipe trains 5.7M images; at the uncompiled graph
   step's 57k images/s (H100, `training-cuda.md`) against about 110k compiled, that is about 100 s of training against
@@ -39,7 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-VARIANTS = ("cold", "warm", "artifacts", "pointwise-autotune", "early-pool", "no-compile")
+VARIANTS = ("cold", "warm", "artifacts", "pointwise-autotune", "early-pool", "no-compile", "lean", "lean-unsplit")
+LEAN_OPTIONS = {"pattern_matcher": False, "loop_ordering_after_fusion": False, "size_asserts": False}
 MARK = "COLD-START-RESULT "
 
 
@@ -51,6 +57,9 @@ def child(variant: str, artifacts: Path, train_args: list[str]) -> None:
 
     if variant == "pointwise-autotune":  # the options training's torch.compile passes, without hfdiff's choice
         loop.COMPILE_OPTIONS = {**loop.COMPILE_OPTIONS, "triton.autotune_pointwise": True}
+    if variant.startswith("lean"):
+        unsplit = {"split_reductions": False} if variant == "lean-unsplit" else {}
+        loop.COMPILE_OPTIONS = {**loop.COMPILE_OPTIONS, **LEAN_OPTIONS, **unsplit}
     if variant == "no-compile":
         train_args = [*train_args, "--no-compile"]
     if variant == "early-pool":
