@@ -21,6 +21,9 @@ checkpoints) in a fresh Python process with its own empty inductor and Triton ca
   matcher (joint-graph and post-grad rewrites, 2.4 s of the cold compile in `cold-start-h200.md`), the second fusion
   round that reorders loops (`loop_ordering_after_fusion`) and the size/stride asserts in the generated wrapper. Does
   a shorter compile keep the images/s?
+- warm-heuristic, no-compile-heuristic: `warm` and `no-compile` with cuDNN's heuristics in place of its autotuning
+  (`torch.backends.cudnn.benchmark = False`; training turns autotuning on, `use_fast_cuda_kernels`): what timing
+  every convolution's algorithms in the warm-up costs, and what the autotuned algorithms buy.
 - lean-unsplit: `lean` without inductor's splitting of large reductions (the GroupNorm statistics) into two kernels.
 - no-compile: `--no-compile`, the CUDA-graph step without torch.compile: what building the step costs without
   compiling, and the images/s that compiling buys. The default recipe trains 5.7M images; at the uncompiled graph
@@ -44,7 +47,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-VARIANTS = ("cold", "warm", "artifacts", "pointwise-autotune", "early-pool", "no-compile", "lean", "lean-unsplit")
+VARIANTS = (
+    "cold",
+    "warm",
+    "artifacts",
+    "pointwise-autotune",
+    "early-pool",
+    "no-compile",
+    "lean",
+    "lean-unsplit",
+    "warm-heuristic",
+    "no-compile-heuristic",
+)
 LEAN_OPTIONS = {"pattern_matcher": False, "loop_ordering_after_fusion": False, "size_asserts": False}
 MARK = "COLD-START-RESULT "
 
@@ -60,7 +74,15 @@ def child(variant: str, artifacts: Path, train_args: list[str]) -> None:
     if variant.startswith("lean"):
         unsplit = {"split_reductions": False} if variant == "lean-unsplit" else {}
         loop.COMPILE_OPTIONS = {**loop.COMPILE_OPTIONS, **LEAN_OPTIONS, **unsplit}
-    if variant == "no-compile":
+    if variant.endswith("-heuristic"):
+        autotuned = loop.use_fast_cuda_kernels
+
+        def heuristic_cuda_kernels():
+            autotuned()
+            torch.backends.cudnn.benchmark = False
+
+        loop.use_fast_cuda_kernels = heuristic_cuda_kernels
+    if variant.startswith("no-compile"):
         train_args = [*train_args, "--no-compile"]
     if variant == "early-pool":
         from torch._inductor.async_compile import maybe_warm_pool
@@ -118,11 +140,11 @@ def main(argv=None) -> None:
     device = torch.cuda.get_device_name(0)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cold-start-"))
     artifacts = work / "artifacts.bin"
-    if "artifacts" in args.variants and "cold" not in args.variants:
-        raise SystemExit("the artifacts variant loads what the cold variant saved: run both.")
+    if {"artifacts", "warm", "warm-heuristic"} & set(args.variants) and "cold" not in args.variants:
+        raise SystemExit("the artifacts and warm variants use what the cold variant saved: run it too.")
     rows = []
     for variant in args.variants:
-        caches = work / ("cold" if variant == "warm" else variant)
+        caches = work / ("cold" if variant.startswith("warm") else variant)
         env = dict(
             os.environ,
             TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"),
