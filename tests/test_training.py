@@ -411,7 +411,8 @@ def test_train_leaves_the_process_as_it_found_it(tmp_path, fresh_accelerate_stat
 
 
 def test_restored_process_state_restores_on_error():
-    """What a GPU run turns on (TF32, cuDNN autotuning) and what any run may change is put back, also on an error."""
+    """What a GPU run turns on (TF32) and what any run may change is put back, also on an error; cuDNN's autotuning
+    stays off (it cost seconds of every start and bought no images/s, `use_fast_cuda_kernels`)."""
     import random
 
     from hfdiff.training.process_state import RestoredProcessState, use_fast_cuda_kernels
@@ -419,6 +420,8 @@ def test_restored_process_state_restores_on_error():
     before = process_state()
     with pytest.raises(RuntimeError, match="stop"), RestoredProcessState():
         use_fast_cuda_kernels()
+        assert torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True  # a caller's setting, put back as well
         torch.set_float32_matmul_precision("medium")
         torch.set_num_threads(torch.get_num_threads() + 1)
         torch.manual_seed(5), np.random.seed(5), random.seed(5)
@@ -588,7 +591,7 @@ def test_cuda_graph_step_follows_the_eager_step(tmp_path, fresh_accelerate_state
 def test_cuda_graph_step_resumes_exactly(tmp_path, fresh_accelerate_state, monkeypatch):
     """Straight 6 graphed steps vs. resumed from the step-3 checkpoint (the capture happens after the load).
 
-    With the eager UNet and cuDNN's deterministic algorithms (which also turn cuDNN autotuning off): on an H200 two
+    With the eager UNet and cuDNN's deterministic algorithms: on an H200 two
     identical compiled runs ended 1.5e-5 apart after 6 steps (torch.compile's kernels are not deterministic run to
     run), and uncompiled runs with deterministic cuDNN matched bit for bit (README, reliability)."""
     from accelerate.state import AcceleratorState
