@@ -21,9 +21,11 @@ checkpoints) in a fresh Python process with its own empty inductor and Triton ca
   matcher (joint-graph and post-grad rewrites, 2.4 s of the cold compile in `cold-start-h200.md`), the second fusion
   round that reorders loops (`loop_ordering_after_fusion`) and the size/stride asserts in the generated wrapper. Does
   a shorter compile keep the images/s?
-- warm-heuristic, no-compile-heuristic: `warm` and `no-compile` with cuDNN's heuristics in place of its autotuning
-  (`torch.backends.cudnn.benchmark = False`; training turns autotuning on, `use_fast_cuda_kernels`): what timing
-  every convolution's algorithms in the warm-up costs, and what the autotuned algorithms buy.
+- warm-cudnn-autotune, no-compile-cudnn-autotune: `warm` and `no-compile` with cuDNN's autotuning
+  (`torch.backends.cudnn.benchmark = True`) in place of its heuristics, which training keeps since commit bf9441c
+  (`use_fast_cuda_kernels`): what timing every convolution's algorithms in the warm-up costs, and what the timed
+  algorithms buy. Their first run (`cold-start-h200-cudnn.md`, commit fc32468) had it the other way round: training
+  autotuned, and `warm-heuristic` / `no-compile-heuristic` turned it off.
 - lean-unsplit: `lean` without inductor's splitting of large reductions (the GroupNorm statistics) into two kernels.
 - no-compile: `--no-compile`, the CUDA-graph step without torch.compile: what building the step costs without
   compiling, and the images/s that compiling buys. The default recipe trains 5.7M images; at the uncompiled graph
@@ -56,8 +58,8 @@ VARIANTS = (
     "no-compile",
     "lean",
     "lean-unsplit",
-    "warm-heuristic",
-    "no-compile-heuristic",
+    "warm-cudnn-autotune",
+    "no-compile-cudnn-autotune",
 )
 LEAN_OPTIONS = {"pattern_matcher": False, "loop_ordering_after_fusion": False, "size_asserts": False}
 MARK = "COLD-START-RESULT "
@@ -74,14 +76,14 @@ def child(variant: str, artifacts: Path, train_args: list[str]) -> None:
     if variant.startswith("lean"):
         unsplit = {"split_reductions": False} if variant == "lean-unsplit" else {}
         loop.COMPILE_OPTIONS = {**loop.COMPILE_OPTIONS, **LEAN_OPTIONS, **unsplit}
-    if variant.endswith("-heuristic"):
-        autotuned = loop.use_fast_cuda_kernels
+    if variant.endswith("-cudnn-autotune"):
+        shipped = loop.use_fast_cuda_kernels
 
-        def heuristic_cuda_kernels():
-            autotuned()
-            torch.backends.cudnn.benchmark = False
+        def autotuned_cuda_kernels():
+            shipped()
+            torch.backends.cudnn.benchmark = True
 
-        loop.use_fast_cuda_kernels = heuristic_cuda_kernels
+        loop.use_fast_cuda_kernels = autotuned_cuda_kernels
     if variant.startswith("no-compile"):
         train_args = [*train_args, "--no-compile"]
     if variant == "early-pool":
@@ -140,7 +142,7 @@ def main(argv=None) -> None:
     device = torch.cuda.get_device_name(0)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cold-start-"))
     artifacts = work / "artifacts.bin"
-    if {"artifacts", "warm", "warm-heuristic"} & set(args.variants) and "cold" not in args.variants:
+    if {"artifacts", "warm", "warm-cudnn-autotune"} & set(args.variants) and "cold" not in args.variants:
         raise SystemExit("the artifacts and warm variants use what the cold variant saved: run it too.")
     rows = []
     for variant in args.variants:

@@ -591,9 +591,9 @@ def test_cuda_graph_step_follows_the_eager_step(tmp_path, fresh_accelerate_state
 def test_cuda_graph_step_resumes_exactly(tmp_path, fresh_accelerate_state, monkeypatch):
     """Straight 6 graphed steps vs. resumed from the step-3 checkpoint (the capture happens after the load).
 
-    With the eager UNet and cuDNN's deterministic algorithms: on an H200 two
-    identical compiled runs ended 1.5e-5 apart after 6 steps (torch.compile's kernels are not deterministic run to
-    run), and uncompiled runs with deterministic cuDNN matched bit for bit (README, reliability)."""
+    With the eager UNet and cuDNN's deterministic algorithms: on an H200 two identical compiled runs ended 1.5e-5
+    apart after 6 steps (torch.compile's kernels are not deterministic run to run), and uncompiled runs with
+    deterministic cuDNN matched bit for bit (README, reliability)."""
     from accelerate.state import AcceleratorState
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)

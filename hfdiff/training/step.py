@@ -255,11 +255,11 @@ class GraphedStep:
     """The whole optimizer step (gather, forward, backward, clip, AdamW, EMA) captured once in a CUDA graph and
     replayed every step; only the random draws, the LR schedule and the EMA decay run from Python.
 
-    Capturing needs every kernel to have run once (torch.compile, cuDNN's algorithm choice, the optimizer's state), so a few
-    warm-up steps run first; they change the weights, the optimizer state and the EMA, which are then put back, so
-    the run is as if they had not happened. The graph's inputs are static buffers: each call copies the step's image
-    indices and draws the step's random numbers into them. Nothing may replace the captured tensors afterwards (a
-    checkpoint is loaded before the capture, never after).
+    Capturing needs every kernel to have run once (torch.compile, cuDNN's algorithm choice, the optimizer's state), so
+    a few warm-up steps run first; they change the weights, the optimizer state and the EMA, which are then put back,
+    so the run is as if they had not happened. The graph's inputs are static buffers: each call copies the step's
+    image indices and draws the step's random numbers into them. Nothing may replace the captured tensors afterwards
+    (a checkpoint is loaded before the capture, never after).
     """
 
     warmup_steps = 3
