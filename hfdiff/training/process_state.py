@@ -61,8 +61,9 @@ def use_fast_cuda_kernels() -> None:
     cuDNN's autotuning (`torch.backends.cudnn.benchmark`) is left as the caller set it (off by default): timing every
     convolution's algorithms in the warm-up steps cost 2.9 s of a warm start and 15.9 s of an uncompiled one on an
     H200, and bought nothing: the same images/s with cuDNN's heuristics, compiled (100.2k vs 100.5k) and uncompiled
-    (57.4k vs 58.0k) (`benchmarks/results/cold-start-h200-cudnn.md`). Sprite convolutions are small, and the
-    heuristic's pick is as fast as the timed one."""
+    (57.4k vs 58.0k) (`benchmarks/results/cold-start-h200-cudnn.md`, 600 steps each). Full default runs afterwards
+    logged 116k images/s, against 121k in earlier sessions on other machines; whether that gap is the machines or the
+    heuristics is not settled by a same-machine full run yet (`default-command-h200.md`, last section)."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
