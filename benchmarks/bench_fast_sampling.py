@@ -60,7 +60,7 @@ MAX_AUTOTUNE = {"max_autotune": True, "coordinate_descent_tuning": True}  # = mo
 COMPILE_VARIANTS = {
     "fast: graph + torch.compile, bf16, channels_last": {**BF16, "compile": True},
     "fast: graph + torch.compile, fp32": {"compile": True},
-    # compile=True turns inductor's per-kernel timing of pointwise launch configs off (fast_sampling.COMPILE_OPTIONS);
+    # compile=True turns inductor's per-kernel timing of pointwise launch configs off (hfdiff.cuda.COMPILE_OPTIONS);
     # this row puts inductor's default back, to show what that costs in compile time and gains (or not) in replays
     "fast: graph + torch.compile (pointwise autotune), bf16, channels_last": {
         **BF16,

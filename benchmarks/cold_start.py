@@ -7,7 +7,7 @@ Each variant trains the default conditional recipe (`train_conditional.py`'s def
 checkpoints) in a fresh Python process with its own empty inductor and Triton caches (except `warm`, which reuses
 `cold`'s), so every variant pays the compile a user pays on a machine that has never compiled this model:
 
-- cold: as shipped (since commit 4ed6ea6 without pointwise autotuning, `hfdiff.fast_sampling.COMPILE_OPTIONS`).
+- cold: as shipped (since commit 4ed6ea6 without pointwise autotuning, `hfdiff.cuda.COMPILE_OPTIONS`).
 - warm: `cold`'s caches again (what every later run of the same model pays).
 - artifacts: empty caches, but first `torch.compiler.load_cache_artifacts` of what `cold` saved with
   `torch.compiler.save_cache_artifacts` (a cache carried from another machine with the same torch, Triton and GPU).

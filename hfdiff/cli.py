@@ -29,6 +29,7 @@ import os
 import re
 import sys
 
+from hfdiff.pipeline_loading import load_pipeline
 from hfdiff.samplers import SAMPLERS
 
 PICTURES = {  # name -> (file written, needs a model)
@@ -45,25 +46,6 @@ PICTURES = {  # name -> (file written, needs a model)
 
 class UserError(Exception):
     """A mistake in the command line, reported as one line instead of a traceback."""
-
-
-def load_pipeline(path: str, device: str = "cpu"):
-    """A saved SpriteDiffusionPipeline from a local folder (or a Hub repo id "owner/name"), on `device`."""
-    from hfdiff.pipelines import SpriteDiffusionPipeline
-
-    if not os.path.isdir(path):
-        if os.path.exists(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.startswith("."):
-            raise FileNotFoundError(
-                f"Pipeline folder {path!r} does not exist; pass the --output_dir of train_conditional.py (or a "
-                "folder written by pipe.save_pretrained)."
-            )
-        try:
-            return SpriteDiffusionPipeline.from_pretrained(path).to(device)
-        except Exception as error:  # offline, no such repo, ...: one clear message
-            raise FileNotFoundError(
-                f"{path!r} is neither a local pipeline folder nor a Hub repo that could be loaded ({error})."
-            ) from error
-    return SpriteDiffusionPipeline.from_pretrained(path).to(device)
 
 
 def sampling_pipeline(args):

@@ -31,20 +31,20 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from hfdiff.pipelines.pipeline_sprite_diffusion import postprocess_sample, upscale_images
+from hfdiff.demo_app import MAX_BATCH
+from hfdiff.pipeline_loading import load_pipeline
+from hfdiff.pipelines.image_processing import postprocess_sample, upscale_images
 from hfdiff.samplers import SAMPLERS as SAMPLER_PRESETS
 from hfdiff.samplers import default_steps, with_sampler
 from hfdiff.visualize import CLASSIC_MIXTURES, labelled_rows, mixture_contexts, save_gif, titled
 
 # The sampler dropdown, in hfdiff.samplers' order (first = default: the recommended few-step "dpm++").
 SAMPLERS = tuple(SAMPLER_PRESETS)
-MAX_BATCH = 64  # default cap on images per request: a CPU Space stays responsive, a GPU one fits in memory
 MAX_SLIDERS = 10  # unnamed context vectors longer than this get no mixture sliders (a text model's 384 entries)
 GRID_COLUMNS = 8  # the most sprites to a row of the grid (at least 4, about square in between)
 DISPLAY_SIZE = 128  # sprites are shown about this many pixels wide (16x16 sprites: upscaled 8x, nearest neighbour)
 MIXTURE = "mixture (sliders)"  # the class choice that samples the sliders' context vector
 KEEP_GIFS = 16  # denoising GIFs kept in the demo's own folder
-APP_FILES = ("app.py", "requirements.txt")  # what save_pretrained(demo_app=True) writes beside the pipeline
 # Keeps sprites blocky in the browser too: the <img> is scaled to the page's width, and browsers smooth by default.
 PIXELATED_CSS = "img { image-rendering: pixelated; }"
 
@@ -443,15 +443,6 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def load_pipeline(model: str | os.PathLike, device: str | None = None):
-    """The pipeline in a local folder or Hub repo id (from the HF cache under HF_HUB_OFFLINE=1), on `device`
-    (None: CUDA where there is one)."""
-    from hfdiff.cli import load_pipeline as load
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load(str(model), device)
-
-
 def serve(
     model: str | os.PathLike,
     host: str = "127.0.0.1",
@@ -470,41 +461,3 @@ def serve(
     app = build_app(pipe, max_batch, title=f"Sprite diffusion: {Path(str(model)).name}")
     app.launch(server_name=host, server_port=port, show_error=True, prevent_thread_lock=not block, quiet=not block)
     return app
-
-
-APP_PY = '''\
-"""A web demo of the diffusion pipeline saved in this folder (written by hfdiff's save_pretrained(demo_app=True)).
-
-Run it with `python app.py`; uploaded as a Hugging Face Space (Gradio SDK), the folder runs as it is.
-"""
-
-import os
-from pathlib import Path
-
-from hfdiff.demo import build_app, load_pipeline
-
-folder = Path(__file__).resolve().parent
-demo = build_app(
-    load_pipeline(folder),
-    max_batch=int(os.environ.get("HFDIFF_MAX_BATCH", "{max_batch}")),
-    title=os.environ.get("HFDIFF_TITLE", "Sprite diffusion: " + folder.name),
-)
-
-if __name__ == "__main__":
-    demo.launch()
-'''
-
-
-def write_app(folder: str | os.PathLike, max_batch: int = MAX_BATCH) -> list[str]:
-    """Write app.py and requirements.txt (hfdiff and gradio) into a pipeline folder; returns their names."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    folder = Path(folder)
-    (folder / "app.py").write_text(APP_PY.replace("{max_batch}", str(max_batch)), encoding="utf-8")
-    try:
-        hfdiff = f"hfdiff>={version('hfdiff')}"
-    except PackageNotFoundError:  # hfdiff imported from a source tree rather than installed
-        hfdiff = "hfdiff"
-    requirements = f"{hfdiff}\ngradio>=5,<6\n"
-    (folder / "requirements.txt").write_text(requirements, encoding="utf-8")
-    return list(APP_FILES)

@@ -54,15 +54,11 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .pipelines.pipeline_sprite_diffusion import scheduler_step_kwargs
+from .cuda import COMPILE_OPTIONS, side_stream
+from .pipelines.scheduler_steps import scheduler_step_kwargs
 
-__all__ = ["FastSampler", "StepCoefficients", "carry_update", "side_stream", "step_coefficients", "step_update"]
+__all__ = ["FastSampler", "StepCoefficients", "carry_update", "step_coefficients", "step_update"]
 
-# Inductor options of hfdiff's torch.compile calls (the training step and `compile=True` here). Without per-kernel
-# benchmarking of pointwise launch configs a cold compile of the default recipe's training step took 53 s instead of
-# 60-69 s on one H200, at the same images/s (benchmarks/results/cold-start-h200.md): sprite-sized tensors leave the
-# launch config little to win.
-COMPILE_OPTIONS = {"triton.autotune_pointwise": False}
 # Columns of StepCoefficients.coefficients, in order (see `step_update` and `carry_update`):
 # x_{t'} = A x_t + B m + s z + c, with c the carry the previous step left, and this step's carry for the next one
 # c' = C x_t + D m (multistep solvers such as DPM-Solver++ 2M reuse the previous step's x0 prediction; C = D = 0 for
@@ -302,16 +298,6 @@ def _denoise_in_place(
     sample.copy_(prev_sample)
     carry.copy_(next_carry)
     step.add_(1)
-
-
-@functools.cache
-def side_stream(device_index: int) -> torch.cuda.Stream:
-    """The one stream per device on which every recording in this process warms up (and training captures).
-
-    One, not a new stream per recording: cuBLAS keeps a workspace for every stream it has run on (32 MiB each on an
-    H100) for the life of the process, so a fresh stream per graph grew a training run's GPU memory by ~33 MB at every
-    validation grid (benchmarks/NOTES-training.md, "Soak")."""
-    return torch.cuda.Stream(device_index)
 
 
 @dataclass
@@ -628,18 +614,3 @@ class FastSampler:
         self.stats["unet_copy_s"] = time.perf_counter() - start
         self._unet_copy, self._unet_source, self._unet_fingerprint = unet_copy, source, fingerprint
         return unet_copy
-
-
-# Names earlier releases exported, and what replaced them (a removed name should say where it went).
-_REPLACED = {
-    "scheduler_fallback_reason": "use config_fallback_reason(scheduler) for the config, or FastSampler(pipe).fallback_reason"
-    "(device=...) for a whole call (any scheduler whose step is affine is supported now)",
-    "SUPPORTED_SCHEDULERS": "any scheduler whose step is affine in (x_t, model output, noise) takes the fast "
-    "path; FastSampler(pipe).fallback_reason(device=...) says why one does not",
-}
-
-
-def __getattr__(name: str):
-    if name in _REPLACED:
-        raise AttributeError(f"hfdiff.fast_sampling.{name} was removed; {_REPLACED[name]}.")
-    raise AttributeError(f"module 'hfdiff.fast_sampling' has no attribute {name!r}")

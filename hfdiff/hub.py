@@ -1,18 +1,147 @@
-"""Model cards and uploads for saved pipelines (huggingface_hub's ModelCard, create_repo and upload_folder)."""
+"""Model cards and uploads for saved pipelines (huggingface_hub's ModelCard, create_repo and upload_folder).
+
+`upload_pipeline_folder` is the one upload path: `SpriteDiffusionPipeline.push_to_hub`,
+`save_pretrained(push_to_hub=True)` and training's --push_to_hub all send exactly `pipeline_files(folder)`, never the
+checkpoints, logs or validation images that training keeps beside a pipeline.
+"""
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-# The one upload path lives with the pipeline (it travels as code to diffusers-only users): re-exported here under
-# the names training and earlier releases use. `push_pipeline_folder(folder, repo_id, private, token, commit_message,
-# create_pr)` uploads exactly the pipeline files of a saved folder, without checkpoints, logs or validation images.
-from hfdiff.pipelines.pipeline_sprite_diffusion import pipeline_files
-from hfdiff.pipelines.pipeline_sprite_diffusion import upload_pipeline_folder as push_pipeline_folder
+from hfdiff.demo_app import APP_FILES
+from hfdiff.folder_loading import read_json
 
-__all__ = ["build_model_card", "pipeline_files", "push_pipeline_folder"]
+UPLOAD_KEYS = ("repo_id", "commit_message", "private", "token", "create_pr")  # save_pretrained(push_to_hub=True)
+CARD_FILES = ("README.md", "samples.png")  # the model card and the sample grid it shows
+
+
+def pop_upload_kwargs(kwargs: dict, default_repo_id: str) -> dict:
+    """save_pretrained(push_to_hub=True)'s upload keywords, as DiffusionPipeline.save_pretrained takes them."""
+    upload = {key: kwargs.pop(key) for key in UPLOAD_KEYS if key in kwargs}
+    upload.setdefault("repo_id", default_repo_id)
+    return upload
+
+
+def check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo_id {repo_id!r} is not a valid Hub repo id ({error}); use 'user/model-name'.") from None
+
+
+def pipeline_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the pipeline saved in `folder`, relative to it, and nothing else there: model_index.json, the
+    model card and its sample grid, the exported pipeline code, and the plain files of each component folder that
+    model_index.json names, and the demo app (app.py, requirements.txt) where there is one. Checkpoints, logs and validation images that training keeps beside them, hidden files,
+    nested folders and symbolic links are left out."""
+    folder = Path(folder)
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"{index_path} does not exist: {folder} is not a saved pipeline folder (save one with "
+            "pipe.save_pretrained(path), or train one with train_conditional.py)."
+        )
+    index = read_json(index_path)
+    files = ["model_index.json", *(name for name in CARD_FILES + APP_FILES if (folder / name).is_file())]
+    pipeline_entry = index.get("_class_name")
+    if isinstance(pipeline_entry, list) and (folder / f"{pipeline_entry[0]}.py").is_file():
+        from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+        code = folder / f"{pipeline_entry[0]}.py"  # and the modules it imports relatively (text_encoding.py)
+        files += sorted(str(Path(path).relative_to(folder)) for path in [code, *get_relative_import_files(code)])
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry == [None, None]:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"{index_path} names a component {name!r}, which is not a valid component name.")
+        component = folder / name
+        if component.is_symlink() or not component.is_dir():
+            continue
+        files += [
+            f"{name}/{path.name}"
+            for path in sorted(component.iterdir())
+            if path.is_file() and not path.is_symlink() and not path.name.startswith(".")
+        ]
+    return files
+
+
+def upload_pipeline_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    path_in_repo: str | None = None,
+    extra_files: Sequence[str] = (),
+) -> str:
+    """Upload the pipeline saved in `folder` (exactly `pipeline_files(folder)`, plus `extra_files` named relative to
+    it) to the Hub repo `repo_id`, created if needed, with huggingface_hub's create_repo + upload_folder: the one
+    upload path of `push_to_hub`, `save_pretrained(push_to_hub=True)` and training's --push_to_hub. Returns the URL
+    of the commit."""
+    from huggingface_hub import HfApi
+
+    check_repo_id(repo_id)
+    files = [*pipeline_files(folder), *(name for name in extra_files if name not in pipeline_files(folder))]
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        path_in_repo=path_in_repo,
+        allow_patterns=[glob.escape(name) for name in files],  # exact names: no pattern widens the upload
+        commit_message=commit_message or "Upload SpriteDiffusionPipeline trained with hfdiff",
+        create_pr=create_pr,
+    )
+    return str(getattr(commit, "commit_url", commit))
+
+
+def push_pipeline(
+    pipe,
+    repo_id: str,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    create_pr: bool = False,
+    safe_serialization: bool = True,
+    variant: str | None = None,
+    subfolder: str | None = None,
+    model_card=None,
+    extra_files: Sequence[str | os.PathLike] = (),
+    demo_app: bool = False,
+) -> str:
+    """`SpriteDiffusionPipeline.push_to_hub`: save `pipe` (`pipe.save_pretrained`: safetensors, exported code, model
+    card) into a temporary folder and upload exactly its pipeline files, with `extra_files` copied in beside them, to
+    `repo_id` (into `subfolder` of the repo when given). Returns the URL of the commit."""
+    check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory() as folder:
+        pipe.save_pretrained(
+            folder, safe_serialization=safe_serialization, variant=variant, model_card=model_card, demo_app=demo_app
+        )
+        for path in map(Path, extra_files):
+            shutil.copyfile(path, Path(folder) / path.name)
+        return upload_pipeline_folder(
+            folder,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            path_in_repo=subfolder,
+            extra_files=[path.name for path in map(Path, extra_files)],
+        )
+
 
 CARD_TEMPLATE = """\
 ---

@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import ImageDraw, ImageFont
 
 from hfdiff.data import SPRITE_CLASSES, generate_sprites
-from hfdiff.pipelines.pipeline_sprite_diffusion import postprocess_sample, upscale_images
+from hfdiff.pipelines.image_processing import postprocess_sample, upscale_images
 from hfdiff.samplers import with_sampler
 
 # The course's context-mixture examples: row label -> {class name: weight}; names as in SPRITE_CLASSES.
@@ -557,18 +557,3 @@ def timestep_embedding_heatmap(unet, num_train_timesteps: int = 500) -> PIL.Imag
         ylabel="$t$",
     )
     return figure_to_image(figure)
-
-
-# Names earlier releases exported, and what replaced them (a removed name should say where it went).
-_REPLACED = {
-    "line_plot": "plot_figure(panels) gives a matplotlib Figure and its axes; figure_to_image(fig) makes it a PIL image",
-    "colormap": "matplotlib's colormaps, e.g. matplotlib.colormaps['viridis'](values)",
-}
-
-
-def __getattr__(name: str):
-    if name in _REPLACED:
-        raise AttributeError(
-            f"hfdiff.visualize.{name} was removed when the plots moved to matplotlib: {_REPLACED[name]}."
-        )
-    raise AttributeError(f"module 'hfdiff.visualize' has no attribute {name!r}")

@@ -1,38 +1,32 @@
 """SpriteDiffusionPipeline: sample a ContextUNet2DModel with DDPM, DDIM or any diffusers scheduler.
 
-This module imports only torch, numpy and diffusers, so it can travel next to a saved pipeline as stand-alone code
-(loadable with `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` where hfdiff is not installed).
+This module imports only torch, numpy, diffusers and its sibling modules (relatively), so it travels next to a saved
+pipeline as stand-alone code: `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` loads it where hfdiff
+is not installed, and diffusers' remote-code loader copies the relative imports along. Loading a folder, saving one
+(staging and the atomic swap), uploading and the CUDA-graph sampler are hfdiff's (`hfdiff.folder_loading`,
+`hfdiff.folder_saving`, `hfdiff.hub`, `hfdiff.fast_sampling`): the methods import them inside `try` blocks, which
+diffusers' check of a remote module's requirements skips, and fall back to diffusers' own behaviour where hfdiff is
+missing.
 """
 
 from __future__ import annotations
 
-import errno
-import glob
-import importlib.util
 import inspect
-import json
 import math
 import os
-import shutil
-import tempfile
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from .image_processing import OUTPUT_TYPES, postprocess_sample, upscale_images
+from .scheduler_steps import scheduler_step_kwargs
 from .text_encoding import encode_text, text_embedding_dim
 
 ClassLabel = int | str
-# Weight formats loaded through pickle, which can run code: never loaded, named in an error instead.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-# Libraries a diffusers-only user has: components from these are referenced by name, everything else travels as code.
-_INSTALLED_LIBRARIES = ("diffusers", "transformers")
 
 
 class SpriteDiffusionPipeline(DiffusionPipeline):
@@ -103,20 +97,11 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         Keywords of diffusers' loader that do not apply to this pipeline (`custom_pipeline`, `device_map`,
         `quantization_config`, ...) raise a ValueError that says what to do instead.
         """
-        if importlib.util.find_spec("hfdiff") is None:  # exported code running without hfdiff: diffusers' loading
+        try:
+            from hfdiff.folder_loading import from_pretrained
+        except ImportError:  # this file exported next to a saved model, running with diffusers alone
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        expected = cls._component_names()
-        passed = {name: kwargs.pop(name) for name in expected if name in kwargs}
-        options = _LoadOptions.from_kwargs(kwargs)
-        folder = _pipeline_folder(pretrained_model_name_or_path, options)
-        index = _read_json(folder / "model_index.json")
-        components = {
-            name: passed[name]
-            if name in passed
-            else _load_component(folder, name, index, options, optional=name in cls._optional_components)
-            for name in expected
-        }
-        return cls(**components)
+        return from_pretrained(cls, pretrained_model_name_or_path, kwargs)
 
     @classmethod
     def _component_names(cls) -> list[str]:
@@ -167,61 +152,18 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 "SpriteDiffusionPipeline saves safetensors only: pickled weights can run code when loaded. "
                 "Leave safe_serialization=True."
             )
-        upload = _pop_upload_kwargs(kwargs, default_repo_id=Path(save_directory).absolute().name)
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for save_pretrained: {sorted(kwargs)}.")
-        if push_to_hub:
-            _check_repo_id(upload["repo_id"])  # before writing anything
-        if demo_app and importlib.util.find_spec("hfdiff") is None:
-            raise ValueError(
-                "demo_app=True writes hfdiff's Gradio app, which needs hfdiff: `pip install hfdiff[demo]`."
+        try:
+            from hfdiff.folder_saving import save_pipeline
+        except ImportError:  # this file exported next to a saved model, running with diffusers alone
+            if demo_app or model_card is not None:
+                raise ValueError(
+                    "model_card and demo_app=True are hfdiff's additions to the saved folder, which need hfdiff: "
+                    "`pip install hfdiff[demo]`."
+                ) from None
+            return super().save_pretrained(
+                save_directory, variant=variant, max_shard_size=max_shard_size, push_to_hub=push_to_hub, **kwargs
             )
-        target = Path(save_directory).absolute()
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OSError(
-                f"Cannot save the pipeline to {target}: the folder cannot be created ({error}). Choose a folder you "
-                "can write to."
-            ) from error
-        try:
-            staging = _new_staging_folder(target)
-        except OSError as error:
-            raise _save_error(target, error, "Nothing in the folder was changed") from error
-        try:
-            try:
-                self._write_to(staging, target, variant, max_shard_size, model_card, demo_app)
-                _check_swappable(staging, target)
-            except Exception as error:  # OSError, or safetensors' SafetensorError, for the same full disk
-                raise _save_error(target, error, "Nothing in the folder was changed") from error
-            try:
-                _move_entries(staging, target)
-            except OSError as error:
-                raise _save_error(
-                    target,
-                    error,
-                    "The save stopped part-way: the folder has no model_index.json now (from_pretrained says so), "
-                    "so no mix of old and new components can load. Save again once the cause is fixed",
-                ) from error
-            if not demo_app:
-                _drop_stale_app(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        if push_to_hub:
-            upload_pipeline_folder(target, **upload)
-
-    def _write_to(self, staging: Path, target: Path, variant, max_shard_size, model_card, demo_app=False) -> None:
-        """Write the whole pipeline into the empty `staging` folder (weights, configs, code, model card, and the demo
-        app when asked for), keeping other variants' weights already saved in `target`."""
-        super().save_pretrained(staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
-        self.export_code(staging)
-        if demo_app:
-            importlib.import_module("hfdiff.demo").write_app(staging)
-        if model_card is None and importlib.util.find_spec("hfdiff") is not None:
-            model_card = importlib.import_module("hfdiff.hub").build_model_card(self, demo_app=demo_app)
-        if model_card is not None:
-            model_card.save(staging / "README.md")
-        _keep_other_variants(staging, target)
+        save_pipeline(self, save_directory, variant, max_shard_size, push_to_hub, model_card, demo_app, **kwargs)
 
     def push_to_hub(
         self,
@@ -243,44 +185,43 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         if needed), into `subfolder` of the repo when given. `extra_files` (e.g. a samples.png the model card shows)
         are uploaded beside them; `demo_app=True` adds the Gradio app (see `save_pretrained`). Returns the URL of the
         commit."""
-        _check_repo_id(repo_id)
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(
-                folder,
-                safe_serialization=safe_serialization,
-                variant=variant,
-                model_card=model_card,
-                demo_app=demo_app,
-            )
-            for path in map(Path, extra_files):
-                shutil.copyfile(path, Path(folder) / path.name)
-            return upload_pipeline_folder(
-                folder,
+        try:
+            from hfdiff.hub import push_pipeline
+        except ImportError:  # this file exported next to a saved model, running with diffusers alone
+            return super().push_to_hub(
                 repo_id,
+                commit_message=commit_message,
                 private=private,
                 token=token,
-                commit_message=commit_message,
                 create_pr=create_pr,
-                path_in_repo=subfolder,
-                extra_files=[path.name for path in map(Path, extra_files)],
+                safe_serialization=safe_serialization,
+                variant=variant,
+                subfolder=subfolder,
             )
+        return push_pipeline(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+            safe_serialization=safe_serialization,
+            variant=variant,
+            subfolder=subfolder,
+            model_card=model_card,
+            extra_files=extra_files,
+            demo_app=demo_app,
+        )
 
     def export_code(self, folder: str | os.PathLike) -> None:
         """Copy the source of the pipeline and of every non-diffusers component into a saved folder, in the layout
         of diffusers' custom-code loader, and point model_index.json at those files:
         `_class_name: [pipeline_file, class]` at the top, `[module_file, class]` for each component."""
-        folder = Path(folder)
-        index_path = folder / "model_index.json"
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        pipeline_entry = _copy_class_source(type(self), folder)
-        if pipeline_entry is not None:
-            index["_class_name"] = pipeline_entry
-        for name in self._component_names():
-            component = getattr(self, name, None)
-            entry = None if component is None else _copy_class_source(type(component), folder / name)
-            if entry is not None:
-                index[name] = entry
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            from hfdiff.folder_saving import export_code
+        except ImportError as error:  # this file exported next to a saved model, running with diffusers alone
+            raise ImportError("export_code writes hfdiff's layout of exported code: `pip install hfdiff`.") from error
+        export_code(self, folder)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -415,13 +356,16 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         """The FastSampler to run this call, or None: turned off, hfdiff not installed (the pipeline travelling as
         code next to a saved model), or an option it declines (its fallback_reason says which)."""
         options = getattr(self, "_fast_sampling_options", {})
-        if options is None or importlib.util.find_spec("hfdiff") is None:
+        if options is None:
+            return None
+        try:
+            from hfdiff.fast_sampling import FastSampler
+        except ImportError:  # this file exported next to a saved model, running with diffusers alone
             return None
         if getattr(self, "_fast_sampler", None) is None:
             # A weak proxy: a sampler holding the pipeline that holds it would be a reference cycle, kept alive (with
             # its CUDA graphs, their memory pools and a UNet copy) until Python's cycle collector happens to run.
-            fast_sampling = importlib.import_module("hfdiff.fast_sampling")
-            self._fast_sampler = fast_sampling.FastSampler(weakref.proxy(self), **options)
+            self._fast_sampler = FastSampler(weakref.proxy(self), **options)
         reason = self._fast_sampler.fallback_reason(
             device=device, generator=generator, callback_on_step_end=callback_on_step_end
         )
@@ -853,555 +797,3 @@ def _check_finite(name: str, value) -> None:
             f"{tensor[first].item()}); it must hold finite numbers, or every image comes out NaN (black). Check how it "
             "was computed (a division by zero, a log of 0)."
         )
-
-
-def scheduler_step_kwargs(scheduler, generator, eta: float, extra_noise: bool) -> dict:
-    """The keywords of generator, eta (DDIM) and extra_noise (sprite DDPM) that `scheduler.step` takes, by its
-    signature: what the pipeline's loop passes, and what hfdiff's fast sampler probes the step with."""
-    parameters = inspect.signature(scheduler.step).parameters
-    candidates = {"generator": generator, "eta": eta, "extra_noise": extra_noise}
-    return {name: value for name, value in candidates.items() if name in parameters}
-
-
-OUTPUT_TYPES = ("pil", "np", "pt")
-# [-1, 1] -> [0, 1] and on to numpy / PIL, as diffusers' pipelines do it. The one conversion of model samples to
-# pictures in hfdiff: the pipeline, the trajectory recorder, the CLI's and visualize's grids all call
-# `postprocess_sample`. No resizing: sprites are shown at their own size (grids upscale them explicitly).
-_IMAGE_PROCESSOR = VaeImageProcessor(do_resize=False, do_normalize=True)
-
-
-def postprocess_sample(sample: torch.Tensor, output_type: str = "pil"):
-    """sample: (B, C, H, W) in about [-1, 1] -> images in [0, 1] as "pt" (B, C, H, W) float tensor, "np"
-    (B, H, W, C) float32 array, or "pil" (list of PIL images; 1-channel samples give grayscale images)."""
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-    return _IMAGE_PROCESSOR.postprocess(sample.detach(), output_type=output_type)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading: DiffusionPipeline.from_pretrained's keywords, without running any code from the folder
-# ----------------------------------------------------------------------------------------------------------------
-
-_DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
-# Keywords of DiffusionPipeline.from_pretrained that this pipeline does not take, with what to do instead.
-_UNSUPPORTED_LOAD_KEYS = {
-    "custom_pipeline": "the pipeline class is SpriteDiffusionPipeline itself; load other pipelines with their class",
-    "custom_revision": "no pipeline code is fetched where hfdiff is installed; pass `revision` for the weights",
-    "device_map": "load, then move the pipeline with pipe.to(device)",
-    "max_memory": "the models are small enough to load whole; move them with pipe.to(device)",
-    "offload_folder": "the models are small enough to load whole; use pipe.enable_model_cpu_offload() to offload",
-    "offload_state_dict": "the models are small enough to load whole",
-    "quantization_config": "quantizing a UNet of a few million parameters saves nothing; use torch_dtype",
-    "use_onnx": "only safetensors weights are loaded",
-    "use_flashpack": "only safetensors weights are loaded",
-    "load_connected_pipeline": "this pipeline has no connected pipelines",
-}
-# Each component slot's expected base class, as (library, class name): a model_index.json that names another kind
-# of class for a slot (say, a model class for the scheduler) is refused before anything is read from its folder.
-_SLOT_BASES = {
-    "unet": ("diffusers", "ModelMixin"),
-    "scheduler": ("diffusers", "SchedulerMixin"),
-    "text_encoder": ("transformers", "PreTrainedModel"),
-    "tokenizer": ("transformers", "PreTrainedTokenizerBase"),
-}
-# Where component classes are looked up by the name model_index.json gives: never an arbitrary module.
-_CLASS_SOURCES = ("hfdiff", "diffusers", "transformers")
-# Weights of other formats in a component folder are not downloaded (and never loaded).
-_NOT_DOWNLOADED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.msgpack", "*.h5", "*.onnx", "*.py"]
-
-
-@dataclass
-class _LoadOptions:
-    """The keywords of `from_pretrained`, sorted by what they are for."""
-
-    download: dict
-    variant: str | None = None
-    torch_dtype: torch.dtype | dict | None = None
-    low_cpu_mem_usage: bool | None = None
-
-    @classmethod
-    def from_kwargs(cls, kwargs: dict) -> "_LoadOptions":
-        for key, instead in _UNSUPPORTED_LOAD_KEYS.items():
-            if kwargs.get(key) is not None:
-                raise ValueError(f"SpriteDiffusionPipeline.from_pretrained does not take {key}: {instead}.")
-            kwargs.pop(key, None)
-        if kwargs.pop("use_safetensors", None) is False:
-            raise ValueError(
-                "use_safetensors=False: hfdiff loads safetensors weights only (pickled weights can run code when "
-                "loaded). Leave use_safetensors unset, or convert the weights once with diffusers."
-            )
-        kwargs.pop("trust_remote_code", None)  # no remote code runs where hfdiff is installed (see from_pretrained)
-        options = cls(
-            download={key: kwargs.pop(key) for key in _DOWNLOAD_KEYS if key in kwargs},
-            variant=kwargs.pop("variant", None),
-            torch_dtype=kwargs.pop("torch_dtype", kwargs.pop("dtype", None)),
-            low_cpu_mem_usage=kwargs.pop("low_cpu_mem_usage", None),
-        )
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for SpriteDiffusionPipeline.from_pretrained: {sorted(kwargs)}.")
-        return options
-
-    def dtype_for(self, name: str) -> torch.dtype | None:
-        if isinstance(self.torch_dtype, dict):
-            return self.torch_dtype.get(name, self.torch_dtype.get("default"))
-        return self.torch_dtype
-
-
-def _pipeline_folder(name_or_path: str | os.PathLike, options: _LoadOptions) -> Path:
-    """A local pipeline folder, or the Hub repo's pipeline files downloaded into the cache (files only: nothing in the
-    repo is imported or unpickled by fetching it)."""
-    folder = Path(name_or_path)
-    if not folder.is_dir():
-        from huggingface_hub import hf_hub_download, snapshot_download
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        try:
-            validate_repo_id(str(name_or_path))
-        except HFValidationError:
-            raise FileNotFoundError(
-                f"{name_or_path} is not a folder (and not a Hub repo id such as 'user/model'): check the path, or "
-                "save a pipeline there with pipe.save_pretrained(path)."
-            ) from None
-        index = _read_json(hf_hub_download(str(name_or_path), "model_index.json", **options.download))
-        components = [name for name in index if name in _SLOT_BASES]
-        allow = ["model_index.json"]
-        for name in components:  # configs and tokenizer files, then the weights of the requested variant only
-            allow += [f"{name}/*.json", f"{name}/*.txt", f"{name}/*.model"]
-            if options.variant is None:
-                allow += [f"{name}/*.safetensors"]
-            else:
-                allow += [f"{name}/*.{options.variant}.safetensors", f"{name}/*.{options.variant}-*.safetensors"]
-        # `name.fp16.safetensors` matches `*.safetensors` too: with no variant asked for, leave variants out.
-        ignore = _NOT_DOWNLOADED + (["*.*.safetensors"] if options.variant is None else [])
-        folder = Path(
-            snapshot_download(str(name_or_path), allow_patterns=allow, ignore_patterns=ignore, **options.download)
-        )
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        if any((folder / name).is_dir() for name in _SLOT_BASES):
-            raise FileNotFoundError(
-                f"{index_path} does not exist, but {folder} has pipeline components: a save that was cut short "
-                "(model_index.json is written last). Save the pipeline again with pipe.save_pretrained(path), "
-                "or rerun the training with --resume_from_checkpoint latest, which saves it at the end."
-            )
-        raise FileNotFoundError(
-            f"{index_path} does not exist: {name_or_path} is not a saved pipeline folder "
-            "(save one with pipe.save_pretrained(path))."
-        )
-    return folder
-
-
-def _component_class(index_path: Path, name: str, entry) -> type:
-    """The installed class model_index.json names for slot `name`, checked against the slot's expected base."""
-    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
-        raise ValueError(f"{index_path} has no [library, class] entry for {name!r}; the folder is incomplete.")
-    modules = [importlib.import_module(source) for source in _CLASS_SOURCES if importlib.util.find_spec(source)]
-    component_cls = next((getattr(m, entry[1]) for m in modules if isinstance(getattr(m, entry[1], None), type)), None)
-    if component_cls is None:
-        raise ValueError(
-            f"{index_path} names {entry[1]!r} for {name!r}, which none of {', '.join(_CLASS_SOURCES)} defines; "
-            f"upgrade them or pass the component in (e.g. {name}=...)."
-        )
-    library, base_name = _SLOT_BASES.get(name, ("diffusers", "ConfigMixin"))
-    base = getattr(importlib.import_module(library), base_name)
-    if not issubclass(component_cls, base):
-        raise ValueError(
-            f"{index_path} names {entry[1]!r} for the {name!r} slot, which takes a {base_name} ({library}); the "
-            "index is damaged or was edited. Save the pipeline again with pipe.save_pretrained(path)."
-        )
-    return component_cls
-
-
-def _load_component(folder: Path, name: str, index: dict, options: _LoadOptions, optional: bool = False):
-    """One component from its subfolder, by its installed class: configs checked, weights from safetensors only."""
-    index_path = folder / "model_index.json"
-    entry = index.get(name)
-    if optional and entry in (None, [None, None]):
-        return None  # an optional component the pipeline was saved without
-    component_cls = _component_class(index_path, name, entry)
-    component_folder = folder / name
-    if not component_folder.is_dir():
-        raise FileNotFoundError(
-            f"{index_path} names a {name!r} component but {component_folder} does not exist; the folder is "
-            "incomplete: save it again with pipe.save_pretrained(path)."
-        )
-    if name in _REQUIRED_CONFIG:
-        _check_config(component_cls, component_folder, name)
-    if issubclass(component_cls, torch.nn.Module):
-        # diffusers models save diffusion_pytorch_model.safetensors, transformers models model.safetensors
-        diffusers_model = component_cls.__module__.split(".")[0] in ("diffusers", "hfdiff") or name == "unet"
-        _check_weights(component_folder, options.variant, "diffusion_pytorch_model" if diffusers_model else "model")
-        model_kwargs = {"torch_dtype": options.dtype_for(name), "use_safetensors": True, "variant": options.variant}
-        if options.low_cpu_mem_usage is not None:
-            model_kwargs["low_cpu_mem_usage"] = options.low_cpu_mem_usage
-        model = component_cls.from_pretrained(str(component_folder), **model_kwargs)
-        _check_finite_weights(model, name, component_folder)
-        return model
-    return component_cls.from_pretrained(str(component_folder))  # schedulers, tokenizers: configs and vocabularies
-
-
-def _check_finite_weights(model: torch.nn.Module, name: str, component_folder: Path) -> None:
-    """Refuse weights that load but hold NaN or inf (a run that diverged, a damaged file): they sample black images
-    with no error. One pass over the tensors: about 0.1 s for 100M parameters on a CPU."""
-    for tensor_name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all():
-            count = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(
-                f"The {name!r} component in {component_folder} has {count} NaN or infinite value(s) in "
-                f"{tensor_name!r}: the weights are damaged (a training run that diverged, or a corrupted file) and "
-                "would give black images. Load an earlier checkpoint, or train again (a lower learning rate, "
-                "--mixed_precision no)."
-            )
-
-
-def _weights_variant(path: Path) -> str | None:
-    """The variant in a weights file name, as diffusers and transformers write them: "model.fp16.safetensors" and
-    "model.fp16-00001-of-00002.safetensors" -> "fp16"; "model.safetensors" -> None."""
-    parts = path.name.removesuffix(".safetensors").split(".")
-    return parts[-1].split("-")[0] if len(parts) > 1 else None
-
-
-def _check_weights(component_folder: Path, variant: str | None = None, weights_stem: str = "model") -> None:
-    """Refuse pickled weights, a missing variant, and safetensors files that are truncated or corrupted, with an error
-    naming the file."""
-    from safetensors import SafetensorError, safe_open
-
-    all_files = sorted(component_folder.glob("*.safetensors"))
-    variants = sorted({_weights_variant(path) for path in all_files} - {None})
-    safetensors_files = [path for path in all_files if _weights_variant(path) == variant]
-    if not safetensors_files:
-        pickled = sorted(path for path in component_folder.iterdir() if path.suffix in _PICKLE_SUFFIXES)
-        if pickled:
-            raise ValueError(
-                f"{pickled[0]} holds pickled weights, which hfdiff never loads (unpickling can run arbitrary code). "
-                "If you trust the file, convert it once with diffusers or transformers: load it with "
-                "`use_safetensors=False` and `save_pretrained` it, which writes safetensors."
-            )
-        expected = f"{weights_stem}.{variant}.safetensors" if variant else f"{weights_stem}.safetensors"
-        found = f" (it has the variant(s) {variants}: pass variant=... to load one)" if variants else ""
-        raise FileNotFoundError(
-            f"{component_folder} has no weights: expected {expected}{found}. Save the pipeline again with "
-            f"pipe.save_pretrained(path{', variant=' + repr(variant) if variant else ''})."
-        )
-    for path in safetensors_files:
-        try:
-            with safe_open(str(path), framework="pt") as weights:
-                weights.keys()
-        except (SafetensorError, OSError) as error:
-            raise ValueError(
-                f"{path} is not a readable safetensors file ({error}): it is truncated or corrupted. Download or "
-                "save the pipeline again."
-            ) from error
-
-
-def _keep_other_variants(staging: Path, target: Path) -> None:
-    """Copy into the staged components the weights of other variants already saved in `target` (a save with
-    variant="fp16" beside a full-precision one keeps both, as diffusers does), where the component's config is
-    unchanged; a changed config means other weights no longer fit, and they are dropped with the old folder."""
-    for staged in (path for path in staging.iterdir() if path.is_dir()):
-        existing = target / staged.name
-        configs = [name for name in ("config.json",) if (staged / name).is_file()]
-        if not configs or not (existing / configs[0]).is_file():
-            continue
-        if _read_json(existing / configs[0]) != _read_json(staged / configs[0]):
-            continue
-        written = {_weights_variant(path) for path in staged.glob("*.safetensors")}
-        for path in existing.glob("*.safetensors"):
-            if _weights_variant(path) not in written and not (staged / path.name).exists():
-                shutil.copy2(path, staged / path.name)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Uploading: exactly the files a save wrote
-# ----------------------------------------------------------------------------------------------------------------
-
-_UPLOAD_KEYS = ("repo_id", "commit_message", "private", "token", "create_pr")
-_CARD_FILES = ("README.md", "samples.png")  # the model card and the sample grid it shows
-_APP_FILES = ("app.py", "requirements.txt")  # save_pretrained(demo_app=True)'s Gradio app (hfdiff.demo.APP_FILES)
-# The first line of the app.py that hfdiff.demo writes (APP_PY; a test ties the two). Written out here because this
-# file also runs without hfdiff, as the exported pipeline code.
-_APP_MARKER = "written by hfdiff's save_pretrained(demo_app=True)"
-
-
-def _drop_stale_app(target: Path) -> None:
-    """A plain save over a folder that an earlier save_pretrained(demo_app=True) wrote: that app.py and its
-    requirements.txt belong to a save that is gone (and push_to_hub would upload them with the new one), so they go
-    too. An app.py without hfdiff's first line is the user's own and stays."""
-    try:
-        ours = _APP_MARKER in (target / "app.py").read_text(encoding="utf-8", errors="replace")[:300]
-    except OSError:  # no app.py (or an unreadable one, which is not ours to delete)
-        return
-    if ours:
-        for name in _APP_FILES:
-            (target / name).unlink(missing_ok=True)
-
-
-def _pop_upload_kwargs(kwargs: dict, default_repo_id: str) -> dict:
-    """save_pretrained(push_to_hub=True)'s upload keywords, as DiffusionPipeline.save_pretrained takes them."""
-    upload = {key: kwargs.pop(key) for key in _UPLOAD_KEYS if key in kwargs}
-    upload.setdefault("repo_id", default_repo_id)
-    return upload
-
-
-def _check_repo_id(repo_id: str) -> None:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise ValueError(f"repo_id {repo_id!r} is not a valid Hub repo id ({error}); use 'user/model-name'.") from None
-
-
-def pipeline_files(folder: str | os.PathLike) -> list[str]:
-    """The files of the pipeline saved in `folder`, relative to it, and nothing else there: model_index.json, the
-    model card and its sample grid, the exported pipeline code, and the plain files of each component folder that
-    model_index.json names, and the demo app (app.py, requirements.txt) where there is one. Checkpoints, logs and validation images that training keeps beside them, hidden files,
-    nested folders and symbolic links are left out."""
-    folder = Path(folder)
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(
-            f"{index_path} does not exist: {folder} is not a saved pipeline folder (save one with "
-            "pipe.save_pretrained(path), or train one with train_conditional.py)."
-        )
-    index = _read_json(index_path)
-    files = ["model_index.json", *(name for name in _CARD_FILES + _APP_FILES if (folder / name).is_file())]
-    pipeline_entry = index.get("_class_name")
-    if isinstance(pipeline_entry, list) and (folder / f"{pipeline_entry[0]}.py").is_file():
-        from diffusers.utils.dynamic_modules_utils import get_relative_import_files
-
-        code = folder / f"{pipeline_entry[0]}.py"  # and the modules it imports relatively (text_encoding.py)
-        files += sorted(str(Path(path).relative_to(folder)) for path in [code, *get_relative_import_files(code)])
-    for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, list) or entry == [None, None]:
-            continue
-        if not name.isidentifier():
-            raise ValueError(f"{index_path} names a component {name!r}, which is not a valid component name.")
-        component = folder / name
-        if component.is_symlink() or not component.is_dir():
-            continue
-        files += [
-            f"{name}/{path.name}"
-            for path in sorted(component.iterdir())
-            if path.is_file() and not path.is_symlink() and not path.name.startswith(".")
-        ]
-    return files
-
-
-def upload_pipeline_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    private: bool | None = None,
-    token: str | None = None,
-    commit_message: str | None = None,
-    create_pr: bool = False,
-    path_in_repo: str | None = None,
-    extra_files: Sequence[str] = (),
-) -> str:
-    """Upload the pipeline saved in `folder` (exactly `pipeline_files(folder)`, plus `extra_files` named relative to
-    it) to the Hub repo `repo_id`, created if needed, with huggingface_hub's create_repo + upload_folder: the one
-    upload path of `push_to_hub`, `save_pretrained(push_to_hub=True)` and training's --push_to_hub. Returns the URL
-    of the commit."""
-    from huggingface_hub import HfApi
-
-    _check_repo_id(repo_id)
-    files = [*pipeline_files(folder), *(name for name in extra_files if name not in pipeline_files(folder))]
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        path_in_repo=path_in_repo,
-        allow_patterns=[glob.escape(name) for name in files],  # exact names: no pattern widens the upload
-        commit_message=commit_message or "Upload SpriteDiffusionPipeline trained with hfdiff",
-        create_pr=create_pr,
-    )
-    return str(getattr(commit, "commit_url", commit))
-
-
-def upscale_images(images, scale: int) -> list:
-    """Nearest-neighbour upscaling (crisp pixels) of PIL images by an integer factor: how hfdiff shows 16x16 sprites
-    (the trajectory recorder here; grids in hfdiff.visualize and training)."""
-    if scale == 1:
-        return list(images)
-    return [image.resize((image.width * scale, image.height * scale), resample=0) for image in images]  # 0: NEAREST
-
-
-def _copy_class_source(cls: type, folder: Path) -> list[str] | None:
-    """Copy the module defining `cls` (and the sibling modules it imports relatively) into `folder`; returns the
-    model_index.json entry [module_file_stem, class_name], or None for classes diffusers users already have."""
-    if cls.__module__.split(".")[0] in _INSTALLED_LIBRARIES:
-        return None
-    from diffusers.utils.dynamic_modules_utils import get_relative_import_files
-
-    source = Path(inspect.getsourcefile(cls))
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in [source, *map(Path, get_relative_import_files(source))]:
-        shutil.copyfile(path, folder / path.name)
-    return [source.stem, cls.__name__]
-
-
-# Config entries without which a component would be built from defaults that differ from the saved model, silently
-# (a missing num_train_timesteps would sample a 20-step model with a 500-step schedule); checked where the class
-# takes them. Others may be missing: their defaults are what older versions of the classes did.
-_REQUIRED_CONFIG = {
-    "unet": (
-        "architecture",
-        ("sample_size", "in_channels", "out_channels", "block_out_channels", "down_block_types", "up_block_types")
-        + ("layers_per_block", "context_dim"),
-    ),
-    "scheduler": (
-        "noise schedule",
-        ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "variance_type"),
-    ),
-}
-
-
-def _read_json(path: str | os.PathLike) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"{path} is not valid JSON ({error}): the file is damaged. Save the pipeline again with "
-            "pipe.save_pretrained(path), or download it again."
-        ) from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds {type(value).__name__}, not a JSON object; save the pipeline again.")
-    return value
-
-
-def _check_config(component_cls: type, component_folder: Path, name: str) -> None:
-    """The component's config file exists, is JSON, has every entry of _REQUIRED_CONFIG that its class takes, sizes
-    within the class's limits (ContextUNet2DModel.check_config_limits) and no entry the class does not know
-    (ContextUNet2DModel.check_config_entries), checked before anything is built."""
-    config_path = component_folder / component_cls.config_name
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path} does not exist: the {name!r} component of {component_folder.parent} is incomplete. Save "
-            "the pipeline again with pipe.save_pretrained(path)."
-        )
-    config = _read_json(config_path)
-    what, keys = _REQUIRED_CONFIG[name]
-    takes = inspect.signature(component_cls.__init__).parameters
-    missing = [key for key in keys if key in takes and key not in config]
-    if missing:
-        them = "it" if len(missing) == 1 else "them"
-        raise ValueError(
-            f"{config_path} lacks {', '.join(missing)}: without {them}, {component_cls.__name__}'s defaults would give "
-            f"a different {what} from the saved one. Add {them} with the values the model was trained with, or save "
-            "the pipeline again with pipe.save_pretrained(path)."
-        )
-    if hasattr(component_cls, "check_config_limits"):  # sizes that would allocate without bound, refused before
-        component_cls.check_config_limits(config, source=str(config_path))
-    if hasattr(component_cls, "check_config_entries"):  # entries the installed class would silently drop
-        component_cls.check_config_entries(config, source=str(config_path))
-
-
-def retired_path(path: str | os.PathLike) -> Path:
-    """Where `replace_path` (and checkpoint pruning) parks an entry before deleting it: `.<name>.old` beside it."""
-    path = Path(path)
-    return path.parent / f".{path.name}.old"
-
-
-def replace_path(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Move the file or folder `src` to `dst` (in the same filesystem), replacing what is there. Each step is one
-    rename(2): a file is replaced atomically; a folder (which rename cannot replace while it is non-empty) is first
-    renamed aside to `retired_path(dst)`, and deleted only after the new one is in place, so `dst` is always the old
-    or the new entry, or absent for the instant between the two renames (and the old one again if the second rename
-    fails). The one folder swap of hfdiff: pipeline saves and training checkpoints both go through it."""
-    src, dst = Path(src), Path(dst)
-    if src.is_dir() and dst.exists():
-        retired = retired_path(dst)
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(dst, retired)
-        try:
-            os.replace(src, dst)
-        except OSError:
-            os.replace(retired, dst)
-            raise
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-# Where a save is staged, inside the target folder: renames from there into the target never cross a filesystem.
-_STAGING_PREFIX = ".saving-"
-
-
-def _new_staging_folder(target: Path) -> Path:
-    """An empty staging folder inside `target`, after removing those of saves that were killed (two saves into one
-    folder at once are not supported anyway). Nothing in `target`'s parent is created or removed."""
-    for stale in target.glob(glob.escape(_STAGING_PREFIX) + "*"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target))
-
-
-def _check_swappable(staging: Path, target: Path) -> None:
-    """Before the old index is removed: every entry the swap renames (the staged ones, and the old ones they
-    replace, which are renamed aside inside `target`) is on the staging folder's filesystem, so no rename of the
-    swap can fail with EXDEV half-way. An old component folder can be elsewhere only as a mount point; a symbolic
-    link is renamed itself, wherever it points."""
-    device = os.stat(staging).st_dev
-    for entry in staging.iterdir():
-        existing = target / entry.name
-        if existing.exists() and not existing.is_symlink() and os.stat(existing).st_dev != device:
-            raise OSError(
-                errno.EXDEV,
-                f"{existing} is on another filesystem than {target} (a mount point), so a save cannot replace it "
-                "by renaming",
-            )
-
-
-# errno values of writes that did not fit: a full disk, a quota, a file size limit (ulimit -f).
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_CAUSES = {
-    errno.EXDEV: "a rename would cross filesystems: save to a folder whose entries are on one filesystem",
-    errno.EACCES: "permission denied: save to a folder you can write to, or fix its permissions",
-    errno.EPERM: "the operation is not permitted there: save to a folder you can write to, or fix its permissions",
-    errno.EROFS: "the filesystem is read-only: save to a folder on a writable one",
-}
-
-
-def save_failure_cause(error: BaseException, folder: str | os.PathLike) -> tuple[int | None, str | None]:
-    """(errno, cause and fix in words) of a write into `folder` that failed with `error`: by its errno, or, for
-    errors that carry none (safetensors' SafetensorError, torch's RuntimeError), by the system's message for it in
-    the text; (None, None) for an error of another kind, which callers quote rather than guess at. The one reading
-    of a failed save: pipeline saves and training checkpoints both use it."""
-    code = getattr(error, "errno", None)
-    if code is None:
-        code = next((c for c in (*_NO_ROOM, *_CAUSES) if os.strerror(c) in str(error)), None)
-    if code in _NO_ROOM:
-        folder = Path(folder)
-        try:
-            free = f"{shutil.disk_usage(folder if folder.exists() else folder.parent).free / 2**20:,.0f} MiB free"
-        except OSError:
-            free = "free space unknown"
-        return code, f"the disk is full or a file size limit was reached ({free} there): free space, or save elsewhere"
-    return code, _CAUSES.get(code)
-
-
-def _save_error(target: Path, error: Exception, state: str) -> OSError:
-    """An OSError for a save into `target` that failed with `error`, naming the cause (`save_failure_cause`), the fix,
-    and `state`: what the failure left in the folder. Keeps the errno, so callers can test it."""
-    code, cause = save_failure_cause(error, target)
-    failure = OSError(
-        f"Could not save the pipeline to {target} ({type(error).__name__}: {error})"
-        + (f"; {cause}. " if cause else ". ")  # an error of another kind is quoted, not guessed at
-        + f"{state}."
-    )
-    failure.errno = code
-    return failure
-
-
-def _move_entries(staging: Path, target: Path) -> None:
-    """Move every entry of `staging` into `target` with `replace_path`. The old model_index.json is deleted first and
-    the new one moved in last (each atomic), so whenever `target` has an index, every component it names is the one
-    saved with it: the previous pipeline until the first deletion, the new one after the last move, no pipeline in
-    between."""
-    index = target / "model_index.json"
-    if index.exists():
-        index.unlink()
-    for entry in sorted(staging.iterdir(), key=lambda path: path.name == "model_index.json"):
-        replace_path(entry, target / entry.name)

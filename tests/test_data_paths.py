@@ -15,7 +15,7 @@ from tiny import TINY_UNET_JSON
 from hfdiff.data import SPRITE_CLASSES
 from hfdiff.training import TrainingConfig, load_training_data, parse_config, resolve_defaults, train
 from hfdiff.training import data as training_data
-from hfdiff.training.data import resize_images
+from hfdiff.training.decoding import resize_images
 from hfdiff.training.loop import EpochBatches
 from hfdiff.training.step import draw_step_noise, get_batch
 from hfdiff.training.streaming import DataBudget, StreamedImages, batch_loader, warn_direction_dependent

@@ -192,11 +192,10 @@ def test_save_with_demo_app_writes_a_space(class_pipe, tmp_path):
 def test_a_plain_save_drops_the_app_an_earlier_demo_save_wrote(class_pipe, tmp_path):
     """Otherwise the stale app.py and requirements.txt would stay and be uploaded beside a card without the Space
     metadata; an app.py the user wrote stays."""
-    from hfdiff.demo import APP_PY
+    from hfdiff.demo_app import APP_MARKER, APP_PY
     from hfdiff.hub import pipeline_files
-    from hfdiff.pipelines.pipeline_sprite_diffusion import _APP_MARKER
 
-    assert _APP_MARKER in APP_PY.splitlines()[0]  # the pipeline file recognises hfdiff's app by its first line
+    assert APP_MARKER in APP_PY.splitlines()[0]  # a save recognises hfdiff's app by its first line
     class_pipe.save_pretrained(tmp_path, demo_app=True)
     class_pipe.save_pretrained(tmp_path)
     assert not (tmp_path / "app.py").exists() and not (tmp_path / "requirements.txt").exists()

@@ -18,7 +18,7 @@ from tiny import make_pipe, seed
 
 from hfdiff import SpriteDDIMScheduler, SpriteDiffusionPipeline
 from hfdiff.data import SPRITE_CLASSES
-from hfdiff.hub import build_model_card, push_pipeline_folder
+from hfdiff.hub import build_model_card, upload_pipeline_folder
 
 REPO_ID = "sprite-fan/tiny-sprites"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -189,6 +189,8 @@ PIPELINE_FILES = {
     "README.md",
     "model_index.json",
     "pipeline_sprite_diffusion.py",
+    "image_processing.py",  # the pipeline's relative imports travel with it
+    "scheduler_steps.py",
     "text_encoding.py",
     "scheduler/_math.py",
     "scheduler/scheduler_config.json",
@@ -216,20 +218,20 @@ def test_push_to_hub_uploads_the_saved_pipeline(saved, fake_hub, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "x.npy"), sample(pipe), atol=1e-6)
 
 
-def test_push_pipeline_folder_sends_no_checkpoints_or_logs(saved, fake_hub):
+def test_upload_pipeline_folder_sends_no_checkpoints_or_logs(saved, fake_hub):
     _, folder = saved
     (folder / "samples.png").write_bytes(b"\x89PNG fake")
     for junk in ["checkpoint-100/model.safetensors", "logs/events.out.tfevents.1", "validation/step-000100.png"]:
         (folder / junk).parent.mkdir(parents=True, exist_ok=True)
         (folder / junk).write_text("x")
-    push_pipeline_folder(folder, REPO_ID, private=False, token="hf_test")
+    upload_pipeline_folder(folder, REPO_ID, private=False, token="hf_test")
     (upload,) = fake_hub["uploads"]
     assert set(upload["files"]) == PIPELINE_FILES | {"samples.png"}
 
 
-def test_push_pipeline_folder_needs_a_pipeline_folder(tmp_path, fake_hub):
+def test_upload_pipeline_folder_needs_a_pipeline_folder(tmp_path, fake_hub):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
-        push_pipeline_folder(tmp_path, REPO_ID)
+        upload_pipeline_folder(tmp_path, REPO_ID)
     assert fake_hub["uploads"] == []
 
 

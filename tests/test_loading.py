@@ -12,7 +12,7 @@ from test_hub import REPO_ID, hf_hub_cache, put_in_hub_cache, sample
 from tiny import make_pipe
 
 from hfdiff import ContextUNet2DModel, SpriteDDIMScheduler, SpriteDiffusionPipeline
-from hfdiff.hub import pipeline_files, push_pipeline_folder
+from hfdiff.hub import pipeline_files, upload_pipeline_folder
 
 
 @pytest.fixture
@@ -176,10 +176,10 @@ def test_uploads_leave_out_hidden_nested_and_linked_files(saved, fake_hub, tmp_p
     index["*"] = ["hfdiff", "SpriteDDIMScheduler"]  # a hostile key must not widen the upload
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="not a valid component name"):
-        push_pipeline_folder(folder, REPO_ID)
+        upload_pipeline_folder(folder, REPO_ID)
     del index["*"]
     (folder / "model_index.json").write_text(json.dumps(index))
-    push_pipeline_folder(folder, REPO_ID)
+    upload_pipeline_folder(folder, REPO_ID)
     (upload,) = fake_hub["uploads"]
     assert set(upload["files"]) == expected
 
@@ -198,13 +198,3 @@ def test_revision_and_cache_dir_reach_the_download(saved, tmp_path):
         SpriteDiffusionPipeline.from_pretrained(
             REPO_ID, cache_dir=hf_hub_cache(tmp_path / "hf"), revision="f" * 40, local_files_only=True
         )
-
-
-def test_removed_names_say_what_replaced_them():
-    import hfdiff.fast_sampling
-    import hfdiff.visualize
-
-    with pytest.raises(AttributeError, match="plot_figure"):
-        hfdiff.visualize.line_plot
-    with pytest.raises(AttributeError, match="config_fallback_reason"):
-        hfdiff.fast_sampling.scheduler_fallback_reason

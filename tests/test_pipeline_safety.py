@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from tiny import make_pipe
 
-import hfdiff.pipelines.pipeline_sprite_diffusion as pipeline_module
+import hfdiff.folder_saving as folder_saving
 from hfdiff import SpriteDiffusionPipeline
 
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
@@ -127,7 +127,7 @@ def test_a_save_that_fails_while_writing_names_the_cause_and_changes_nothing(tmp
     def fail(staging, target):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(pipeline_module, "_keep_other_variants", fail)
+    monkeypatch.setattr(folder_saving, "keep_other_variants", fail)
     shift_weights(pipe)
     with pytest.raises(OSError, match=r"Nothing in the folder was changed\.$") as caught:
         pipe.save_pretrained(target)

@@ -10,7 +10,8 @@ import torch
 
 from hfdiff.data import SPRITE_CLASSES
 from hfdiff.training import TrainingConfig, load_training_data
-from hfdiff.training.data import check_image_size, resize_images
+from hfdiff.training.data import check_image_size
+from hfdiff.training.decoding import resize_images
 
 
 def load(conditional=True, **flags):

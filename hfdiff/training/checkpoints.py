@@ -28,7 +28,7 @@ import shutil
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from hfdiff.pipelines.pipeline_sprite_diffusion import replace_path, retired_path
+from hfdiff.folder_swap import replace_path, retired_path
 
 from .checkpoint_state import TrainingState, refuse_pickles
 
@@ -157,7 +157,7 @@ def save_error(what: str, output_dir: str, error: BaseException, hint: str = "")
     """The error for a save that failed while writing: what was being saved, where, the cause named from the error
     (`save_failure_cause`: a full disk or file size limit, a cross-filesystem rename, permissions, a read-only
     filesystem; anything else is quoted, not guessed at), and the fix. Keeps the errno."""
-    from hfdiff.pipelines.pipeline_sprite_diffusion import save_failure_cause
+    from hfdiff.folder_swap import save_failure_cause
 
     folder = os.path.abspath(output_dir)
     code, cause = save_failure_cause(error, folder)

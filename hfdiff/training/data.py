@@ -34,16 +34,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 
 from .config import TrainingConfig
+from .decoding import class_labels, decode_to_tensor, first_few, nhwc_to_tensor, resize_images, to_pil
 
 if TYPE_CHECKING:
     from .streaming import DataBudget, StreamedImages
 
 logger = logging.getLogger(__name__)
 
-_GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 # A save_to_disk folder streamed with --dataset_streaming is cut into this many shards, so that DDP can hand each
 # rank whole shards (split_dataset_by_node) where the world size divides it.
 _STREAM_SHARDS = 64
@@ -244,26 +243,6 @@ def check_image_size(size: tuple[int, int], block_out_channels, source: str) -> 
         )
 
 
-def resize_images(images: torch.Tensor, resolution: int, center_crop: bool = True) -> torch.Tensor:
-    """(N, C, H, W) uint8 -> (N, C, resolution, resolution) uint8: centre crop to a square, then resize (the same as
-    diffusers' Resize(resolution) + CenterCrop(resolution), up to rounding); `center_crop=False` resizes the whole
-    image, changing its aspect ratio where it is not square.
-
-    Whole-number upscaling repeats pixels (pixel art stays crisp); anything else is antialiased bilinear."""
-    height, width = images.shape[2:]
-    if center_crop:
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        images = images[:, :, top : top + side, left : left + side]
-        height = width = side
-    if height == width == resolution:
-        return images.contiguous()
-    if resolution % height == 0 and resolution % width == 0:
-        return images.repeat_interleave(resolution // height, dim=2).repeat_interleave(resolution // width, dim=3)
-    resized = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # sources
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,20 +257,10 @@ def _array_images(array: np.ndarray, config: TrainingConfig, budget: DataBudget 
     size = array.shape[1:3] if config.resolution is None else (config.resolution, config.resolution)
     if streaming.streams(len(array), (channels, *size), budget, description):
         return streaming.ArrayImages(array, config.resolution, config.center_crop)
-    images = _nhwc_to_tensor(array)
+    images = nhwc_to_tensor(array)
     if config.resolution is not None and images.shape[2:] != size:
         images = resize_images(images, config.resolution, config.center_crop)
     return images
-
-
-def _nhwc_to_tensor(array: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) or (N, H, W) uint8 array -> (N, C, H, W) uint8 tensor."""
-    if array.ndim == 3:
-        array = array[..., None]
-    array = np.ascontiguousarray(array)
-    if not array.flags.writeable:  # e.g. a read-only memory map; torch wants memory it may write
-        array = array.copy()
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
 def _load_npy(config: TrainingConfig, conditional: bool):
@@ -424,14 +393,10 @@ def _load_image_folder(path: str, streaming: bool = False):
             "files are read.",
             len(others),
             path,
-            _first_few(others),
+            first_few(others),
             "/".join(sorted(found)),
         )
     return _train_split(datasets.load_dataset("imagefolder", data_dir=path, streaming=streaming), path)
-
-
-def _first_few(names: list[str], count: int = 5) -> str:
-    return ", ".join(names[:count]) + (f" and {len(names) - count} more" if len(names) > count else "")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -478,7 +443,7 @@ def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str,
         labels = labels[torch.tensor(kept, dtype=torch.int64)]
     if captions is not None and len(kept) < len(captions):
         captions = [captions[i] for i in kept]
-    images = _images(pils, config.resolution, flag, center_crop=config.center_crop)
+    images = decode_to_tensor(pils, config.resolution, flag, center_crop=config.center_crop)
     if config.resolution is not None and images.shape[2:] != (config.resolution, config.resolution):
         images = resize_images(images, config.resolution, config.center_crop)
     return images, labels, class_names, captions
@@ -535,7 +500,7 @@ def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
     feature = dataset.features[column]
     values = list(dataset[column])
     if isinstance(feature, datasets.ClassLabel):
-        return _class_labels(values, feature.names, column, flag), list(feature.names)
+        return class_labels(values, feature.names, column, flag), list(feature.names)
     if all(isinstance(value, str) for value in values):
         names = sorted(set(values))
         index = {name: k for k, name in enumerate(names)}
@@ -550,43 +515,6 @@ def _labels(dataset, column: str, flag: str) -> tuple[torch.Tensor, list[str]]:
         f"--label_column {column!r} of {flag} holds {feature}; expected class indices (ints or a ClassLabel) or "
         "class names (strings)."
     )
-
-
-def _class_labels(values: list, names: list[str], column: str, flag: str, rows_of: str = "") -> torch.Tensor:
-    """A ClassLabel column's values -> (N,) int64, each in 0..K-1 (the map-style load checks all at once, a stream
-    each batch as it is decoded: `rows_of` says so in the message, since its row numbers count from the batch)."""
-    labels = torch.tensor(values, dtype=torch.int64)
-    outside = ((labels < 0) | (labels >= len(names))).nonzero()
-    if len(outside):
-        row = int(outside[0])
-        raise ValueError(
-            f"--label_column {column!r} of {flag} has {len(outside)} label(s) outside 0..{len(names) - 1} (row {row}"
-            f"{rows_of}: {values[row]}; `datasets` writes -1 for a missing label). Keep only labelled rows, e.g. "
-            f"dataset.filter(lambda row: row[{column!r}] >= 0), or train without labels with train_unconditional.py."
-        )
-    return labels
-
-
-def _to_pil(value, flag: str) -> PIL.Image.Image:
-    if isinstance(value, PIL.Image.Image):
-        return value
-    array = np.asarray(value)
-    if array.dtype.kind in "iu" and array.size and array.min() >= 0 and array.max() <= 255:
-        array = array.astype(np.uint8)  # arrays stored as lists come back as int64
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
-        raise ValueError(
-            f"{flag} has an image of dtype {array.dtype} and shape {array.shape}; expected PIL images or arrays of "
-            "integers in 0..255 of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)."
-        )
-    return PIL.Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
-
-
-def _convert(image: PIL.Image.Image, mode: str) -> np.ndarray:
-    """PIL image -> (H, W) or (H, W, 3) uint8 in `mode` ("L" or "RGB"), transparent pixels composited on white."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.asarray(image.convert(mode))
 
 
 def _decode_images(dataset, column: str, flag: str) -> tuple[list[PIL.Image.Image], list[int]]:
@@ -604,7 +532,7 @@ def _decode_images(dataset, column: str, flag: str) -> tuple[list[PIL.Image.Imag
     rows = (value for batch in dataset.iter(batch_size=1024) for value in batch[column])
     for row, value in enumerate(rows):
         if not encoded:
-            images.append(_to_pil(value, flag))
+            images.append(to_pil(value, flag))
             kept.append(row)
             continue
         try:
@@ -626,28 +554,7 @@ def _decode_images(dataset, column: str, flag: str) -> tuple[list[PIL.Image.Imag
             len(unreadable),
             len(unreadable) + len(images),
             flag,
-            _first_few(unreadable, 3),
+            first_few(unreadable, 3),
             len(images),
         )
     return images, kept
-
-
-def _images(
-    pils: list[PIL.Image.Image], resolution: int | None, flag: str, mode: str | None = None, center_crop: bool = True
-) -> torch.Tensor:
-    """Decoded images -> (N, C, H, W) uint8 in `mode` (default: one channel if all are grayscale, RGB otherwise); one
-    size, or --resolution (the caller resizes a set of one size)."""
-    mode = mode or ("L" if all(image.mode in _GRAYSCALE_MODES for image in pils) else "RGB")
-    sizes = {image.size for image in pils}
-    if len(sizes) > 1 and resolution is None:
-        (w0, h0), (w1, h1) = sorted(sizes)[:2]
-        raise ValueError(
-            f"{flag} has images of {len(sizes)} different sizes (e.g. {w0}x{h0} and {w1}x{h1}); pass --resolution to "
-            "resize them all to one square size at load time."
-        )
-    if len(sizes) == 1:
-        return _nhwc_to_tensor(np.stack([_convert(image, mode) for image in pils]))
-    # Mixed sizes: bring each image to the target size on its own before stacking.
-    return torch.cat(
-        [resize_images(_nhwc_to_tensor(_convert(image, mode)[None]), resolution, center_crop) for image in pils]
-    )

@@ -44,7 +44,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..fast_sampling import COMPILE_OPTIONS
+from ..cuda import COMPILE_OPTIONS
 from .checkpoint_state import TrainingState, refuse_pickles
 from .checkpoints import (
     check_checkpoints_belong_to_run,
@@ -382,10 +382,10 @@ def save_final(accelerator, config, unet, ema, noise_scheduler, step: int, conte
 def push_to_hub(config: TrainingConfig) -> None:
     """Upload the saved pipeline folder (model_index.json, components, code, model card, samples.png) to the Hub;
     checkpoints, logs and validation grids that training keeps beside it stay local."""
-    from hfdiff.hub import push_pipeline_folder
+    from hfdiff.hub import upload_pipeline_folder
 
     repo_id = config.hub_model_id or os.path.basename(os.path.abspath(config.output_dir))
-    url = push_pipeline_folder(
+    url = upload_pipeline_folder(
         config.output_dir, repo_id, private=config.hub_private_repo, commit_message="End of training"
     )
     logger.info(f"Pushed {config.output_dir} to the Hub: {url}", main_process_only=True)

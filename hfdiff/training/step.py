@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..fast_sampling import side_stream
+from ..cuda import side_stream
 
 
 @dataclass

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .data import _GRAYSCALE_MODES, _first_few, _images, _nhwc_to_tensor, _to_pil, resize_images
+from .decoding import GRAYSCALE_MODES, class_labels, decode_to_tensor, first_few, nhwc_to_tensor, resize_images, to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class ArrayImages(StreamedImages):
         super().__init__((len(array), channels, *size))
 
     def rows(self, indices: list[int]) -> torch.Tensor:
-        return self._finish(_nhwc_to_tensor(self.array[np.asarray(indices, dtype=np.int64)]), indices)
+        return self._finish(nhwc_to_tensor(self.array[np.asarray(indices, dtype=np.int64)]), indices)
 
 
 class _EncodedColumn:
@@ -157,13 +157,13 @@ class _EncodedColumn:
         """(C, H, W) of the set, from its first image: one channel if it is grayscale, else RGB; its size unless
         --resolution."""
         first = self._decode("row 0", value)
-        self.mode = "L" if first.mode in _GRAYSCALE_MODES else "RGB"
+        self.mode = "L" if first.mode in GRAYSCALE_MODES else "RGB"
         size = (first.height, first.width) if resolution is None else (resolution, resolution)
         return (1 if self.mode == "L" else 3, *size)
 
     def _decode(self, name: str, value):
         if not self.encoded:
-            return _to_pil(value, self.flag)
+            return to_pil(value, self.flag)
         try:
             return self.feature.decode_example(value)
         except (OSError, SyntaxError, ValueError, EOFError) as error:
@@ -174,7 +174,7 @@ class _EncodedColumn:
 
     def _decode_batch(self, names: list[str], values: list) -> torch.Tensor:
         pils = [self._decode(name, value) for name, value in zip(names, values)]
-        return _images(pils, self.resolution, self.flag, mode=self.mode, center_crop=self.center_crop)
+        return decode_to_tensor(pils, self.resolution, self.flag, mode=self.mode, center_crop=self.center_crop)
 
 
 class DatasetImages(_EncodedColumn, StreamedImages):
@@ -226,15 +226,13 @@ class IterableImages(_EncodedColumn, StreamedImages):
     def __getitem__(self, item: tuple[int, int, dict]) -> tuple[int, int, torch.Tensor, torch.Tensor]:
         """(epoch, micro-batch, encoded rows) from the sampler -> (epoch, micro-batch, labels (B,) int64, images
         (B, C, H, W) uint8); without a label column the labels are zeros."""
-        from .data import _class_labels
-
         epoch, micro, rows = item
         values = rows[self.column]
         names = [f"row {i} of micro-batch {micro} of epoch {epoch}" for i in range(len(values))]
         images = self._finish(self._decode_batch(names, values), [0])
         if self.label_column is None:
             return epoch, micro, torch.zeros(len(values), dtype=torch.int64), images
-        labels = _class_labels(
+        labels = class_labels(
             rows[self.label_column], self.class_names, self.label_column, self.flag, " of a streamed batch"
         )
         return epoch, micro, labels, images
@@ -364,5 +362,5 @@ def warn_direction_dependent(random_flip: bool, class_names: list[str] | None, c
         logger.warning(
             "--random_flip mirrors images but not their classes or captions, and %s name a direction; flipped "
             "images of them teach the model the opposite direction. Drop --random_flip for such data.",
-            _first_few([repr(name) for name in named], 3),
+            first_few([repr(name) for name in named], 3),
         )
