@@ -106,7 +106,7 @@ def fast_pipeline_call(pipe: SpriteDiffusionPipeline, options: dict, use_hook: b
         pipe.check_inputs(batch_size, class_labels, None, guidance_scale, num_inference_steps, eta, True)
         context = pipe.prepare_context(class_labels, None, batch_size, device, dtype)
         if context is not None and guidance_scale != 1.0:
-            context = torch.cat([context, torch.zeros_like(context)])
+            context = torch.cat([torch.zeros_like(context), context])
         pipe.scheduler.set_timesteps(num_inference_steps, device=device)
         size = pipe.unet.config.sample_size
         shape = (batch_size, pipe.unet.config.in_channels, size, size)

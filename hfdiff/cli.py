@@ -29,6 +29,7 @@ import os
 import re
 import sys
 
+from hfdiff.extras import is_missing_extra
 from hfdiff.pipeline_loading import load_pipeline
 from hfdiff.samplers import SAMPLERS
 
@@ -215,7 +216,7 @@ def cmd_visualize(args) -> None:
         try:
             print(f"wrote {make_picture(name, args, pipe)}")
         except (ValueError, ImportError) as error:
-            if args.what != "all" or (isinstance(error, ImportError) and not _missing_extra(error)):
+            if args.what != "all" or (isinstance(error, ImportError) and not is_missing_extra(error)):
                 raise
             print(f"skipped {name}: {error}")  # mixtures of an unconditional model; plots without matplotlib
 
@@ -657,16 +658,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (UserError, ValueError, FileNotFoundError, ImportError) as error:
-        if isinstance(error, ImportError) and not _missing_extra(error):
+        if isinstance(error, ImportError) and not is_missing_extra(error):
             raise
         print(f"hfdiff {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-def _missing_extra(error: ImportError) -> bool:
-    """An optional extra the user has not installed (its message names it), not a broken import inside hfdiff."""
-    return 'pip install "hfdiff[' in str(error)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,7 @@ class AttributeClassifier(nn.Module):
 def pixel_colour_names(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> (B, len(PIXEL_COLOURS), H, W) one-hot colour name of every pixel (colour_names).
 
-    Colour names have hard hue boundaries that a small CNN learns only approximately from RGB (about 94% after 10
-    epochs); given each pixel's name, it only has to find the captioned part, and names it as the captions do."""
+    Colour names have hard hue boundaries that a small CNN learns only approximately from RGB; given each pixel's name, it only has to find the captioned part, and names it as the captions do."""
     from hfdiff.data import colour_names
 
     rgb = np.rint((x.detach().float().permute(0, 2, 3, 1).cpu().numpy() + 1.0) * 127.5)  # the uint8 values

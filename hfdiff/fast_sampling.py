@@ -26,8 +26,8 @@ Three things make one recording serve every step:
 2. The noise z of each step is drawn between replays into a fixed buffer exactly as the scheduler draws it
    (diffusers' `randn_tensor(shape, generator, device, dtype)`), on exactly the steps where it draws, so a generator
    gives the eager loop's noise stream. A CPU `torch.Generator` gives the same images on every device, as diffusers
-   promises, but each draw then runs on the CPU and is copied over: about 4 ms a step for 1,000 sprites (measured on
-   an H100), more than a compiled step. A `torch.Generator("cuda")` (or None) draws on the GPU and is the fast choice.
+   promises, but each draw then runs on the CPU and is copied over, which for a batch of sprites takes longer than a
+   compiled step. A `torch.Generator("cuda")` (or None) draws on the GPU and is the fast choice.
 3. With `dtype` other than the UNet's (e.g. bf16), the UNet runs as the sampler's own copy (channels_last by
    default), refreshed in place when the pipeline's weights change, so the user's model is never converted.
    Otherwise the graph reads the pipeline's own weights.
@@ -260,7 +260,7 @@ def denoise(
     model_output = unet(model_input, timestep, context=context).sample.to(sample.dtype)
     if guidance:
         # classifier-free guidance (Ho & Salimans 2022, eq. 6)
-        cond, null = model_output.chunk(2)
+        null, cond = model_output.chunk(2)
         model_output = null + guidance_scale * (cond - null)
     prev_sample = step_update(sample, model_output, noise, coefficients, carry)
     return prev_sample, carry_update(sample, model_output, coefficients)
@@ -334,10 +334,10 @@ class FastSampler:
         channels_last: run the UNet in channels_last (NHWC), as a copy. None (the default): only when `dtype` asks
             for a copy anyway, since another memory format picks other cuDNN algorithms and so rounds differently
             from the eager loop (with TF32 convolutions, by more than float32 rounding). With cuDNN's own choice of
-            algorithms it records in ~0.03 s; NCHW with cudnn_benchmark=True ran 14% faster in bf16 on an H200 but
-            spends ~2 s timing algorithms per graph key, too much for one-off calls.
+            algorithms it records at once; NCHW with cudnn_benchmark=True can replay faster in bf16 but spends
+            seconds timing algorithms per graph key, too much for one-off calls.
         compile: torch.compile the step (UNet + guidance + update) before recording it, fusing the GroupNorm/SiLU/add
-            chains: 2.7x faster replays on an H200, for ~13 s of compiling per graph key and process on first use.
+            chains: several times faster replays, for seconds of compiling per graph key and process on first use.
             True compiles with `COMPILE_OPTIONS`, as training does; a dict compiles with exactly those inductor
             options instead (`torch.compile(options=...)`), e.g.
             `{"max_autotune": True}` to time Triton convolution templates against cuDNN for every shape.
@@ -455,8 +455,8 @@ class FastSampler:
 
         Args:
             latents: x_T, (B, C, H, W), already scaled by init_noise_sigma (1 for the sprite schedulers).
-            context: what the UNet is called with, as the pipeline's step 1 builds it: (B, D), or (2B, D) --
-                conditional rows, then null rows -- when guidance_scale != 1; None for unconditional models.
+            context: what the UNet is called with, as the pipeline's step 2 builds it: (B, D), or (2B, D) --
+                null rows, then conditional rows (diffusers' order) -- when guidance_scale != 1; None for unconditional models.
             guidance_scale, eta, extra_noise, generator: as in `SpriteDiffusionPipeline.__call__`.
 
         Returns:
@@ -469,7 +469,7 @@ class FastSampler:
         if context is not None and context.shape[0] != (2 * batch_size if guidance else batch_size):
             raise ValueError(
                 f"context has {context.shape[0]} rows for {batch_size} latents with guidance_scale={guidance_scale}; "
-                f"expected {2 * batch_size if guidance else batch_size} (with guidance: conditional rows, then null)."
+                f"expected {2 * batch_size if guidance else batch_size} (with guidance: null rows, then conditional)."
             )
         try:
             steps = self._step_coefficients(self.pipe.scheduler, eta=eta, extra_noise=extra_noise)

@@ -4,7 +4,8 @@ a Hub repo id, loaded onto a device, with one clear FileNotFoundError when it is
 from __future__ import annotations
 
 import os
-import re
+
+from hfdiff.local_paths import looks_like_local_path
 
 
 def load_pipeline(model: str | os.PathLike, device: str | None = None):
@@ -18,7 +19,7 @@ def load_pipeline(model: str | os.PathLike, device: str | None = None):
     path = str(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not os.path.isdir(path):
-        if os.path.exists(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.startswith("."):
+        if os.path.exists(path) or looks_like_local_path(path) or "/" not in path:  # the CLI's Hub ids have an owner
             raise FileNotFoundError(
                 f"Pipeline folder {path!r} does not exist; pass the --output_dir of train_conditional.py (or a "
                 "folder written by pipe.save_pretrained)."

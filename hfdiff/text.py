@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 # The encoding itself lives beside the pipeline, which uses it and travels as code to diffusers-only users.
+from hfdiff.local_paths import missing_local_folder
 from hfdiff.pipelines.text_encoding import encode_text, text_embedding_dim
 
 __all__ = ["default_text_encoder_path", "encode_text", "load_text_encoder", "text_embedding_dim"]
@@ -110,13 +111,6 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
         if max_length:  # sentence-transformers trained MiniLM on 256 tokens though its positions go to 512
             tokenizer.model_max_length = min(tokenizer.model_max_length, max_length)
     return tokenizer, text_encoder
-
-
-def missing_local_folder(name: str) -> bool:
-    """`name` is meant as a local folder (Hub ids are "name" or "owner/name"; anything else is a path), and there is
-    no folder there."""
-    looks_local = Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-    return looks_local and not Path(name).expanduser().is_dir()
 
 
 def _check_pair(tokenizer, text_encoder, name: str) -> None:

@@ -503,8 +503,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         device,
         dtype,
     ) -> tuple[torch.Tensor | None, int]:
-        """What the UNet is called with: (B, D) contexts, or (2B, D) with guidance (conditional rows, then the null
-        or negative rows), or None for an unconditional model; and the number of images B. Guidance runs only with
+        """What the UNet is called with: (B, D) contexts, or (2B, D) with guidance (the null or negative rows, then
+        the conditional ones, as diffusers orders them), or None for an unconditional model; and the number of images B. Guidance runs only with
         a guidance scale other than 1 and something to guide towards (a prompt, class labels or a context)."""
         if prompt is not None or prompt_embeds is not None:
             prompts, prompt_embeds = self._batch_prompts(prompt, prompt_embeds, batch_size)
@@ -527,7 +527,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             return None, batch_size
         batch_size = context.shape[0]
         if self.do_classifier_free_guidance:
-            context = torch.cat([context, null_context])  # (2B, D)
+            context = torch.cat([null_context, context])  # (2B, D): diffusers' order, unconditional half first
         return context, batch_size
 
     def prepare_context(self, class_labels, context, batch_size, device, dtype) -> torch.Tensor | None:
@@ -636,7 +636,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         Returns:
             `ImagePipelineOutput` with `images` in the chosen output_type.
         """
-        # 0. every input checked before any work
+        # 1. every input checked before any work
         self.check_inputs(
             batch_size,
             class_labels,
@@ -657,7 +657,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         self._interrupt = False
         device, dtype = self._execution_device, self.unet.dtype
 
-        # 1. context c for each image, then the null (or negative) context for the unconditional half of guidance
+        # 2. context c for each image, and the null (or negative) context for the unconditional half of guidance
         context, batch_size = self.prepare_guidance_context(
             batch_size,
             class_labels,
@@ -671,7 +671,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             dtype,
         )
 
-        # 2. timesteps, 3. x_T
+        # 3. timesteps, 4. x_T
         timesteps = self.prepare_timesteps(num_inference_steps, device)
         self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(batch_size, dtype, device, generator, latents)
@@ -729,7 +729,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             model_output = self.unet(model_input, t, context=context).sample
             if guidance:
                 # classifier-free guidance (Ho & Salimans 2022, eq. 6)
-                cond, null = model_output.chunk(2)
+                null, cond = model_output.chunk(2)
                 model_output = null + self.guidance_scale * (cond - null)
             latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
 

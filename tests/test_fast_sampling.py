@@ -101,11 +101,11 @@ def fast_images(
     extra_noise=True,
     generator=None,
 ):
-    """The pipeline's steps 1-3 and 5 around sampler.sample: what the pipeline hook runs (images (B, C, H, W))."""
+    """The pipeline's steps 2-5 around sampler.sample: what the pipeline hook runs (images (B, C, H, W))."""
     device, dtype = pipe._execution_device, pipe.unet.dtype
     context = pipe.prepare_context(class_labels, None, batch_size, device, dtype)
     if context is not None and guidance_scale != 1.0:
-        context = torch.cat([context, torch.zeros_like(context)])
+        context = torch.cat([torch.zeros_like(context), context])
     pipe.scheduler.set_timesteps(num_inference_steps or pipe.scheduler.config.num_train_timesteps, device=device)
     latents = randn_tensor((batch_size, 3, 16, 16), generator=generator, device=device, dtype=dtype)
     x0 = sampler.sample(

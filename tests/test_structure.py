@@ -27,6 +27,8 @@ LAYERS = [
             "hfdiff/samplers.py",
             "hfdiff/text.py",
             "hfdiff/cuda.py",
+            "hfdiff/extras.py",
+            "hfdiff/local_paths.py",
             "hfdiff/folder_swap.py",
             "hfdiff/demo_app.py",
             "pipelines/text_encoding.py",

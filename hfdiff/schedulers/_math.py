@@ -1,10 +1,11 @@
 """Pieces shared by the sprite DDPM and DDIM schedulers: the model-output parameterisations and config checks.
 
-Imports only torch, so the scheduler modules can travel as stand-alone code next to a saved pipeline (they reach this
+Imports only torch and diffusers, so the scheduler modules can travel as stand-alone code next to a saved pipeline (they reach this
 file through a relative import, which diffusers' remote-code loader copies along).
 """
 
 import torch
+from diffusers.configuration_utils import FrozenDict
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -20,6 +21,34 @@ def check_choice(cls_name: str, name: str, value, choices) -> None:
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{cls_name}: {name}={value!r} is not supported; choose one of {allowed}.")
+
+
+def init_arguments(arguments: dict) -> dict:
+    """The arguments of a scheduler's `__init__`, from its `locals()` on entry (without `self`): the explicit
+    parameter list that `register_to_config` needs is written once, in the signature, and handed on whole."""
+    return {name: value for name, value in arguments.items() if name not in ("self", "__class__")}
+
+
+def check_choices(cls_name: str, config: dict, variance_types=None) -> None:
+    """Refuse a prediction type, variance type (DDPM's), timestep spacing or beta schedule the step does not know,
+    before the parent's `__init__` builds anything."""
+    check_choice(cls_name, "prediction_type", config["prediction_type"], PREDICTION_TYPES)
+    if variance_types is not None:
+        check_choice(cls_name, "variance_type", config["variance_type"], variance_types)
+    check_choice(cls_name, "timestep_spacing", config["timestep_spacing"], TIMESTEP_SPACINGS)
+    if config["trained_betas"] is None:
+        check_choice(cls_name, "beta_schedule", config["beta_schedule"], BETA_SCHEDULES)
+
+
+def finish_init(scheduler, config: dict) -> None:
+    """After the parent's `__init__`: check the betas it built (`check_betas`), and keep every config value.
+
+    diffusers marks arguments left at their default so that `OtherScheduler.from_config(config)` uses ITS defaults for
+    them. Sprite defaults differ from the parents' (T = 500 against 1000), and a model trained with T = 500 sampled
+    with T = 1000 gives noise, so every value of a sprite config travels with it."""
+    check_betas(type(scheduler).__name__, scheduler.betas, **config)
+    internal = scheduler._internal_dict
+    scheduler._internal_dict = FrozenDict({k: v for k, v in internal.items() if k != "_use_default_values"})
 
 
 def check_betas(cls_name: str, betas: torch.Tensor, **config) -> None:

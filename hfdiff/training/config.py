@@ -22,10 +22,11 @@ from typing import Literal, Optional
 
 import torch
 
+from ..local_paths import missing_local_folder
+
 # Every schedule the sprite schedulers build (laplace included): the flag offers them all, and the validation
 # grids' DDIM scheduler accepts each (it is made from the training scheduler's config).
 from ..schedulers._math import BETA_SCHEDULES
-from ..text import missing_local_folder
 
 LR_SCHEDULERS = (
     "linear",
@@ -38,18 +39,17 @@ LR_SCHEDULERS = (
 
 # Device-dependent defaults, applied by `resolve_defaults` to the fields left at None.
 # GPU: the course's data scale (89,400 sprites) in batches of 1,024, each step replayed from a CUDA graph of
-# the compiled, channels_last UNet: sprite-small's step is hundreds of small kernels, and launched one by one from
-# Python they took 24-45 ms a step on an H100 at any batch up to 1,024 (23k images/s at 1,024); the graph and compile
-# lifted it to ~109k (benchmarks/results/training-cuda.md).
-# CPU: sized so that `accelerate launch train_conditional.py` trains and samples in 5 minutes on 2 idle AMD EPYC cores
-# with bf16 (about 370 images/s; about 6 minutes in fp32 at 290), enough for five recognisable classes, with room
-# for a machine shared with other work.
+# the compiled, channels_last UNet: sprite-small's step is hundreds of small kernels, so launched one by one from
+# Python its time is the host's launches, whatever the batch; the graph and compile remove most of that
+# (benchmarks/results/training-cuda.md).
+# CPU: sized so that `accelerate launch train_conditional.py` trains and samples in a few minutes on two cores,
+# enough for five recognisable classes.
 # Mixed precision is auto as well (bf16 where the hardware runs it natively), see `_auto_mixed_precision`.
 GPU_DEFAULTS = {
     "num_train_images": 89_400,
-    # 64 epochs (about 50 s of training on one H200): with the zero-snr recipe, DDPM-500's Fréchet distance falls from
-    # 1.06 at 32 epochs to 0.62 at 64 and 0.46 at 128 (benchmarks/results/few-step-quality-h200-*.md); 64 takes most
-    # of that gain for twice the training time, 128 the rest for four times.
+    # 64 epochs: with the zero-snr recipe, DDPM-500's Fréchet distance keeps falling from 32 epochs to 64 and 128;
+    # 64 takes most of that gain for twice 32's training time, 128 the rest for four times
+    # (benchmarks/results/few-step-quality-h200-*.md).
     "num_epochs": 64,
     "train_batch_size": 1024,
 }
@@ -60,10 +60,10 @@ CPU_DEFAULTS = {
 }
 
 
-# --recipe: the noise-schedule parts it sets, each overridden by its own flag. "zero-snr" was measured against
-# "course" on one H200 at 32 epochs (benchmarks/results/few-step-quality-h200-32epochs.md): the course schedule ends at
-# sqrt(abar_T) = 0.08, so the x_T it trains on still holds 8% of the image, which pure noise lacks; deterministic
-# samplers never recover it (DDIM-50 Fréchet distance 5.4x DDPM-500's), while abar_T = 0 halves that gap.
+# --recipe: the noise-schedule parts it sets, each overridden by its own flag. Why "zero-snr" is the default: the
+# course schedule ends at sqrt(abar_T) = 0.08, so the x_T it trains on still holds 8% of the image, which pure noise
+# lacks, and deterministic few-step samplers never recover it; abar_T = 0 (Lin et al. 2024) narrows their gap to
+# DDPM-500 (benchmarks/results/few-step-quality-h200-32epochs.md).
 RECIPES = {
     "zero-snr": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "snr_gamma": 5.0},
     "course": {"prediction_type": "epsilon", "rescale_betas_zero_snr": False, "snr_gamma": 0.0},
@@ -75,12 +75,12 @@ def _help(text: str) -> dict:
 
 
 # Text models train longer on a GPU than class models: their colour words keep improving where the classes are
-# already learned. On one H200, three runs at 96 epochs named 91.3-92.4% of caption colours right at guidance 3,
-# against 88.0-90.2% for three at 64 (benchmarks/results/text-eval-h200.md), for about 24 s more training.
+# already learned, and 96 epochs name more caption colours right than 64 for half as much training again
+# (benchmarks/results/text-eval-h200.md).
 TEXT_GPU_NUM_EPOCHS = 96
-# The context MLPs' hidden width for text models. The course's (as wide as the level, 64-80 channels) lost colour
-# words: on one H200, the default text run's named-colour accuracy went from 86.3% to 89.5% at guidance 3 with 512
-# (89.4% with 256; benchmarks/results/text-eval-h200.md). Class models keep the course's.
+# The context MLPs' hidden width for text models: the course's (as wide as the level, 64-80 channels) is too narrow
+# for a 384-wide sentence vector and loses colour words that a wider one keeps (benchmarks/results/text-eval-h200.md).
+# Class models keep the course's.
 TEXT_CONTEXT_MLP_DIM = 512
 
 
@@ -513,8 +513,8 @@ def cpu_threads(config: TrainingConfig, local_processes: int) -> tuple[int, str]
     """Threads for a CPU run and why: --num_cpu_threads, else the free cores at start-up, split between processes.
 
     torch's OpenMP threads wait for each other at the end of every operation, so a thread sharing its core with
-    another busy process stalls all of them: on 2 cores with one taken by a busy loop, 2 threads trained at 109
-    images/s, 1 thread at 278 (idle: 380 and 243; benchmarks/results/cpu_contention.md). Auto therefore counts the
+    another busy process stalls all of them: on 2 cores with one taken by a busy loop, 2 threads train at less than
+    half the speed of 1 (benchmarks/results/cpu_contention.md). Auto therefore counts the
     cores that are free when training starts (`free_cpu_cores`) and takes at most those, and never more than:
     - under `accelerate launch` (recognised by the ACCELERATE_DYNAMO_BACKEND it always exports): the physical cores
       divided between this machine's processes, as accelerate's own --cpu path does. Without --cpu the launcher

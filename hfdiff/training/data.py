@@ -35,6 +35,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..local_paths import looks_like_local_path
 from .config import TrainingConfig
 from .decoding import class_labels, decode_to_tensor, first_few, nhwc_to_tensor, resize_images, to_pil
 
@@ -316,11 +317,6 @@ def _is_saved_dataset(path: str) -> bool:
     return "dataset_dict.json" in names or {"dataset_info.json", "state.json"} <= names
 
 
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are "name" or "owner/name"; anything else is meant as a local path."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-
-
 def _load_named_dataset(name: str, config_name: str | None, streaming: bool = False):
     """A save_to_disk folder (loaded with load_from_disk), any other local folder, or a Hub id -> a Dataset; with
     `streaming`, an IterableDataset (load_dataset's streaming=True; a save_to_disk folder's to_iterable_dataset)."""
@@ -339,7 +335,7 @@ def _load_named_dataset(name: str, config_name: str | None, streaming: bool = Fa
             dataset = _train_split(dataset, name).to_iterable_dataset(num_shards=_STREAM_SHARDS)
     elif os.path.isdir(path):
         dataset = datasets.load_dataset(path, streaming=streaming)
-    elif _looks_like_path(name):
+    elif looks_like_local_path(name):
         raise FileNotFoundError(f"--dataset_name {name} looks like a local path but does not exist; check the path.")
     else:
         try:

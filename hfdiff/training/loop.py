@@ -391,17 +391,6 @@ def push_to_hub(config: TrainingConfig) -> None:
     logger.info(f"Pushed {config.output_dir} to the Hub: {url}", main_process_only=True)
 
 
-def dump_debug(dump_dir: str, rank: int, indices: list[torch.Tensor], unet) -> None:
-    """Testing aid (train's `debug_dump_dir`): the image indices this process trained on, in order, and its final
-    weights, in dump_dir/rank-<rank>.safetensors."""
-    from safetensors.torch import save_file
-
-    os.makedirs(dump_dir, exist_ok=True)
-    tensors = {"indices": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)}
-    tensors.update({f"unet.{name}": value.detach().cpu().contiguous() for name, value in unet.state_dict().items()})
-    save_file(tensors, os.path.join(dump_dir, f"rank-{rank}.safetensors"))
-
-
 def tracker_config(config: TrainingConfig, data: TrainingData, max_train_steps: int) -> dict:
     """The config as trackers take it: scalars and strings only (tensorboard's hparams refuse None)."""
     values = {**dataclasses.asdict(config), "data": data.description, "num_images": len(data)}
@@ -483,23 +472,21 @@ class Run:
         return config.train_batch_size * self.accelerator.num_processes * config.gradient_accumulation_steps
 
 
-def train(config: TrainingConfig, conditional: bool, *, debug_dump_dir: str | None = None) -> TrainingResult:
+def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
     """Train a ContextUNet2DModel as `config` says; one context entry per class of the data when `conditional`.
 
     The speed flags, thread count and global RNG states it changes are restored when it returns or raises; logging
-    is left to the caller (the training scripts' `main` sets it up). `debug_dump_dir` is a testing aid, not a flag:
-    each process writes the image indices it trained on and its final weights there (see `dump_debug`)."""
+    is left to the caller (the training scripts' `main` sets it up)."""
     entered = time.perf_counter()
     with RestoredProcessState() as process_state:
         config, accelerator, threads_note = start_accelerator(config, conditional, process_state)
         run = set_up(accelerator, config, conditional)
         if threads_note:  # logged once set-up has passed, so a user error before it stays the one line printed
             logger.info(threads_note, main_process_only=False)
-        trained_indices = [] if debug_dump_dir else None
         steps_start = time.perf_counter()
-        meter, logs = run_steps(run, trained_indices)
+        meter, logs = run_steps(run)
         run.seconds["steps"] = time.perf_counter() - steps_start
-        finish(run, debug_dump_dir, trained_indices)
+        finish(run)
         run.seconds["final save"] = time.perf_counter() - steps_start - run.seconds["steps"]
         run.seconds["train()"] = time.perf_counter() - entered
         logger.info(time_report(run.seconds), main_process_only=True)
@@ -674,9 +661,8 @@ def context_description(run: Run) -> str:
     return f"{run.contexts.table.shape[0]} distinct captions embedded by {name} ({run.contexts.context_dim} dims)"
 
 
-def run_steps(run: Run, trained_indices: list | None) -> tuple[Meter, dict]:
-    """The optimizer steps from run.global_step to the end; returns the meter and the last logged values.
-    `trained_indices`, when a list, receives each micro-batch's image indices (`debug_dump_dir`)."""
+def run_steps(run: Run) -> tuple[Meter, dict]:
+    """The optimizer steps from run.global_step to the end; returns the meter and the last logged values."""
     config, accelerator = run.config, run.accelerator
     progress = tqdm(
         total=run.max_train_steps, initial=run.global_step, desc="steps", disable=not accelerator.is_local_main_process
@@ -690,8 +676,6 @@ def run_steps(run: Run, trained_indices: list | None) -> tuple[Meter, dict]:
         generator.manual_seed(stream_seed(config.seed, accelerator.process_index, epoch, micro))
         loss, finished_step = run.step(indices, generator, images)
         meter.add(loss, finished_step)
-        if trained_indices is not None:
-            trained_indices.append(indices.cpu())
         if not finished_step:
             continue
         run.global_step += 1
@@ -736,13 +720,11 @@ def checkpoint_and_validate(run: Run, watch: LossWatch, epoch: int) -> None:
         run.seconds["validation"] = run.seconds.get("validation", 0.0) + time.perf_counter() - start
 
 
-def finish(run: Run, debug_dump_dir: str | None, trained_indices: list | None) -> None:
-    """The EMA pipeline and samples.png (main process), the testing aid's dump (every process), the trackers closed."""
+def finish(run: Run) -> None:
+    """The EMA pipeline and samples.png (main process), the trackers closed."""
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_final(accelerator, run.config, run.unet, run.ema, run.noise_scheduler, run.global_step, run.contexts)
-    if debug_dump_dir:
-        dump_debug(debug_dump_dir, accelerator.process_index, trained_indices, run.unet)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -59,11 +59,9 @@ def use_fast_cuda_kernels() -> None:
     """TF32 matmuls and convolutions for whatever autocast leaves in fp32. Call inside `RestoredProcessState`.
 
     cuDNN's autotuning (`torch.backends.cudnn.benchmark`) is left as the caller set it (off by default): timing every
-    convolution's algorithms in the warm-up steps cost 2.9 s of a warm start and 15.9 s of an uncompiled one on an
-    H200, and bought nothing: the same images/s with cuDNN's heuristics, compiled (100.2k vs 100.5k) and uncompiled
-    (57.4k vs 58.0k) (`benchmarks/results/cold-start-h200-cudnn.md`, 600 steps each). Full default runs afterwards
-    logged 116k images/s, against 121k in earlier sessions on other machines; whether that gap is the machines or the
-    heuristics is not settled by a same-machine full run yet (`default-command-h200.md`, last section)."""
+    convolution's algorithms lengthens the warm-up steps (most of all without torch.compile), and for sprite-sized
+    convolutions cuDNN's heuristics pick kernels that train as fast (benchmarks/results/cold-start-h200-cudnn.md). A
+    full default run with autotuning on against one with it off, on the same machine, is still to be measured."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 

@@ -7,17 +7,13 @@ import os
 import sys
 from typing import Callable
 
+from ..extras import is_missing_extra
 from .config import is_launch_main_process
 from .loop import NonFiniteLossError
 
 # Raised on purpose with a message that names the input and the fix: bad flags and data (ValueError, which includes
 # huggingface_hub's HFValidationError), missing files, an --output_dir that cannot be written, a diverged run.
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NonFiniteLossError)
-
-
-def _missing_extra(error: BaseException) -> bool:
-    """An optional extra the user has not installed (its message names it), not a broken import inside hfdiff."""
-    return isinstance(error, ImportError) and 'pip install "hfdiff[' in str(error)
 
 
 def run_training_script(main: Callable[[], object], argv: list[str] | None = None) -> int:
@@ -29,7 +25,7 @@ def run_training_script(main: Callable[[], object], argv: list[str] | None = Non
     try:
         main(argv)
     except Exception as error:
-        if not isinstance(error, USER_ERRORS) and not _missing_extra(error):
+        if not isinstance(error, USER_ERRORS) and not is_missing_extra(error):
             raise
         if is_launch_main_process():
             script = os.path.basename(sys.argv[0]) or "train"

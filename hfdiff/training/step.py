@@ -2,7 +2,7 @@
 `GraphedStep` (one CUDA GPU: the whole step replayed from a CUDA graph).
 
 A step of sprite-small is hundreds of small kernels: launched one by one from Python, the host needs more time to
-launch them than the GPU needs to run them (an H100 took 24-45 ms a step at any batch size up to 1,024). A CUDA
+launch them than the GPU needs to run them, so the step time hardly grows with the batch size. A CUDA
 graph records the launches once and replays them with one call, so the host's share shrinks to the few launches
 that draw the step's random numbers and move the LR schedule and the EMA decay along.
 
@@ -37,7 +37,8 @@ def draw_step_noise(
 ) -> StepNoise:
     """Draw a micro-batch's random numbers in a fixed order (context dropout, eps, t, then the flips with `flip`);
     `out` (a StepNoise) receives them in place, as a CUDA graph's static inputs must. The flips come last and only
-    when asked for, so that a run without --random_flip draws exactly what it drew before the flag existed."""
+    when asked for, so that --random_flip leaves every other draw of a micro-batch as it is: a run with the flag and
+    one without see the same noise, timesteps and dropout."""
     device = generator.device
     keep_draw = None
     if conditional:
