@@ -1,4 +1,8 @@
-"""hfdiff: small diffusion models (sprites and beyond) trained, sampled and shared on Hugging Face's stack."""
+"""hfdiff: small diffusion models (sprites and beyond) trained, sampled and shared on Hugging Face's stack.
+
+`hfdiff.pipelines` (SpriteDiffusionPipeline) is the repository's top-level pipelines/ folder, installed under this
+package by setup.cfg: it is the code that travels with every saved model (see pipelines/__init__.py).
+"""
 
 import importlib
 

@@ -248,7 +248,7 @@ def build_model_card(
     """A README.md for a saved pipeline: YAML metadata (library_name diffusers, tags, pipeline_tag, license), the
     class names, the architecture and schedule, the sample grid (`samples_file`, relative to the folder), metrics
     and the training configuration when known, and how to load it with and without hfdiff. `demo_app`: the folder
-    holds hfdiff.demo's app.py; the card says how to run it, and its Space metadata (sdk, app_file) lets the folder
+    holds the app.py of `hfdiff.demo_app`; the card says how to run it, and its Space metadata (sdk, app_file) lets the folder
     run as a Hub Space."""
     unet_config, scheduler_config = pipe.unet.config, pipe.scheduler.config
     class_names = pipe.class_names

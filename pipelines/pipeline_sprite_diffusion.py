@@ -144,7 +144,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         Args:
             model_card: a `huggingface_hub.ModelCard` to write as README.md; None builds one from the pipeline
                 (`hfdiff.hub.build_model_card`) when hfdiff is installed.
-            demo_app: also write `app.py` and `requirements.txt` (`hfdiff.demo.write_app`), a Gradio app for this
+            demo_app: also write `app.py` and `requirements.txt` (`hfdiff.demo_app.write_app`), a Gradio app for this
                 folder, so that it runs as a Hub Space as it is; the built model card says so. Needs hfdiff.
         """
         if not safe_serialization:

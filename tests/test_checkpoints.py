@@ -200,38 +200,3 @@ def test_optimizer_moments_get_their_parameters_layout_back(tmp_path):
     match_parameter_layout(optimizer)
     for key in ("exp_avg", "exp_avg_sq"):
         assert optimizer.state[conv.weight][key].stride() == conv.weight.stride()
-
-
-def test_identity_entries_added_later_compare_as_older_runs_had_them():
-    from hfdiff.training.checkpoints import identity_differences
-
-    older = {"prediction_type": "epsilon", "seed": 0}  # written before --recipe existed
-    course = {"prediction_type": "epsilon", "seed": 0, "rescale_betas_zero_snr": False, "snr_gamma": 0.0}
-    course["context_mlp_dim"] = 0  # the course's context MLP width, which every run before --context_mlp_dim had
-    course["context_time_embedding"] = False  # and the course's decoder-only context
-    assert identity_differences(older, course) == ""
-    assert identity_differences(older, {**course, "context_mlp_dim": 512}) == "context_mlp_dim: 0 -> 512"
-    zero_snr = {**course, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "snr_gamma": 5.0}
-    assert identity_differences(older, zero_snr) == (
-        "prediction_type: 'epsilon' -> 'v_prediction'; rescale_betas_zero_snr: False -> True; snr_gamma: 0.0 -> 5.0"
-    )
-
-
-def test_a_checkpoint_from_before_later_identity_entries_resumes(tmp_path, fresh_accelerate_state):
-    # A course-recipe run checkpointed by an hfdiff that had no --recipe and no --context_mlp_dim records neither
-    # entry; it is the same run as today's --recipe course (course context width) and resumes, pruning included.
-    from accelerate.state import AcceleratorState
-
-    out = tmp_path / "run"
-    train(config(out, "--max_train_steps", "2", "--recipe", "course"), conditional=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    state_file = out / "checkpoint-2" / "training_state.json"
-    state = json.loads(state_file.read_text())
-    for key in ("rescale_betas_zero_snr", "snr_gamma", "context_mlp_dim", "context_time_embedding"):
-        del state["run"][key]
-    state_file.write_text(json.dumps(state))
-    with pytest.raises(ValueError, match=r"another run .*rescale_betas_zero_snr: False -> True"):
-        train(config(out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"), conditional=True)
-    flags = ["--max_train_steps", "6", "--resume_from_checkpoint", "latest", "--recipe", "course"]
-    result = train(config(out, *flags, "--checkpoints_total_limit", "2"), conditional=True)
-    assert result.global_step == 6 and [step for step, _ in list_checkpoints(str(out))] == [4, 6]

@@ -230,7 +230,7 @@ def test_latest_takes_only_complete_checkpoints(tmp_path):
 def test_stale_temporaries_of_killed_saves_are_removed(tmp_path):
     from hfdiff.training.checkpoints import _remove_stale_temporaries
 
-    stale = ["checkpoint-6.tmp", ".checkpoint-4.old", "checkpoint-2.old"]  # the last: as versions before retired_path
+    stale = ["checkpoint-6.tmp", ".checkpoint-4.old"]
     kept = ["checkpoint-8", ".checkpoint-notes.old", "checkpoint-8.tmp.keep", "samples.png"]
     for name in stale + kept:
         (tmp_path / name).mkdir()

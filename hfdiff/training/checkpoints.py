@@ -6,10 +6,10 @@ plus perhaps a `checkpoint-<step>.tmp` or a retired `.checkpoint-<step>.old` one
 next save removes. Old checkpoints are pruned after the new one exists, never before (with a limit of 1, pruning first
 would leave no checkpoint at all if the save died), and each is renamed to its `retired_path` before it is deleted, so
 a kill in the middle of a deletion never leaves a half-deleted `checkpoint-<int>` that still looks complete. Moving
-into place and retiring are the pipeline's `replace_path`/`retired_path`: one folder swap for pipelines and
-checkpoints. A save that fails (a full disk) removes what it wrote and
-raises an OSError naming the checkpoint, the free space and the fix; the checkpoints already saved are untouched.
-No fsync: this protects against the process dying, not against the machine losing power.
+into place and retiring are `hfdiff.folder_swap`'s `replace_path`/`retired_path`: one folder swap for pipelines and
+checkpoints. A save that fails (a full disk) removes what it wrote and raises an OSError naming the checkpoint, the
+free space and the fix; the checkpoints already saved are untouched. No fsync: this protects against the process
+dying, not against the machine losing power.
 
 What a checkpoint holds is data only (checkpoint_state.py: safetensors and JSON). Its training_state.json records the
 run's identity (`run_identity`: the config entries that define the run and a fingerprint of the data), so that one
@@ -36,9 +36,8 @@ logger = get_logger(__name__)
 
 STATE_FILE = "training_state.json"  # written last, inside the .tmp folder: {"global_step": ..., ...}
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-# What a killed or failed save leaves: a half-written checkpoint-N.tmp, a retired .checkpoint-N.old (and the
-# checkpoint-N.old that versions before retired_path left).
-_STALE = re.compile(r"^(checkpoint-\d+\.(tmp|old)|\.checkpoint-\d+\.old)$")
+# What a killed or failed save leaves: a half-written checkpoint-N.tmp, a retired .checkpoint-N.old.
+_STALE = re.compile(r"^(checkpoint-\d+\.tmp|\.checkpoint-\d+\.old)$")
 _FEWER = " (a lower --checkpoints_total_limit keeps fewer checkpoints)"
 # Another run's checkpoints, moved aside by --overwrite_output_dir; deleted once this run's first checkpoint exists.
 _OVERWRITTEN = re.compile(r"^\.checkpoint-\d+\.overwritten$")
@@ -51,14 +50,6 @@ IDENTITY_ENTRIES = (
     "text_encoder_name_or_path", "holdout", "dataset_name", "dataset_config_name", "image_column", "label_column",
     "caption_column", "resolution", "num_train_images", "use_ema", "seed",
 )  # fmt: skip
-
-
-# Identity entries added after checkpoints had identities, with the value every run before them had: a checkpoint
-# without the entry is compared as if it held that value, so a run started before --recipe still resumes under
-# --recipe course.
-ADDED_IDENTITY_ENTRIES = {
-    "rescale_betas_zero_snr": False, "snr_gamma": 0.0, "context_mlp_dim": 0, "context_time_embedding": False,
-}  # fmt: skip
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -239,7 +230,6 @@ def identity_differences(saved: dict | None, current: dict) -> str:
     """`key: saved -> now` for each entry that differs; a checkpoint without an identity is an older hfdiff's."""
     if saved is None:
         return "it records no run identity (an older hfdiff wrote it)"
-    saved = {**ADDED_IDENTITY_ENTRIES, **saved}  # what runs from before an entry existed did
     keys = sorted(set(saved) | set(current))
     return "; ".join(
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in keys if saved.get(key) != current.get(key)
@@ -247,7 +237,7 @@ def identity_differences(saved: dict | None, current: dict) -> str:
 
 
 def same_run(saved: dict | None, current: dict) -> bool:
-    """Whether a checkpoint's recorded identity is `current`'s run, entries added since it was written included."""
+    """Whether a checkpoint's recorded identity is `current`'s run."""
     return saved is not None and not identity_differences(saved, current)
 
 
@@ -263,7 +253,7 @@ def check_checkpoints_belong_to_run(config, identity: dict) -> None:
     if resume:
         path = find_checkpoint(output_dir, resume)
         if path is not None:
-            refuse_pickles(path)  # first: an older hfdiff's checkpoint has pickles and no identity
+            refuse_pickles(path)  # first: a checkpoint in a pickled format has no identity to compare either
             _refuse_foreign(path, identity, resume)
         return
     runs = {path: read_training_state(path).get("run") for _, path in list_checkpoints(output_dir)}
