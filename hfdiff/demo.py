@@ -46,6 +46,7 @@ DISPLAY_SIZE = 128  # sprites are shown about this many pixels wide (16x16 sprit
 MIXTURE = "mixture (sliders)"  # the class choice that samples the sliders' context vector
 KEEP_GIFS = 16  # denoising GIFs kept in the demo's own folder
 # Keeps sprites blocky in the browser too: the <img> is scaled to the page's width, and browsers smooth by default.
+# Gradio 6 takes page CSS in launch(), so serve() and the Space's app.py pass it there.
 PIXELATED_CSS = "img { image-rendering: pixelated; }"
 
 
@@ -388,11 +389,12 @@ def _endpoint(gr, demo: Demo, inputs: Sequence) -> Callable:
 def build_app(pipe, max_batch: int = MAX_BATCH, title: str = "Sprite diffusion"):
     """The Gradio Blocks app for `pipe`, queued one request at a time (the pipeline's scheduler keeps per-call
     state). Its "generate" endpoint takes (class_name, prompt, negative_prompt, guidance_scale, sampler, steps, eta,
-    num_images, seed, gif, *one weight per class) and returns (grid image, GIF file or None, summary)."""
+    num_images, seed, gif, *one weight per class) and returns (grid image, GIF file or None, summary). Launch it with
+    `css=PIXELATED_CSS` to keep the sprites blocky on the page."""
     gr = require_gradio()
     demo = Demo(pipe, max_batch)
     # delete_cache: gradio's copies of results older than an hour go, checked every 10 minutes (a Space runs for days).
-    with gr.Blocks(title=title, css=PIXELATED_CSS, analytics_enabled=False, delete_cache=(600, 3600)) as app:
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(f"# {title}\n{_describe(pipe, demo.controls)}")
         with gr.Row():
             with gr.Column():
@@ -412,15 +414,15 @@ def build_app(pipe, max_batch: int = MAX_BATCH, title: str = "Sprite diffusion")
                 lambda label: [MIXTURE, *demo.controls.presets.get(label, [0.0] * len(sliders))],
                 inputs=preset,
                 outputs=[class_name, *sliders],
-                api_name=False,
+                api_visibility="private",
             )
         sampler, steps, eta, gif = settings[1], settings[2], settings[3], settings[6]
-        gif.change(lambda on: gr.update(visible=on), inputs=gif, outputs=outputs[1], api_name=False)
+        gif.change(lambda on: gr.update(visible=on), inputs=gif, outputs=outputs[1], api_visibility="private")
         sampler.change(
             lambda name: (gr.update(value=demo.default_steps(name)), gr.update(visible=_takes_eta(pipe, name))),
             inputs=sampler,
             outputs=[steps, eta],
-            api_name=False,
+            api_visibility="private",
         )
     return app.queue(default_concurrency_limit=1)
 
@@ -459,5 +461,12 @@ def serve(
     check_port_free(host, port)
     pipe = load_pipeline(model, device)
     app = build_app(pipe, max_batch, title=f"Sprite diffusion: {Path(str(model)).name}")
-    app.launch(server_name=host, server_port=port, show_error=True, prevent_thread_lock=not block, quiet=not block)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        css=PIXELATED_CSS,
+        show_error=True,
+        prevent_thread_lock=not block,
+        quiet=not block,
+    )
     return app

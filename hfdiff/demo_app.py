@@ -22,7 +22,7 @@ Run it with `python app.py`; uploaded as a Hugging Face Space (Gradio SDK), the 
 import os
 from pathlib import Path
 
-from hfdiff.demo import build_app, load_pipeline
+from hfdiff.demo import PIXELATED_CSS, build_app, load_pipeline
 
 folder = Path(__file__).resolve().parent
 demo = build_app(
@@ -32,7 +32,7 @@ demo = build_app(
 )
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(css=PIXELATED_CSS)
 '''
 
 
@@ -46,7 +46,7 @@ def write_app(folder: str | os.PathLike, max_batch: int = MAX_BATCH) -> list[str
         hfdiff = f"hfdiff>={version('hfdiff')}"
     except PackageNotFoundError:  # hfdiff imported from a source tree rather than installed
         hfdiff = "hfdiff"
-    requirements = f"{hfdiff}\ngradio>=5,<6\n"
+    requirements = f"{hfdiff}\ngradio>=6,<7\n"
     (folder / "requirements.txt").write_text(requirements, encoding="utf-8")
     return list(APP_FILES)
 
