@@ -1,6 +1,7 @@
 """The `hfdiff` command: what to do with a trained model.
 
     hfdiff sample sprite-model --per_class 8 --output samples.png           # a grid, one labelled row per class
+    hfdiff sample sprite-model --sampler ddpm                                 # the course's DDPM over every step
     hfdiff sample sprite-model --class_names hero food --scheduler ddim --num_inference_steps 25
     hfdiff visualize all --model sprite-model --output_dir pictures          # every picture (PNG, GIF)
     hfdiff visualize schedules --output_dir docs                             # the model-free ones need no --model
@@ -19,6 +20,10 @@ classifier scores a model of a whole multiple of its size (--preset sprite-64) o
 `evaluate` on a text model (one with a text encoder) samples prompts instead of classes and also uses the attribute
 classifier in --attribute_classifier (default: MODEL/attribute_classifier, trained there when missing).
 Every subcommand is a thin layer over hfdiff.visualize and hfdiff.evaluate, whose functions take the same options.
+Sampling defaults to the recommended sampler (--sampler dpm++: DPM-Solver++ 2M SDE, 25 steps, guidance 1.5 on models
+with a context), built by hfdiff.samplers.with_sampler exactly as Python and the demo build it; --num_inference_steps,
+--guidance_scale and --eta override its recipe. On a CPU each command takes as many threads as there are free cores
+(hfdiff.cpu_threads, as training does).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import sys
 
 from hfdiff.extras import is_missing_extra
 from hfdiff.pipeline_loading import load_pipeline
-from hfdiff.samplers import SAMPLERS
+from hfdiff.samplers import RECOMMENDED, REPORT_SAMPLERS, SAMPLERS
 
 PICTURES = {  # name -> (file written, needs a model)
     "samples": ("samples.png", True),
@@ -45,12 +50,16 @@ PICTURES = {  # name -> (file written, needs a model)
 }
 
 
+SAMPLING_COMMANDS = ("sample", "visualize", "evaluate", "report")  # on a CPU: threads from the free cores
+
+
 class UserError(Exception):
     """A mistake in the command line, reported as one line instead of a traceback."""
 
 
 def sampling_pipeline(args):
-    """The model of `args.model` with the sampler asked for (--sampler model or a name in hfdiff.samplers)."""
+    """The model of `args.model` with the sampler asked for: a name in hfdiff.samplers (`with_sampler`: its
+    scheduler and recipe), or "model" for the scheduler and recipe saved with the model."""
     from hfdiff.samplers import with_sampler
 
     pipe = load_pipeline(args.model, args.device)
@@ -63,18 +72,10 @@ def _generator(args):
     return torch.Generator("cpu").manual_seed(args.seed)  # CPU: the same pictures on every device
 
 
-def _sampling_kwargs(args, pipe=None) -> dict:
-    """The pipeline call's sampling keywords; a named sampler's default steps fit `pipe`'s schedule when given."""
-    from hfdiff.samplers import default_steps, get_sampler
-
-    steps = args.num_inference_steps
-    if steps is None and args.scheduler != "model":
-        if pipe is None:
-            steps = get_sampler(args.scheduler).num_inference_steps
-        else:
-            steps = default_steps(args.scheduler, pipe.scheduler.config.num_train_timesteps)
+def _sampling_kwargs(args) -> dict:
+    """The pipeline call's sampling keywords; None leaves one to the pipeline's recipe (`sampling_defaults`)."""
     return {
-        "num_inference_steps": steps,
+        "num_inference_steps": args.num_inference_steps,
         "guidance_scale": args.guidance_scale,
         "eta": args.eta,
         "extra_noise": not args.no_extra_noise,
@@ -132,7 +133,7 @@ def cmd_sample(args) -> None:
             negative_prompt=[args.negative_prompt] * len(args.prompt) if args.negative_prompt is not None else None,
             num_images_per_prompt=args.num_images_per_prompt or args.per_class,
             generator=_generator(args),
-            **_sampling_kwargs(args, pipe),
+            **_sampling_kwargs(args),
         )
     else:
         grid = class_grid(
@@ -140,7 +141,7 @@ def cmd_sample(args) -> None:
             per_class=args.per_class,
             class_names=args.class_names,
             generator=_generator(args),
-            **_sampling_kwargs(args, pipe),
+            **_sampling_kwargs(args),
         )
     _makedirs_for(args.output)
     grid.save(args.output)
@@ -153,7 +154,7 @@ def make_picture(name: str, args, pipe=None) -> str:
 
     path = os.path.join(args.output_dir, PICTURES[name][0])
     generator = _generator(args)
-    sampling = _sampling_kwargs(args, pipe)
+    sampling = _sampling_kwargs(args)
     if name == "schedules":
         image = vis.schedule_curves(pipe.scheduler if pipe is not None else None)
     elif name == "embedding":
@@ -377,7 +378,7 @@ def cmd_evaluate(args) -> None:
         batch_size=args.batch_size,
         generator=_generator(args),
         standard=True,
-        **_sampling_kwargs(args, pipe),
+        **_sampling_kwargs(args),
     )
     print(ev.format_metrics(metrics))
     _write_json(metrics, args.output)
@@ -456,22 +457,31 @@ def _add_sampling(parser: argparse.ArgumentParser, scheduler_choice: bool = True
             "--scheduler",
             dest="scheduler",
             choices=("model", *SAMPLERS),
-            default="model",
-            help="The model's saved scheduler, or a named sampler on the same schedule (hfdiff.samplers): dpm++ "
-            "(diffusers' DPM-Solver++ 2M SDE on 25 steps, the recommended few-step sampler), fast (DDPM on 25 "
-            "strided steps), ddpm (every step), ddim (50 steps).",
+            default=RECOMMENDED,
+            help="A named sampler on the model's schedule, with its steps and guidance (hfdiff.samplers): dpm++ "
+            "(the default: diffusers' DPM-Solver++ 2M SDE on 25 steps at guidance 1.5), fast (DDPM on 25 strided "
+            "steps), ddpm (the course's DDPM over every step), ddim (50 steps); or model, the scheduler and recipe "
+            "saved with the model.",
         )
         group.add_argument(
             "--num_inference_steps",
             type=int,
             default=None,
-            help="Denoising steps; default: the sampler's (dpm++ 25, fast 25, ddim 50), all T for DDPM schedulers.",
+            help="Denoising steps; default: the sampler's (dpm++ 25, fast 25, ddpm every step, ddim 50).",
         )
-        group.add_argument("--eta", type=float, default=0.0, help="DDIM's noise scale: 0 deterministic, 1 DDPM-like.")
+        group.add_argument(
+            "--eta", type=float, default=None, help="DDIM's noise scale: 0 deterministic, 1 DDPM-like; default 0."
+        )
         group.add_argument(
             "--no_extra_noise", action="store_true", help="DDPM without the sigma_t z term (the blurry-mean demo)."
         )
-    group.add_argument("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance w; 1 = none.")
+    group.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance w, 1 = none; default: the sampler's (dpm++ 1.5, the others 1) on a model with "
+        "a context, 1 on an unconditional one.",
+    )
     group.add_argument("--seed", type=int, default=0, help="Seed of the starting noise and every step's noise.")
     group.add_argument("--device", default=None, help="Torch device; default cuda when available, else cpu.")
 
@@ -611,9 +621,10 @@ def _add_report_command(commands) -> None:
     report.add_argument(
         "--samplers",
         nargs="+",
-        default=["DDPM", "DDIM eta=0", "DDIM eta=1"],
-        choices=["DDPM", "DDIM eta=0", "DDIM eta=1"],
-        help="Samplers to compare (quote the names).",
+        default=list(REPORT_SAMPLERS),
+        choices=list(REPORT_SAMPLERS),
+        help="Samplers to compare (quote the names): the recommended one beside the course's DDPM and DDIM; each at "
+        "its own guidance (dpm++ 1.5, the others 1) unless --guidance_scale is given.",
     )
     report.add_argument("--per_class", type=int, default=50, help="Images generated per class and row.")
     _add_classifier(report)
@@ -655,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.command in SAMPLING_COMMANDS and str(args.device).startswith("cpu"):
+        from hfdiff.cpu_threads import use_free_cores
+
+        print(use_free_cores())
     try:
         args.func(args)
     except (UserError, ValueError, FileNotFoundError, ImportError) as error:

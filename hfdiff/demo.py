@@ -34,12 +34,9 @@ import torch
 from hfdiff.demo_app import MAX_BATCH
 from hfdiff.pipeline_loading import load_pipeline
 from hfdiff.pipelines.image_processing import postprocess_sample, upscale_images
-from hfdiff.samplers import SAMPLERS as SAMPLER_PRESETS
-from hfdiff.samplers import default_steps, with_sampler
+from hfdiff.samplers import RECOMMENDED, SAMPLERS, with_sampler
 from hfdiff.visualize import CLASSIC_MIXTURES, labelled_rows, mixture_contexts, save_gif, titled
 
-# The sampler dropdown, in hfdiff.samplers' order (first = default: the recommended few-step "dpm++").
-SAMPLERS = tuple(SAMPLER_PRESETS)
 MAX_SLIDERS = 10  # unnamed context vectors longer than this get no mixture sliders (a text model's 384 entries)
 GRID_COLUMNS = 8  # the most sprites to a row of the grid (at least 4, about square in between)
 DISPLAY_SIZE = 128  # sprites are shown about this many pixels wide (16x16 sprites: upscaled 8x, nearest neighbour)
@@ -106,10 +103,10 @@ class Request:
 
     num_images: int = 4
     seed: int = 0
-    sampler: str = SAMPLERS[0]
-    steps: int = 25
-    eta: float = 0.0
-    guidance_scale: float = 1.0
+    sampler: str = RECOMMENDED  # a name of hfdiff.samplers.SAMPLERS (the dropdown, in its order)
+    steps: int | None = None  # None: the sampler's own (`Demo.sampler_defaults`), as in Python and the CLI
+    eta: float | None = None
+    guidance_scale: float | None = None
     class_name: str | None = None
     mixture: Sequence[float] = ()
     prompt: str = ""
@@ -150,9 +147,14 @@ class Demo:
     def num_train_timesteps(self) -> int:
         return self.pipe.scheduler.config.num_train_timesteps
 
+    def sampler_defaults(self, sampler: str) -> dict:
+        """What `sampler` runs when a setting is left out: the recipe `with_sampler` gives its pipeline
+        (`sampling_defaults`: steps at most T, eta, guidance), the same as in Python and the CLI."""
+        return sampler_pipeline(self.pipe, sampler).sampling_defaults
+
     def default_steps(self, sampler: str) -> int:
         """The sampler's own step count (hfdiff.samplers), at most T."""
-        return default_steps(sampler, self.num_train_timesteps)
+        return self.sampler_defaults(sampler)["num_inference_steps"]
 
     def conditioning(self, request: Request) -> dict:
         """The pipeline keywords for the request's class, mixture or prompt (checked against the model)."""
@@ -207,7 +209,8 @@ class Demo:
         self.check(request)
         pipe = sampler_pipeline(self.pipe, request.sampler)
         takes_eta = "eta" in inspect.signature(pipe.scheduler.step).parameters
-        steps = int(request.steps)
+        steps = int(request.steps) if request.steps is not None else pipe.sampling_defaults["num_inference_steps"]
+        guidance = request.guidance_scale
         # A step callback turns CUDA's fast sampler (graph replays, no Python per step) off: on CUDA the page's
         # progress bar gets no steps unless the GIF needs the callback anyway.
         per_step = request.gif or (progress is not None and pipe.device.type != "cuda")
@@ -217,9 +220,9 @@ class Demo:
         start = time.perf_counter()
         images = pipe(
             **self.conditioning(request),
-            guidance_scale=float(request.guidance_scale) if self.controls.guidance else 1.0,
+            guidance_scale=(None if guidance is None else float(guidance)) if self.controls.guidance else 1.0,
             num_inference_steps=steps,
-            eta=float(request.eta) if takes_eta else 0.0,
+            eta=(None if request.eta is None else float(request.eta)) if takes_eta else 0.0,
             generator=torch.Generator("cpu").manual_seed(int(request.seed)),  # CPU: the same images on every device
             callback_on_step_end=callback if per_step else None,
         ).images
@@ -297,6 +300,16 @@ def _takes_eta(pipe, sampler: str) -> bool:
     return "eta" in inspect.signature(with_sampler(pipe, sampler).scheduler.step).parameters
 
 
+def _sampler_settings(gr, demo: Demo, name: str) -> tuple:
+    """The guidance, steps and eta controls set to sampler `name`'s recipe when it is picked."""
+    defaults = demo.sampler_defaults(name)
+    return (
+        gr.update(value=defaults["guidance_scale"]),
+        gr.update(value=defaults["num_inference_steps"]),
+        gr.update(value=defaults["eta"], visible=_takes_eta(demo.pipe, name)),
+    )
+
+
 def _describe(pipe, controls: Controls) -> str:
     size = pipe.unet.config.sample_size
     if controls.text:
@@ -327,12 +340,14 @@ def _conditioning_inputs(gr, controls: Controls) -> tuple:
 
 def _settings_inputs(gr, demo: Demo) -> list:
     """(guidance, sampler, steps, eta, images, seed, GIF) controls; guidance hidden for unconditional models."""
-    first = SAMPLERS[0]
+    first = demo.sampler_defaults(RECOMMENDED)
     return [
-        gr.Slider(0.0, 10.0, value=1.0, step=0.5, label="guidance scale", visible=demo.controls.guidance),
-        gr.Dropdown(choices=list(SAMPLERS), value=first, label="sampler"),
-        gr.Slider(1, demo.num_train_timesteps, value=demo.default_steps(first), step=1, label="steps"),
-        gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="eta", visible=_takes_eta(demo.pipe, first)),
+        gr.Slider(
+            0.0, 10.0, value=first["guidance_scale"], step=0.5, label="guidance scale", visible=demo.controls.guidance
+        ),
+        gr.Dropdown(choices=list(SAMPLERS), value=RECOMMENDED, label="sampler"),
+        gr.Slider(1, demo.num_train_timesteps, value=first["num_inference_steps"], step=1, label="steps"),
+        gr.Slider(0.0, 1.0, value=first["eta"], step=0.05, label="eta", visible=_takes_eta(demo.pipe, RECOMMENDED)),
         gr.Slider(1, demo.max_batch, value=min(8, demo.max_batch), step=1, label="images"),
         gr.Number(value=0, precision=0, minimum=0, label="seed"),
         gr.Checkbox(value=False, label="denoising GIF"),
@@ -416,12 +431,12 @@ def build_app(pipe, max_batch: int = MAX_BATCH, title: str = "Sprite diffusion")
                 outputs=[class_name, *sliders],
                 api_visibility="private",
             )
-        sampler, steps, eta, gif = settings[1], settings[2], settings[3], settings[6]
+        guidance, sampler, steps, eta, gif = settings[0], settings[1], settings[2], settings[3], settings[6]
         gif.change(lambda on: gr.update(visible=on), inputs=gif, outputs=outputs[1], api_visibility="private")
         sampler.change(
-            lambda name: (gr.update(value=demo.default_steps(name)), gr.update(visible=_takes_eta(pipe, name))),
+            lambda name: _sampler_settings(gr, demo, name),
             inputs=sampler,
-            outputs=[steps, eta],
+            outputs=[guidance, steps, eta],
             api_visibility="private",
         )
     return app.queue(default_concurrency_limit=1)

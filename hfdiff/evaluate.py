@@ -39,16 +39,13 @@ from diffusers.image_processor import VaeImageProcessor
 from torch import nn
 from tqdm.auto import tqdm
 
+from hfdiff.samplers import REPORT_SAMPLERS
+
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_CONFIG = "classifier_config.json"
 HELDOUT_SEED = 1_000_003  # seed of the held-out procedural sprites (training data uses small seeds such as 0)
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception v3
 PROCEDURAL_SPRITES = "procedural sprites"  # in the description of data drawn by hfdiff.data.generate_sprites
-SAMPLERS = {  # report sampler name -> (scheduler, eta)
-    "DDPM": ("ddpm", 0.0),
-    "DDIM eta=0": ("ddim", 0.0),
-    "DDIM eta=1": ("ddim", 1.0),
-}
 
 logger = logging.getLogger(__name__)
 _POOLINGS_LOGGED: set[tuple[int, int]] = set()
@@ -507,8 +504,8 @@ def generate_images(
     num_classes: int | None = None,
     batch_size: int = 250,
     num_inference_steps: int | None = None,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
     extra_noise: bool = True,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -648,8 +645,8 @@ def evaluate_pipeline(
     per_class: int = 100,
     batch_size: int = 250,
     num_inference_steps: int | None = None,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
     extra_noise: bool = True,
     generator: torch.Generator | None = None,
     standard: bool = False,
@@ -734,40 +731,49 @@ def ddpm_vs_ddim(
     classifier: SpriteClassifier,
     real: RealSprites,
     steps: Sequence[int | None] = (10, 25, 50, 100, None),
-    samplers: Sequence[str] = tuple(SAMPLERS),
+    samplers: Sequence[str] = tuple(REPORT_SAMPLERS),
     per_class: int = 50,
     batch_size: int = 250,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict]:
-    """Evaluate every (sampler, step count) pair; None in `steps` is the full chain (T steps). Every row starts from
-    the same seed. Returns one dict per row: evaluate_pipeline's metrics plus "sampler" and "steps"."""
-    from hfdiff.samplers import with_sampler
+    """Evaluate every (sampler, step count) pair of REPORT_SAMPLERS; None in `steps` is the full chain (T steps).
+    Every row starts from the same seed. `guidance_scale` None: each sampler's own (hfdiff.samplers). Returns one
+    dict per row: evaluate_pipeline's metrics plus "sampler", "steps" and "guidance_scale"."""
+    from hfdiff.samplers import step_limit, with_sampler
 
-    unknown = [name for name in samplers if name not in SAMPLERS]
+    unknown = [name for name in samplers if name not in REPORT_SAMPLERS]
     if unknown:
-        raise ValueError(f"Unknown samplers {unknown}; choose from {list(SAMPLERS)}.")
+        raise ValueError(f"Unknown samplers {unknown}; choose from {list(REPORT_SAMPLERS)}.")
     resolved = resolve_steps(steps, pipe.scheduler.config.num_train_timesteps)
     # One small untimed run first, so that the first timed row does not pay for warm-up (allocations, kernels).
     with_sampler(pipe, "ddim")(batch_size=2, num_inference_steps=2, output_type="np")
     rows = []
     jobs = [(name, s) for name in samplers for s in resolved]
     for name, count in tqdm(jobs, desc="report", disable=not progress):
-        scheduler, eta = SAMPLERS[name]
+        sampler, eta = REPORT_SAMPLERS[name]
+        other = with_sampler(pipe, sampler)
+        count = min(count, step_limit(sampler, other.scheduler.config.num_train_timesteps))
+        guided = other.unet.config.context_dim is not None
+        w = (
+            (other.sampling_defaults["guidance_scale"] if guided else 1.0)
+            if guidance_scale is None
+            else guidance_scale
+        )
         metrics = evaluate_pipeline(
-            with_sampler(pipe, scheduler),
+            other,
             classifier,
             real,
             per_class=per_class,
             batch_size=batch_size,
             num_inference_steps=count,
-            guidance_scale=guidance_scale,
+            guidance_scale=w,
             eta=eta,
             generator=torch.Generator("cpu").manual_seed(seed),
             progress=progress,
         )
-        rows.append({"sampler": name, "steps": count, **metrics})
+        rows.append({"sampler": name, "steps": count, "guidance_scale": w, **metrics})
     return rows
 
 
@@ -785,13 +791,14 @@ def report_markdown(rows: Sequence[dict], title: str = "DDPM vs DDIM") -> str:
     lines = [
         f"### {title}",
         "",
-        "| sampler | steps | s / image | images / s | accuracy | Fréchet distance |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| sampler | steps | guidance | s / image | images / s | accuracy | Fréchet distance |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "n/a"
         lines.append(
-            f"| {row['sampler']} | {row['steps']} | {row['seconds'] / row['images']:.4f} | "
+            f"| {row['sampler']} | {row['steps']} | {row.get('guidance_scale', 1.0):g} | "
+            f"{row['seconds'] / row['images']:.4f} | "
             f"{row['images_per_second']:.1f} | {accuracy} | {row['frechet']:.3f} |"
         )
     if rows:

@@ -324,7 +324,7 @@ def generate_from_prompts(
     pipe,
     prompts: Sequence[str],
     images_per_prompt: int = 5,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     batch_size: int = 250,
     num_inference_steps: int | None = None,
     generator: torch.Generator | None = None,

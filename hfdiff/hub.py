@@ -160,6 +160,8 @@ A small diffusion model trained with [hfdiff](https://pypi.org/project/hfdiff/):
 - Conditioning: {{ conditioning }}
 - Parameters: {{ num_parameters }}
 - Noise schedule: {{ num_train_timesteps }} steps, `{{ beta_schedule }}` betas, predicts `{{ prediction_type }}`
+- Sampling by default: {{ sampling }}; `hfdiff.samplers.with_sampler(pipe, "ddpm")` gives the course's DDPM over
+  every step
 
 ## Use it
 
@@ -236,6 +238,14 @@ def _space_metadata() -> dict:
     return metadata
 
 
+def _sampling(pipe) -> str:
+    """The pipeline's sampling defaults (its scheduler's recipe) in words, for the card."""
+    defaults = pipe.sampling_defaults
+    name = f"{defaults['sampler']} " if defaults["sampler"] else ""
+    guided = f", guidance {defaults['guidance_scale']:g}" if pipe.unet.config.context_dim is not None else ""
+    return f"{name}(`{type(pipe.scheduler).__name__}`), {defaults['num_inference_steps']} steps{guided}"
+
+
 def build_model_card(
     pipe,
     repo_id: str | None = None,
@@ -278,6 +288,7 @@ def build_model_card(
         num_train_timesteps=scheduler_config.num_train_timesteps,
         beta_schedule=scheduler_config.beta_schedule,
         prediction_type=scheduler_config.prediction_type,
+        sampling=_sampling(pipe),
         first_class=class_names[0] if class_names else None,
         text=text_encoder is not None,
         metrics=metrics,

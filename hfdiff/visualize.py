@@ -10,7 +10,8 @@ noise schedules, the timestep embedding and context mixtures.
     vis.schedule_curves().save("schedules.png")                 # needs no model
 
 Every function that samples takes the pipeline's own keywords (`num_inference_steps`, `eta`, `extra_noise`,
-`guidance_scale`, `generator`) and returns PIL images. Comparisons draw the starting noise x_T once and pass it to
+`guidance_scale`, `generator`) and returns PIL images; None leaves one to the pipeline's defaults (its scheduler's
+recipe, `sampling_defaults`). Comparisons draw the starting noise x_T once and pass it to
 every variant through `latents=`, with each variant's step noise drawn from its own copy of `generator`, so the panels
 differ only by what is being compared. Sample grids are drawn with PIL and diffusers' make_image_grid; the plots
 (schedules, timestep embedding) with matplotlib, the optional extra `pip install "hfdiff[plots]"`, imported only
@@ -209,8 +210,8 @@ def class_grid(
     per_class: int = 8,
     class_names: Sequence[str | int] | None = None,
     num_inference_steps: int | None = None,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
     extra_noise: bool = True,
     generator: torch.Generator | None = None,
     scale: int = SCALE,
@@ -306,8 +307,8 @@ def denoising_frames(
     class_labels: Sequence[str | int] | None = None,
     every: int | None = None,
     num_inference_steps: int | None = None,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
     extra_noise: bool = True,
     generator: torch.Generator | None = None,
     scale: int = SCALE,
@@ -322,7 +323,7 @@ def denoising_frames(
 
     indices, _ = resolve_classes(pipe, class_labels)
     batch_size = len(indices) if indices is not None else UNCONDITIONAL_ROWS
-    pipe.scheduler.set_timesteps(num_inference_steps or _default_steps(pipe))
+    pipe.scheduler.set_timesteps(num_inference_steps or pipe.sampling_defaults["num_inference_steps"])
     steps = len(pipe.scheduler.timesteps)
     every = every or max(1, steps // 25)
     latents = draw_latents(pipe, batch_size, generator)
@@ -347,14 +348,6 @@ def denoising_frames(
     for canvas, frame in zip(canvases, frames):
         canvas.paste(frame, (0, 0))
     return canvases
-
-
-def _default_steps(pipe) -> int:
-    """The pipeline's own default step count (every training step for DDPM, 50 for other schedulers)."""
-    from diffusers import DDPMScheduler
-
-    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
-    return num_train_timesteps if isinstance(pipe.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
 
 
 def save_gif(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: int = 10, hold_s: float = 1.5) -> str:
@@ -400,7 +393,7 @@ def extra_noise_comparison(
     per_class: int = 4,
     class_names: Sequence[str | int] | None = None,
     num_inference_steps: int | None = None,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     generator: torch.Generator | None = None,
     scale: int = SCALE,
 ) -> PIL.Image.Image:
@@ -422,8 +415,8 @@ def sampler_comparison(
     class_names: Sequence[str | int] | None = None,
     num_inference_steps: int | None = None,
     ddpm_steps: int | None = None,
-    eta: float = 0.0,
-    guidance_scale: float = 1.0,
+    eta: float | None = None,
+    guidance_scale: float | None = None,
     generator: torch.Generator | None = None,
     scale: int = SCALE,
 ) -> PIL.Image.Image:
@@ -434,6 +427,7 @@ def sampler_comparison(
     the layout its starting noise suggests."""
     num_train_timesteps = pipe.scheduler.config.num_train_timesteps
     ddpm_steps = ddpm_steps or num_train_timesteps
+    eta = 0.0 if eta is None else eta
     num_inference_steps = num_inference_steps or min(25, num_train_timesteps)
     variants = [
         (f"DDPM, {ddpm_steps} steps", with_sampler(pipe, "ddpm"), {"num_inference_steps": ddpm_steps}),
@@ -476,8 +470,8 @@ def context_mixture_grid(
     mixtures: Mapping[str, Mapping[str, float]] = CLASSIC_MIXTURES,
     per_mixture: int = 6,
     num_inference_steps: int | None = None,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
     extra_noise: bool = True,
     generator: torch.Generator | None = None,
     scale: int = SCALE,

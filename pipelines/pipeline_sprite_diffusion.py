@@ -27,6 +27,12 @@ from .scheduler_steps import scheduler_step_kwargs
 from .text_encoding import encode_text, text_embedding_dim
 
 ClassLabel = int | str
+# The scheduler config entry that holds the sampling recipe, {"sampler", "num_inference_steps", "eta",
+# "guidance_scale"}: what a call runs for each of those keywords it is not given. It lives in the scheduler's config
+# because the scheduler is the sampler: it is saved in scheduler_config.json, kept by every diffusers scheduler's
+# from_config (as diffusers keeps other schedulers' entries), and needs no code to load. Private (leading "_"), as
+# diffusers' own bookkeeping entries are, so that schedulers do not warn about an entry they do not take.
+SAMPLING_RECIPE = "_sampling_recipe"
 
 
 class SpriteDiffusionPipeline(DiffusionPipeline):
@@ -48,13 +54,21 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
     ```py
     >>> from hfdiff import SpriteDiffusionPipeline, SpriteDDIMScheduler
     >>> pipe = SpriteDiffusionPipeline.from_pretrained("sprite-model")
-    >>> pipe(batch_size=4, class_labels="hero").images  # four heroes, full DDPM
+    >>> pipe(batch_size=4, class_labels="hero").images  # four heroes: the saved recipe (dpm++, 25 steps, w = 1.5)
     >>> pipe(context=[[1.0, 0, 0.6, 0, 0]]).images  # a mixture: hero + 0.6 food
+    >>> from hfdiff.samplers import with_sampler
+    >>> with_sampler(pipe, "ddpm")(batch_size=4, class_labels="hero").images  # the course's DDPM: every step, w = 1
     >>> pipe.scheduler = SpriteDDIMScheduler.from_config(pipe.scheduler.config)
-    >>> pipe(batch_size=5, class_labels=[0, 1, 2, 3, 4], num_inference_steps=25).images  # fast DDIM
+    >>> pipe(batch_size=5, class_labels=[0, 1, 2, 3, 4], num_inference_steps=25, guidance_scale=1.0).images  # DDIM
     >>> text_pipe = SpriteDiffusionPipeline.from_pretrained("sprite-text-model")  # trained with --conditioning text
     >>> text_pipe(prompt="a green slime monster", num_images_per_prompt=4, guidance_scale=3.0).images
     ```
+
+    Sampling defaults: a call runs the recipe its scheduler carries (`sampling_defaults`) for each of
+    `num_inference_steps`, `guidance_scale` and `eta` it is not given. Training saves the recommended one
+    (hfdiff.samplers' "dpm++": DPM-Solver++ 2M SDE, 25 steps, w = 1.5); `hfdiff.samplers.with_sampler(pipe, name)`
+    sets another. A scheduler without a recipe (folders saved without one, schedulers built by hand) samples every
+    training step with DDPM schedulers and 50 steps with others, at w = 1 and eta = 0.
     """
 
     model_cpu_offload_seq = "text_encoder->unet"
@@ -334,7 +348,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         if not extra_noise and "extra_noise" not in step_params:
             raise ValueError(
                 f"extra_noise=False needs SpriteDDPMScheduler, but the pipeline has {type(self.scheduler).__name__}; "
-                "swap it in with SpriteDDPMScheduler.from_config(pipe.scheduler.config)."
+                'use hfdiff.samplers.with_sampler(pipe, "ddpm") (or --sampler ddpm on the command line), or swap it in '
+                "with pipe.scheduler = SpriteDDPMScheduler.from_config(pipe.scheduler.config)."
             )
 
     def enable_fast_sampling(self, enabled: bool = True, **options) -> None:
@@ -370,6 +385,20 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             device=device, generator=generator, callback_on_step_end=callback_on_step_end
         )
         return self._fast_sampler if reason is None else None
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """What a call runs for each sampling keyword it is not given: {"sampler" (a name of hfdiff.samplers, or
+        None), "num_inference_steps", "eta", "guidance_scale"}, from the recipe the scheduler carries in its config
+        (SAMPLING_RECIPE, written by hfdiff.samplers.with_sampler and so by training), else the scheduler's own:
+        every training step for DDPM schedulers (the course's sampler), 50 (at most T) for others, eta 0 and
+        guidance 1. The guidance applies only where there is a context to guide towards: an unconditional model,
+        or a call without class labels, context or prompt, runs one plain pass whatever it says."""
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        steps = num_train_timesteps if isinstance(self.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
+        defaults = {"sampler": None, "num_inference_steps": steps, "eta": 0.0, "guidance_scale": 1.0}
+        recipe = self.scheduler.config.get(SAMPLING_RECIPE) or {}
+        return {**defaults, **{key: recipe[key] for key in defaults if recipe.get(key) is not None}}
 
     @property
     def guidance_scale(self) -> float:
@@ -538,13 +567,9 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         return self.unet.prepare_context(context, batch_size, device, dtype)
 
     def prepare_timesteps(self, num_inference_steps: int | None, device) -> torch.Tensor:
-        """Set the scheduler's timesteps: None = every training step for DDPM schedulers (the course's sampler),
-        50 for others. Returns them, (N,)."""
+        """Set the scheduler's timesteps: None = `sampling_defaults`' count. Returns them, (N,)."""
         if num_inference_steps is None:
-            num_train_timesteps = self.scheduler.config.num_train_timesteps
-            num_inference_steps = (
-                num_train_timesteps if isinstance(self.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
-            )
+            num_inference_steps = self.sampling_defaults["num_inference_steps"]
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         # A first-order scheduler visits each timestep once (Heun-like ones, order 2, visit each twice by design);
@@ -583,9 +608,9 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         batch_size: int = 1,
         class_labels: ClassLabel | Sequence[ClassLabel] | None = None,
         context: torch.Tensor | Sequence[Sequence[float]] | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         extra_noise: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -609,9 +634,13 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 mixtures such as hero 1.0 + food 0.6 are fine. Neither class_labels nor context: the null context.
             guidance_scale: w of classifier-free guidance, eps_hat = eps(x,t,null) + w (eps(x,t,c) - eps(x,t,null)).
                 1.0 is plain conditional sampling (one forward pass); any other value, with a context to guide
-                towards, batches the conditional and the null pass into one forward pass of 2B images.
-            num_inference_steps: denoising steps; None = every training step for DDPM schedulers, 50 for others.
+                towards, batches the conditional and the null pass into one forward pass of 2B images. None: the
+                scheduler's recipe (`sampling_defaults`; 1.5 in the recipe training saves) on a model with a
+                context, 1.0 on an unconditional one.
+            num_inference_steps: denoising steps; None = the scheduler's recipe (`sampling_defaults`: 25 in the
+                recipe training saves; without a recipe every training step for DDPM schedulers, 50 for others).
             eta: DDIM's noise scale (0 deterministic, 1 DDPM-like); only for schedulers whose step takes eta.
+                None = the scheduler's recipe (0 unless it says otherwise).
             extra_noise: False skips the sigma_t z term of every DDPM step (needs SpriteDDPMScheduler), the
                 classic demonstration that samples collapse to blurry means without it.
             generator: torch.Generator (or one per image) for the initial noise and every step's noise. A CPU
@@ -636,7 +665,12 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         Returns:
             `ImagePipelineOutput` with `images` in the chosen output_type.
         """
-        # 1. every input checked before any work
+        # 1. the scheduler's recipe for every sampling keyword not given, then every input checked before any work
+        defaults = self.sampling_defaults
+        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        eta = defaults["eta"] if eta is None else eta
+        if guidance_scale is None:  # the recipe's w where there is a context to guide; a no-op pass-through elsewhere
+            guidance_scale = defaults["guidance_scale"] if self.unet.config.context_dim is not None else 1.0
         self.check_inputs(
             batch_size,
             class_labels,

@@ -105,3 +105,27 @@ def test_a_real_busy_process_takes_its_core_away():
         busy.wait()
     assert cores == 1, reason
     assert reason.startswith(("1 of 2 CPUs free", "0 of 2 CPUs free")), reason
+
+
+@pytest.mark.parametrize("command", ["sample", "visualize"])
+def test_cli_on_a_cpu_takes_the_free_cores_as_training_does(machine, command, tmp_path, capsys):
+    """`hfdiff sample` / `visualize` on a CPU with one of two cores busy run one thread (training's rule,
+    hfdiff.cpu_threads), and say so."""
+    from tiny import make_pipe
+
+    from hfdiff import cli
+
+    make_pipe().save_pretrained(tmp_path / "model")
+    machine([100.0, 3.0], launcher=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if command == "sample":
+            args = ["sample", str(tmp_path / "model"), "--per_class", "1", "--output", str(tmp_path / "g.png")]
+        else:
+            args = ["visualize", "samples", "--model", str(tmp_path / "model"), "--output_dir", str(tmp_path)]
+        assert cli.main([*args, "--device", "cpu", "--num_inference_steps", "2"]) == 0
+        assert torch.get_num_threads() == 1
+        assert "1 CPU thread(s): at most 2 (torch's thread count); 1 of 2 CPUs free" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)

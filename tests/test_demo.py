@@ -10,7 +10,9 @@ from test_text import save_tiny_bert
 from test_text_pipeline import make_text_pipe
 from tiny import T, make_pipe
 
+import hfdiff.samplers
 from hfdiff.demo import MIXTURE, SAMPLERS, Demo, Request, model_controls, sampler_pipeline
+from hfdiff.samplers import RECOMMENDED, with_sampler
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,8 +132,21 @@ def test_unconditional_model_ignores_guidance():
     assert "2 image(s)" in result.summary
 
 
+def test_request_defaults_are_the_samplers_recipe_as_in_python(class_pipe):
+    """A request that leaves steps, guidance and eta out runs what `with_sampler(pipe, name)()` runs in Python."""
+    demo = Demo(class_pipe)
+    for name in SAMPLERS:
+        result = demo.generate(Request(sampler=name, num_images=2, class_name="food"))
+        python = with_sampler(class_pipe, name)
+        python(batch_size=2, class_labels="food", output_type="np")
+        assert f"{python.num_timesteps} steps" in result.summary
+        assert demo.sampler_defaults(name) == python.sampling_defaults
+    assert demo.sampler_defaults("dpm++")["guidance_scale"] == 1.5 and demo.default_steps("dpm++") == 19
+
+
 def test_sampler_pipeline_keeps_every_component(class_pipe):
-    assert SAMPLERS[0] == "dpm++"  # the recommended few-step sampler is the page's default
+    assert next(iter(SAMPLERS)) == RECOMMENDED == Request().sampler  # the recommended sampler is the page's default
+    assert SAMPLERS is hfdiff.samplers.SAMPLERS  # one table of samplers, for the page, Python and the CLI
     for name in SAMPLERS:
         other = sampler_pipeline(class_pipe, name)
         assert other.unet is class_pipe.unet

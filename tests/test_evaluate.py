@@ -111,18 +111,21 @@ def test_standard_fid_never_downloads(monkeypatch, tmp_path):
 def test_ddpm_vs_ddim_report(classifier, real, tmp_path):
     pipe = make_pipe()
     rows = ev.ddpm_vs_ddim(pipe, classifier, real, steps=(2, None), per_class=2, progress=False)
-    assert [(r["sampler"], r["steps"]) for r in rows] == [
-        ("DDPM", 2),
-        ("DDPM", 20),
-        ("DDIM eta=0", 2),
-        ("DDIM eta=0", 20),
-        ("DDIM eta=1", 2),
-        ("DDIM eta=1", 20),
+    # the recommended sampler first, at its own guidance; its "full" row at the 19 steps it can take of T = 20
+    assert [(r["sampler"], r["steps"], r["guidance_scale"]) for r in rows] == [
+        ("dpm++", 2, 1.5),
+        ("dpm++", 19, 1.5),
+        ("DDPM", 2, 1.0),
+        ("DDPM", 20, 1.0),
+        ("DDIM eta=0", 2, 1.0),
+        ("DDIM eta=0", 20, 1.0),
+        ("DDIM eta=1", 2, 1.0),
+        ("DDIM eta=1", 20, 1.0),
     ]
     paths = ev.write_report(rows, tmp_path / "report")
     table = open(paths["md"], encoding="utf-8").read()
-    assert table.count("\n| DD") == 6 and "floor" in table
-    assert len(json.load(open(paths["json"], encoding="utf-8"))) == 6
+    assert table.count("\n| DD") == 6 and table.count("\n| dpm++ | 19 | 1.5 |") == 1 and "floor" in table
+    assert len(json.load(open(paths["json"], encoding="utf-8"))) == 8
     with PIL.Image.open(paths["png"]) as plot:
         assert plot.width > 2 * plot.height > 400  # three panels side by side
     with pytest.raises(ValueError, match="outside"):

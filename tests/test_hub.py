@@ -57,7 +57,8 @@ DIFFUSERS_ONLY = textwrap.dedent(
                   output_type="np").images
     np.save(out, images)
     print(json.dumps({"pipeline": type(pipe).__module__, "unet": type(pipe.unet).__module__,
-                      "scheduler": type(pipe.scheduler).__module__,
+                      "scheduler": type(pipe.scheduler).__module__, "steps": pipe.num_timesteps,
+                      "guidance_scale": pipe.guidance_scale,
                       "hfdiff_loaded": sys.modules.get("hfdiff") is not None}))
     """
 )
@@ -120,6 +121,23 @@ def test_diffusers_alone_loads_from_a_local_path_and_by_repo_id_offline(saved, t
         assert info["pipeline"].startswith("diffusers_modules.") and info["unet"].startswith("diffusers_modules.")
         assert info["scheduler"].startswith("diffusers_modules.") and not info["hfdiff_loaded"]
         np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
+
+
+def test_diffusers_alone_samples_with_the_saved_recipe(tmp_path):
+    """A folder saved with a named sampler (as training saves dpm++) samples with its steps and guidance where only
+    diffusers is installed: the recipe is a scheduler config entry, and the exported pipeline code reads it."""
+    from hfdiff.samplers import with_sampler
+
+    pipe = with_sampler(make_pipe(), "dpm++")
+    folder = tmp_path / "dpm-sprites"
+    pipe.save_pretrained(folder)
+    out = tmp_path / "images.npy"
+    result = run_without_hfdiff(DIFFUSERS_ONLY, folder, out, hf_home=tmp_path / "hf", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["scheduler"].startswith("diffusers.") and (info["steps"], info["guidance_scale"]) == (19, 1.5)
+    assert "are not expected and will be ignored" not in result.stderr  # no warning about the recipe entry
+    np.testing.assert_allclose(np.load(out), sample(pipe), atol=1e-6)
 
 
 def test_hfdiff_loads_by_repo_id_from_the_hub_cache(saved, tmp_path):

@@ -1,6 +1,8 @@
 """Named samplers (hfdiff.samplers): built from the model's own scheduler config, every other component kept, the
 "fast" and the recommended "dpm++" on the CUDA-graph path, and the CLI's --sampler."""
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
@@ -101,7 +103,14 @@ def test_dpm_sampler_gives_diffusers_solver_images_in_the_pipeline_and_on_the_fa
     pipe = with_sampler(make_pipe(scheduler=zero_snr_scheduler()), "dpm++")
     labels = ["hero", "food", 2, 4]
     expected = by_hand(pipe, DPMSolverMultistepScheduler.from_config(pipe.scheduler.config), 4, labels, seed(3))
-    got = pipe(batch_size=4, class_labels=labels, num_inference_steps=20, generator=seed(3), output_type="pt")
+    got = pipe(
+        batch_size=4,
+        class_labels=labels,
+        num_inference_steps=20,
+        guidance_scale=1.0,
+        generator=seed(3),
+        output_type="pt",
+    )
     torch.testing.assert_close(got.images, expected, rtol=0, atol=1e-6)
 
     generator = seed(3)
@@ -117,45 +126,133 @@ def test_unknown_sampler_names_the_choices():
         get_sampler("dpm")
 
 
-def test_cli_sampler_flag_takes_the_named_sampler_and_its_steps(tmp_path, monkeypatch):
-    from hfdiff import cli
-
-    pipe = make_pipe(scheduler=zero_snr_scheduler())
-    pipe.save_pretrained(tmp_path / "model")
-    calls = []
-    real_call = type(pipe).__call__
-
-    def recording_call(self, *args, **kwargs):
-        calls.append((type(self.scheduler).__name__, kwargs.get("num_inference_steps")))
-        return real_call(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(pipe), "__call__", recording_call)
-    for flag, expected in (
-        (["--sampler", "fast"], ("SpriteDDPMScheduler", 25)),
-        (["--scheduler", "ddim"], ("SpriteDDIMScheduler", 50)),
-        (["--sampler", "dpm++"], ("DPMSolverMultistepScheduler", 25)),
-    ):
-        output = tmp_path / f"{flag[1]}.png"
-        args = ["sample", str(tmp_path / "model"), "--per_class", "1", "--output", str(output), "--device", "cpu"]
-        assert cli.main([*args, *flag]) == 0 and output.exists()
-        assert calls[-1] == expected
-
-
-def test_cli_named_sampler_steps_fit_a_short_schedule(tmp_path, monkeypatch):
-    # On a model trained with fewer steps than the sampler's own count, the CLI takes default_steps (as the demo
-    # does) instead of refusing its own default: T = 20 with "leading" spacing gives dpm++ 19 steps and fast 20.
-    from hfdiff import cli
-
-    make_pipe().save_pretrained(tmp_path / "model")
+def recorded_calls(monkeypatch) -> list:
+    """(scheduler class, steps run, guidance w, whether the null pass ran) of every pipeline call from now on, read
+    off the pipeline after the call: what it ran, whoever chose the keywords."""
     calls = []
     real_call = SpriteDiffusionPipeline.__call__
 
     def recording_call(self, *args, **kwargs):
-        calls.append((type(self.scheduler).__name__, kwargs.get("num_inference_steps")))
-        return real_call(self, *args, **kwargs)
+        output = real_call(self, *args, **kwargs)
+        calls.append(
+            (type(self.scheduler).__name__, self.num_timesteps, self.guidance_scale, self.do_classifier_free_guidance)
+        )
+        return output
 
     monkeypatch.setattr(SpriteDiffusionPipeline, "__call__", recording_call)
-    for name, expected in (("dpm++", ("DPMSolverMultistepScheduler", 19)), ("fast", ("SpriteDDPMScheduler", 20))):
-        output = tmp_path / "grid.png"
-        args = ["sample", str(tmp_path / "model"), "--per_class", "1", "--output", str(output), "--device", "cpu"]
-        assert cli.main([*args, "--sampler", name]) == 0 and calls[-1] == expected
+    return calls
+
+
+# What each named sampler runs on a model of T = 500 steps (as the sprites' are), and on the tiny T = 20 one with
+# "leading" spacing (dpm++ one fewer: see test_collapsed_spacing_is_refused_and_the_defaults_avoid_it).
+EXPECTED = {  # name: (scheduler, steps at T = 500, steps at T = 20, guidance on a model with a context)
+    "dpm++": ("DPMSolverMultistepScheduler", 25, 19, 1.5),
+    "fast": ("SpriteDDPMScheduler", 25, 20, 1.0),
+    "ddpm": ("SpriteDDPMScheduler", 500, 20, 1.0),
+    "ddim": ("SpriteDDIMScheduler", 50, 20, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_with_sampler_call_runs_the_samplers_steps_and_guidance(name):
+    """The README's line `with_sampler(pipe, "dpm++")(batch_size=5, class_labels="food", guidance_scale=1.5)` runs 25
+    steps, and each named sampler its own count and guidance without being told; explicit keywords still win."""
+    pipe = make_pipe(scheduler=SpriteDDPMScheduler(num_train_timesteps=500))
+    other = with_sampler(pipe, name)
+    scheduler, steps, _, guidance = EXPECTED[name]
+    other(batch_size=2, class_labels="food", output_type="np")
+    assert (type(other.scheduler).__name__, other.num_timesteps, other.guidance_scale) == (scheduler, steps, guidance)
+    assert other.do_classifier_free_guidance == (guidance != 1.0)
+    assert other.sampling_defaults == {
+        "sampler": name,
+        "num_inference_steps": steps,
+        "eta": 0.0,
+        "guidance_scale": guidance,
+    }
+    other(batch_size=5, class_labels="food", guidance_scale=1.5, output_type="np")
+    assert other.num_timesteps == steps and other.do_classifier_free_guidance
+    other(batch_size=1, class_labels="food", num_inference_steps=3, guidance_scale=1.0, output_type="np")
+    assert (other.num_timesteps, other.do_classifier_free_guidance) == (3, False)
+    assert pipe.sampling_defaults["sampler"] is None  # the pipeline it came from keeps its scheduler and defaults
+
+
+def test_guidance_default_is_a_no_op_without_a_context():
+    """The recommended recipe's w = 1.5 needs a context: an unconditional model, and a class model called without
+    labels, run one plain pass (no error, no doubled batch)."""
+    unconditional = with_sampler(make_pipe(context_dim=None), "dpm++")
+    assert len(unconditional(batch_size=2).images) == 2
+    assert unconditional.guidance_scale == 1.0 and not unconditional.do_classifier_free_guidance
+    with pytest.raises(ValueError, match="needs a conditional model"):
+        unconditional(batch_size=1, guidance_scale=1.5)  # asked for by name: still refused
+    conditional = with_sampler(make_pipe(), "dpm++")
+    conditional(batch_size=2)
+    assert conditional.guidance_scale == 1.5 and not conditional.do_classifier_free_guidance
+
+
+def test_recipe_survives_save_and_load_and_folders_without_one_keep_sampling_as_saved(tmp_path):
+    pipe = make_pipe()
+    fast = with_sampler(pipe, "fast")
+    fast.save_pretrained(tmp_path / "fast")
+    loaded = SpriteDiffusionPipeline.from_pretrained(tmp_path / "fast")
+    assert type(loaded.scheduler) is SpriteDDPMScheduler and loaded.sampling_defaults == fast.sampling_defaults
+    # a folder saved without a recipe (a scheduler built by hand, or hfdiff before recipes): every DDPM step, w = 1
+    pipe.save_pretrained(tmp_path / "plain")
+    plain = SpriteDiffusionPipeline.from_pretrained(tmp_path / "plain")
+    plain.set_progress_bar_config(disable=True)
+    plain(batch_size=1, class_labels="hero")
+    assert (plain.num_timesteps, plain.guidance_scale) == (20, 1.0)
+    assert plain.sampling_defaults == {"sampler": None, "num_inference_steps": 20, "eta": 0.0, "guidance_scale": 1.0}
+
+
+def test_extra_noise_off_names_the_way_to_ddpm():
+    with pytest.raises(ValueError, match='with_sampler\\(pipe, "ddpm"\\)'):
+        with_sampler(make_pipe(), "dpm++")(batch_size=1, extra_noise=False)
+    assert len(with_sampler(make_pipe(), "dpm++")(batch_size=1, extra_noise=True).images) == 1
+    assert len(with_sampler(make_pipe(), "ddpm")(batch_size=1, extra_noise=False).images) == 1
+
+
+@pytest.mark.parametrize(
+    "flag", [[], ["--sampler", "dpm++"], ["--sampler", "fast"], ["--scheduler", "ddim"], ["--sampler", "ddpm"]]
+)
+def test_cli_and_python_run_the_same_sampler(flag, tmp_path, monkeypatch):
+    """`hfdiff sample` with a sampler (default: the recommended one) runs what `with_sampler` runs in Python: the same
+    scheduler, steps and guidance, and the same grid pixel for pixel."""
+    from hfdiff import cli
+    from hfdiff.samplers import RECOMMENDED
+    from hfdiff.visualize import class_grid
+
+    make_pipe().save_pretrained(tmp_path / "model")  # T = 20, no recipe
+    calls = recorded_calls(monkeypatch)
+    output = tmp_path / "grid.png"
+    args = ["sample", str(tmp_path / "model"), "--per_class", "2", "--output", str(output), "--device", "cpu"]
+    assert cli.main([*args, *flag]) == 0
+    name = flag[1] if flag else RECOMMENDED
+    scheduler, _, steps, guidance = EXPECTED[name]
+    assert calls[-1] == (scheduler, steps, guidance, guidance != 1.0)
+    pipe = with_sampler(SpriteDiffusionPipeline.from_pretrained(tmp_path / "model"), name)
+    expected = class_grid(pipe, per_class=2, generator=torch.Generator("cpu").manual_seed(0))
+    assert calls[-1] == (scheduler, steps, guidance, guidance != 1.0)
+    with PIL.Image.open(output) as image:
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(expected.convert("RGB")))
+
+
+def test_cli_model_sampler_runs_the_saved_scheduler_and_recipe(tmp_path, monkeypatch):
+    from hfdiff import cli
+
+    with_sampler(make_pipe(), "ddim").save_pretrained(tmp_path / "ddim-model")
+    make_pipe().save_pretrained(tmp_path / "plain-model")  # no recipe: every DDPM step at w = 1
+    calls = recorded_calls(monkeypatch)
+    for model, expected in (
+        ("ddim-model", ("SpriteDDIMScheduler", 20, 1.0, False)),
+        ("plain-model", ("SpriteDDPMScheduler", 20, 1.0, False)),
+    ):
+        args = ["sample", str(tmp_path / model), "--per_class", "1", "--output", str(tmp_path / "g.png")]
+        assert cli.main([*args, "--device", "cpu", "--sampler", "model"]) == 0 and calls[-1] == expected
+    args = ["sample", str(tmp_path / "plain-model"), "--per_class", "1", "--output", str(tmp_path / "g.png")]
+    assert (
+        cli.main(
+            [*args, "--device", "cpu", "--sampler", "model", "--num_inference_steps", "4", "--guidance_scale", "2"]
+        )
+        == 0
+    )
+    assert calls[-1] == ("SpriteDDPMScheduler", 4, 2.0, True)

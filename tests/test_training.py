@@ -247,11 +247,16 @@ def test_train_conditional_script(tmp_path):
     run_script([sys.executable, "train_conditional.py", *TINY_RUN, *args, "--checkpoints_total_limit", "1"])
 
     assert [path.name for path in out.glob("checkpoint-*")] == ["checkpoint-4"]
-    assert (out / "samples.png").is_file() and PIL.Image.open(out / "samples.png").size == (2 * 64, 5 * 64)
+    with PIL.Image.open(out / "samples.png") as grid:  # a row per class with its name left of it, as the CLI draws
+        assert grid.height == 5 * 64 + 4 * 2 and grid.width > 2 * 64 + 30
+        assert (np.asarray(grid.convert("L"))[:64, : grid.width - 2 * 64] < 128).any()  # ink of the "hero" label
     assert (out / "validation" / "step-000004.png").is_file()
     assert list((out / "logs").rglob("events.out.tfevents.*"))
     pipe = SpriteDiffusionPipeline.from_pretrained(out)
     assert pipe.class_names == list(SPRITE_CLASSES) and pipe.unet.config.context_dim == 5
+    # saved with the recommended sampler and its recipe (19 steps: dpm++ on T = 20 with the test's spacing)
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert pipe.sampling_defaults == {"sampler": "dpm++", "num_inference_steps": 19, "eta": 0.0, "guidance_scale": 1.5}
     images = pipe(batch_size=2, class_labels=["hero", "food"], num_inference_steps=3, output_type="np").images
     assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
 

@@ -22,6 +22,7 @@ from typing import Literal, Optional
 
 import torch
 
+from ..cpu_threads import free_core_threads, free_cpu_cores  # noqa: F401 (free_cpu_cores: training's name for it)
 from ..local_paths import missing_local_folder
 
 # Every schedule the sprite schedulers build (laplace included): the flag offers them all, and the validation
@@ -485,37 +486,13 @@ def _auto_mixed_precision(device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
-# How long start-up watches the CPUs for other work, and the share of a CPU that marks it busy. Idle CPUs read a few
-# per cent (noise, the launcher); one taken by another process reads ~100 %.
-LOAD_SAMPLE_SECONDS = 0.3
-BUSY_CPU_PERCENT = 50.0
-
-
-def free_cpu_cores(sample_seconds: float = LOAD_SAMPLE_SECONDS) -> tuple[int, str]:
-    """Physical cores (at least 1) this process may use that no other process keeps busy, and how they were counted.
-
-    Only the CPUs of this process's affinity count (taskset, cgroup cpusets). A logical CPU is free when it was less
-    than BUSY_CPU_PERCENT busy over `sample_seconds`; free logical CPUs are scaled to physical cores, since two
-    hyper-threads of one core are no faster than one thread of it for these convolutions."""
-    import psutil
-
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    busy = psutil.cpu_percent(interval=sample_seconds, percpu=True)
-    free = [cpu for cpu in allowed if cpu < len(busy) and busy[cpu] < BUSY_CPU_PERCENT]
-    logical = psutil.cpu_count(logical=True) or len(busy) or 1
-    physical = psutil.cpu_count(logical=False) or logical
-    cores = max(1, len(free) * physical // logical)
-    loads = ", ".join(f"cpu{cpu} {busy[cpu]:.0f}%" for cpu in allowed if cpu < len(busy))
-    return cores, f"{len(free)} of {len(allowed)} CPUs free over {sample_seconds:g} s ({loads})"
-
-
 def cpu_threads(config: TrainingConfig, local_processes: int) -> tuple[int, str]:
     """Threads for a CPU run and why: --num_cpu_threads, else the free cores at start-up, split between processes.
 
     torch's OpenMP threads wait for each other at the end of every operation, so a thread sharing its core with
     another busy process stalls all of them: on 2 cores with one taken by a busy loop, 2 threads train at less than
-    half the speed of 1 (benchmarks/results/cpu_contention.md). Auto therefore counts the
-    cores that are free when training starts (`free_cpu_cores`) and takes at most those, and never more than:
+    half the speed of 1 (benchmarks/results/cpu_contention.md). Auto therefore counts the cores that are free when
+    training starts (`hfdiff.cpu_threads.free_cpu_cores`) and takes at most those, and never more than:
     - under `accelerate launch` (recognised by the ACCELERATE_DYNAMO_BACKEND it always exports): the physical cores
       divided between this machine's processes, as accelerate's own --cpu path does. Without --cpu the launcher
       exports OMP_NUM_THREADS=1 to every process when no GPU is found, which would halve the speed of a 2-core run;
@@ -531,8 +508,7 @@ def cpu_threads(config: TrainingConfig, local_processes: int) -> tuple[int, str]
         limit, limit_reason = max(1, physical // processes), f"{physical} physical cores / {processes} process(es)"
     else:
         limit, limit_reason = torch.get_num_threads(), "torch's thread count"
-    cores, load = free_cpu_cores()
-    threads = max(1, min(limit, cores // processes))
+    threads, load = free_core_threads(limit, processes)
     return threads, f"auto: at most {limit} ({limit_reason}); {load}"
 
 

@@ -366,12 +366,15 @@ def validate(accelerator, config, unet, ema, noise_scheduler, step: int, context
 
 
 def save_final(accelerator, config, unet, ema, noise_scheduler, step: int, contexts: Contexts | None = None) -> None:
-    """The EMA pipeline (fp32, full DDPM scheduler of training; a text model's with its text encoder and tokenizer)
-    and samples.png beside it, in --output_dir."""
-    from hfdiff import SpriteDDPMScheduler
+    """The EMA pipeline (fp32; a text model's with its text encoder and tokenizer) and samples.png beside it, in
+    --output_dir. Its scheduler is the recommended sampler (hfdiff.samplers.RECOMMENDED) built from the training
+    schedule's config, carrying that sampler's recipe, so that `pipe()` samples well by default, as a diffusers
+    text-to-image pipeline's call does; `with_sampler(pipe, "ddpm")` gives back the course's DDPM over every step."""
+    from hfdiff.samplers import RECOMMENDED, sampler_scheduler
 
-    pipe, prompts = ema_pipeline(unet, ema, SpriteDDPMScheduler.from_config(noise_scheduler.config), contexts)
-    samples = sample_grid(pipe, config.num_validation_images, config.seed, prompts=prompts)  # every DDPM step
+    scheduler = sampler_scheduler(noise_scheduler.config, RECOMMENDED)
+    pipe, prompts = ema_pipeline(unet, ema, scheduler, contexts)
+    samples = sample_grid(pipe, config.num_validation_images, config.seed, prompts=prompts)  # the saved recipe
     save_pipeline(pipe, config.output_dir, samples, training_config=dataclasses.asdict(config))
     log_image(accelerator, "samples", samples, step)
     logger.info(f"Saved the pipeline and samples.png to {config.output_dir}.", main_process_only=True)

@@ -6,9 +6,8 @@ import os
 
 import PIL.Image
 import torch
-from diffusers.utils import make_image_grid
 
-from hfdiff.visualize import MAX_CLASS_ROWS, UNCONDITIONAL_ROWS, upscale  # the grids users draw look the same
+from hfdiff.visualize import UNCONDITIONAL_ROWS, grid_labels, labelled_rows, upscale  # grids look like the CLI's
 
 from .checkpoints import save_error
 
@@ -30,16 +29,18 @@ def weights_copy(unet: torch.nn.Module, ema=None) -> torch.nn.Module:
 def sample_grid(
     pipe, per_row: int, seed: int, num_inference_steps: int | None = None, prompts: list[str] | None = None
 ) -> PIL.Image.Image:
-    """A grid of samples from a fixed seed: a row per prompt (text models), per class (names from the UNet's config),
-    or UNCONDITIONAL_ROWS rows."""
-    num_classes = pipe.unet.config.context_dim
+    """A grid of samples from a fixed seed, drawn and labelled as the CLI's grids (hfdiff.visualize.labelled_rows):
+    a row per prompt (text models) or per class (its name from the UNet's config, as `grid_labels` gives it), or
+    UNCONDITIONAL_ROWS unlabelled rows. Sampled with the pipeline's defaults (its scheduler's recipe) except
+    `num_inference_steps` when given."""
+    indices, labels = grid_labels(pipe)
     conditioning = {}
     if prompts is not None:
-        rows = len(prompts)
+        rows, labels = len(prompts), list(prompts)
         conditioning["prompt"] = [prompt for prompt in prompts for _ in range(per_row)]
-    elif num_classes is not None:
-        rows = min(num_classes, MAX_CLASS_ROWS)
-        conditioning["class_labels"] = [k for k in range(rows) for _ in range(per_row)]
+    elif indices is not None:
+        rows = len(indices)
+        conditioning["class_labels"] = [k for k in indices for _ in range(per_row)]
     else:
         rows = UNCONDITIONAL_ROWS
     pipe.set_progress_bar_config(disable=True)
@@ -50,7 +51,7 @@ def sample_grid(
         **conditioning,
     ).images
     images = upscale(images, scale=max(1, GRID_CELL // max(images[0].size)))
-    return make_image_grid(images, rows=rows, cols=per_row)
+    return labelled_rows([images[r * per_row : (r + 1) * per_row] for r in range(rows)], labels)
 
 
 def save_pipeline(pipe, output_dir: str, samples: PIL.Image.Image, training_config: dict | None = None) -> None:
