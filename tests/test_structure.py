@@ -24,9 +24,9 @@ LAYERS = [
             "hfdiff/data/*",
             "hfdiff/models/*",
             "hfdiff/schedulers/*",
-            "hfdiff/samplers.py",
             "hfdiff/text.py",
             "hfdiff/cuda.py",
+            "hfdiff/cpu_threads.py",
             "hfdiff/extras.py",
             "hfdiff/local_paths.py",
             "hfdiff/folder_swap.py",
@@ -42,9 +42,10 @@ LAYERS = [
     ),
     ("the pipeline", ["pipelines/__init__.py", "pipelines/pipeline_sprite_diffusion.py"]),
     (
-        "what uses pipelines: loading one for the CLI and the demo, training, evaluation, figures",
+        "what uses pipelines: loading one for the CLI and the demo, named samplers, training, evaluation, figures",
         [
             "hfdiff/pipeline_loading.py",
+            "hfdiff/samplers.py",
             "hfdiff/visualize.py",
             "hfdiff/training/*",
             "hfdiff/evaluate.py",
