@@ -485,6 +485,16 @@ def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str,
 
 
 def _check_label_column(dataset, column: str, flag: str) -> None:
+    if column not in dataset.column_names and flag.startswith("--train_data_dir") and column == "label":
+        # datasets' imagefolder gives no label column when every image lies in one folder: the folder has one class.
+        path = flag.split(" ", 1)[1]
+        folders = sorted(name for name in os.listdir(path) if os.path.isdir(os.path.join(path, name)))
+        where = f"one class folder ({folders[0]}/)" if len(folders) == 1 else "its images outside class sub-folders"
+        raise ValueError(
+            f"{flag} has {where}, and conditional training needs two classes at least: put each class's images in a "
+            f"sub-folder of its own ({path}/<class>/0001.png), or train without labels with train_unconditional.py "
+            f"--train_data_dir {path}."
+        )
     if column not in dataset.column_names:
         raise ValueError(
             f"Conditional training needs labels, but --label_column {column!r} is not a column of {flag} (columns: "
@@ -632,18 +642,37 @@ def _decode_images(dataset, column: str, flag: str) -> tuple[list[PIL.Image.Imag
     return images, kept
 
 
+def _name(image: PIL.Image.Image) -> str:
+    """The file an image was read from (PIL keeps it when it opened a path), for messages; else its size and mode."""
+    return getattr(image, "filename", "") or f"a {image.width}x{image.height} {image.mode} image"
+
+
 def _images(
     pils: list[PIL.Image.Image], resolution: int | None, flag: str, mode: str | None = None, center_crop: bool = True
 ) -> torch.Tensor:
     """Decoded images -> (N, C, H, W) uint8 in `mode` (default: one channel if all are grayscale, RGB otherwise); one
     size, or --resolution (the caller resizes a set of one size)."""
-    mode = mode or ("L" if all(image.mode in _GRAYSCALE_MODES for image in pils) else "RGB")
+    grey = sum(image.mode in _GRAYSCALE_MODES for image in pils)
+    if mode is None:
+        mode = "L" if grey == len(pils) else "RGB"
+        if 0 < grey < len(pils):
+            logger.info(
+                "%s mixes %d grayscale and %d colour images (e.g. %s and %s): training on all of them as RGB, the "
+                "grayscale ones with three equal channels.",
+                flag,
+                grey,
+                len(pils) - grey,
+                _name(next(image for image in pils if image.mode in _GRAYSCALE_MODES)),
+                _name(next(image for image in pils if image.mode not in _GRAYSCALE_MODES)),
+            )
     sizes = {image.size for image in pils}
     if len(sizes) > 1 and resolution is None:
         (w0, h0), (w1, h1) = sorted(sizes)[:2]
+        first = {size: _name(next(image for image in pils if image.size == size)) for size in ((w0, h0), (w1, h1))}
         raise ValueError(
-            f"{flag} has images of {len(sizes)} different sizes (e.g. {w0}x{h0} and {w1}x{h1}); pass --resolution to "
-            "resize them all to one square size at load time."
+            f"{flag} has images of {len(sizes)} different sizes (e.g. {w0}x{h0}: {first[w0, h0]}; {w1}x{h1}: "
+            f"{first[w1, h1]}); pass --resolution (e.g. --resolution {max(min(h0, w0), min(h1, w1))}) to resize them "
+            "all to one square size at load time."
         )
     if len(sizes) == 1:
         return _nhwc_to_tensor(np.stack([_convert(image, mode) for image in pils]))
