@@ -42,7 +42,7 @@ FOLDERS = {  # name -> (image side, number of images or None for the 1,797)
 }
 DEFAULT_SAMPLERS = ["dpm++", "fast", "ddim", "ddpm"]
 # The first log line of a run (hfdiff.training.loop.log_run): "... 1,977 steps of 1,024 images (659 epochs; why)".
-STEPS_LINE = re.compile(r"([\d,]+) steps of ([\d,]+) images \(([\d,]+) epochs; ([^)]*)\)")
+STEPS_LINE = re.compile(r"([\d,]+) steps of ([\d,]+) images \(([\d,]+) epochs; (.*?)\), warm-up")
 
 
 def write_folders(data: str, names: list[str]) -> None:
