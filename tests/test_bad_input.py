@@ -1,7 +1,8 @@
-"""Bad input the other test files do not already cover: unreadable files in an image folder, empty data, labels out of
-range, an output folder that cannot be written, pipeline folders with a missing file or config entry. Each gives an
-error that names the input and the fix (or, for unreadable images, a warning that counts them), and nothing already
-saved is changed. A full disk is tested with real training runs in test_crash_safety.py."""
+"""Bad input the other test files do not already cover: unreadable files in an image folder, folders smaller than one
+batch, of one class, of mixed sizes or of grey and colour images mixed, empty data, labels out of range, an output
+folder that cannot be written, pipeline folders with a missing file or config entry. Each either trains with the log
+saying what was done, or gives an error that names the input and the fix (for unreadable images, a warning that
+counts them), and nothing already saved is changed. A full disk is tested with real training runs in test_crash_safety.py."""
 
 import json
 import logging
