@@ -41,9 +41,14 @@ DEFAULT_SAMPLERS = ["ddpm", "dpm++", "fast", "ddim", "heun-25", "ddim-25-eta1"]
 DIGIT_LEVELS = 16  # load_digits' pixels are 0..16
 
 
-def write_digits_folder(folder: str) -> int:
+def write_digits_folder(folder: str, size: int = 8, count: int | None = None, seed: int = 0) -> int:
     """scikit-learn's digits (1,797 8x8 images, classes 0-9) as FOLDER/<digit>/<index>.png, 8-bit greyscale with
-    the 0..16 levels mapped to 0..255 (ink is bright, as in load_digits). Returns the number of images written."""
+    the 0..16 levels mapped to 0..255 (ink is bright, as in load_digits). Returns the number of images written.
+
+    `size` > 8 resizes each digit to size x size (bilinear, as a scanner at that resolution would see it), so the
+    folder is what a user with their own 32x32 digits brings, with no --resolution flag. `count` > 1,797 adds
+    copies of randomly chosen digits shifted by up to size/16 pixels each way (seeded by `seed`), to time a folder of
+    that size; the copies are augmentations of the same 1,797 digits, not new handwriting."""
     import PIL.Image
 
     try:
@@ -57,10 +62,21 @@ def write_digits_folder(folder: str) -> int:
         raise ValueError(f"--write_folder {folder} exists and is not empty; give a new folder or delete this one.")
     digits = load_digits()
     pixels = np.rint(digits.images * (255 / DIGIT_LEVELS)).astype(np.uint8)
-    for index, (image, label) in enumerate(zip(pixels, digits.target)):
+    images = [PIL.Image.fromarray(image) for image in pixels]
+    if size != 8:
+        images = [image.resize((size, size), PIL.Image.BILINEAR) for image in images]
+    labels = list(digits.target)
+    if count is not None and count > len(images):
+        rng = np.random.default_rng(seed)
+        reach = max(1, size // 16)
+        for source in rng.integers(0, len(pixels), count - len(pixels)):
+            dx, dy = (int(v) for v in rng.integers(-reach, reach + 1, 2))
+            images.append(images[source].transform(images[source].size, PIL.Image.AFFINE, (1, 0, dx, 0, 1, dy)))
+            labels.append(digits.target[source])
+    for index, (image, label) in enumerate(zip(images, labels)):
         os.makedirs(os.path.join(folder, str(label)), exist_ok=True)
-        PIL.Image.fromarray(image).save(os.path.join(folder, str(label), f"{index:04d}.png"))
-    return len(pixels)
+        image.save(os.path.join(folder, str(label), f"{index:04d}.png"))
+    return len(images)
 
 
 def folder_size(folder: str) -> int:
@@ -207,6 +223,10 @@ def train_and_score(args) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write_folder", default=None, help="Write the digits folder here (needs scikit-learn).")
+    parser.add_argument("--size", type=int, default=8, help="--write_folder: image side (8 = load_digits' own).")
+    parser.add_argument(
+        "--count", type=int, default=None, help="--write_folder: images (> 1,797 adds shifted copies)."
+    )
     parser.add_argument("--train_data_dir", default=None, help="The digits folder (from --write_folder).")
     parser.add_argument("--output_dir", default="digits-model", help="Pipeline folder the training writes.")
     parser.add_argument(
@@ -241,7 +261,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.write_folder:
-        count = write_digits_folder(args.write_folder)
+        count = write_digits_folder(args.write_folder, args.size, args.count, args.seed)
         print(f"wrote {count} images to {args.write_folder} ({folder_size(args.write_folder) / 1e6:.1f} MB)")
     if not args.train_data_dir:
         return

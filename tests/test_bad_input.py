@@ -1,7 +1,8 @@
-"""Bad input the other test files do not already cover: unreadable files in an image folder, empty data, labels out of
-range, an output folder that cannot be written, pipeline folders with a missing file or config entry. Each gives an
-error that names the input and the fix (or, for unreadable images, a warning that counts them), and nothing already
-saved is changed. A full disk is tested with real training runs in test_crash_safety.py."""
+"""Bad input the other test files do not already cover: unreadable files in an image folder, folders smaller than one
+batch, of one class, of mixed sizes or of grey and colour images mixed, empty data, labels out of range, an output
+folder that cannot be written, pipeline folders with a missing file or config entry. Each either trains with the log
+saying what was done, or gives an error that names the input and the fix (for unreadable images, a warning that
+counts them), and nothing already saved is changed. A full disk is tested with real training runs in test_crash_safety.py."""
 
 import json
 import logging
@@ -68,6 +69,81 @@ def test_corrupt_images_of_a_saved_dataset_are_skipped_too(tmp_path, caplog):
         data = load(dataset_name=str(tmp_path / "d"))
     assert data.images.shape == (2, 3, 16, 16) and data.labels.tolist() == [0, 1]  # rows 0 and 2
     assert "Skipped 2 of 4 images" in caplog.text and "row 1" in caplog.text
+
+
+def write_folder(root, classes, size=16, mode="L", count=4):
+    """root/<class>/<i>.png: `count` images a class, of `size` px (an int, or a (width, height) a class) in `mode`."""
+    for k, name in enumerate(classes):
+        side = size[k] if isinstance(size, (list, tuple)) else size
+        image_mode = mode[k] if isinstance(mode, (list, tuple)) else mode
+        os.makedirs(root / name, exist_ok=True)
+        for i in range(count):
+            PIL.Image.new(image_mode, (side, side), 40 * k + i if image_mode == "L" else (40 * k, i, 0)).save(
+                root / name / f"{i}.png"
+            )
+    return root
+
+
+def test_a_folder_smaller_than_one_batch_trains_in_a_smaller_batch(tmp_path, caplog, fresh_accelerate_state):
+    # 12 grey 28x28 images, none of the flags that size a run: the batch drops from the CPU's 64 to 8, the preset and
+    # its resolution come from the images, and the first line says what was chosen.
+    from hfdiff.training import parse_config, train
+
+    root = write_folder(tmp_path / "imgs", ["a", "b", "c"], size=28)
+    flags = ["--train_data_dir", str(root), "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2"]
+    flags += ["--ddpm_num_steps", "20", "--validation_inference_steps", "2", "--num_validation_images", "1"]
+    with caplog.at_level(logging.INFO, logger="hfdiff"):
+        result = train(parse_config(flags), conditional=True)
+    assert result.global_step == 2
+    assert "has 12 images, fewer than one batch of 64 per process: training in batches of 8" in caplog.text
+    first = next(record.getMessage() for record in caplog.records if "steps of" in record.getMessage())
+    assert "12 images (1, 28, 28)" in first and "sprite-small" in first and "2 steps of 8 images" in first
+    assert "--max_train_steps" in first and "expected" in first
+    unet = SpriteDiffusionPipeline.from_pretrained(tmp_path / "out").unet
+    assert unet.config.sample_size == 28 and unet.config.in_channels == 1
+    assert list(unet.config.block_out_channels) == [32, 64, 80]  # sprite-small's
+
+
+def test_a_batch_larger_than_the_folder_is_refused_before_training(tmp_path):
+    import subprocess
+    import sys
+
+    root = write_folder(tmp_path / "imgs", ["a", "b"])
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_conditional.py")
+    command = [sys.executable, script, "--train_data_dir", str(root), "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(
+        [*command, "--train_batch_size", "16"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "8 images, fewer than one optimizer step takes" in errors[0] and "--train_batch_size" in errors[0]
+    assert not os.path.exists(tmp_path / "out" / "model_index.json")
+
+
+def test_a_folder_of_one_class_is_refused_for_conditional_training(tmp_path):
+    root = write_folder(tmp_path / "imgs", ["cat"])
+    with pytest.raises(ValueError, match=r"one class folder \(cat/\).*two classes.*train_unconditional.py"):
+        load(train_data_dir=str(root))
+    assert load(conditional=False, train_data_dir=str(root)).images.shape == (4, 1, 16, 16)
+
+
+def test_mixed_sizes_name_the_files_and_the_fix(tmp_path):
+    root = write_folder(tmp_path / "imgs", ["a", "b"], size=[16, 32])
+    with pytest.raises(ValueError, match=r"2 different sizes.*16x16: .*a/0.png; 32x32: .*b/0.png.*--resolution 32"):
+        load(train_data_dir=str(root))
+    assert load(train_data_dir=str(root), resolution=16).images.shape == (8, 1, 16, 16)
+
+
+def test_grey_and_colour_mixed_train_as_colour_with_a_note(tmp_path, caplog):
+    root = write_folder(tmp_path / "imgs", ["a", "b"], mode=["L", "RGB"])
+    with caplog.at_level(logging.INFO, logger="hfdiff"):
+        data = load(train_data_dir=str(root))
+    assert data.images.shape == (8, 3, 16, 16)
+    grey = data.images[data.labels == 0]
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    assert "mixes 4 grayscale and 4 colour images" in caplog.text and "a/0.png" in caplog.text
 
 
 def test_a_folder_of_only_unreadable_images_is_refused(tmp_path):

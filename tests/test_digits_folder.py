@@ -65,3 +65,29 @@ def test_real_digits_is_the_shared_folder_reader(tmp_path):
     half = real.num_classifier_train
     assert half == 898 and len(real.heldout_images) == 899
     np.testing.assert_array_equal(real.train_images[half:], real.heldout_images)  # the classifier's half is apart
+
+
+def test_digits_at_another_size_and_count(tmp_path):
+    # The own-data benchmark's 4,000-image 32x32 folder, smaller: resized digits, then shifted copies up to the count.
+    from hfdiff.training import parse_config
+    from hfdiff.training.data import load_training_data
+
+    folder = str(tmp_path / "digits")
+    assert load_script().write_digits_folder(folder, size=32, count=2000) == 2000
+    data = load_training_data(parse_config(["--train_data_dir", folder]), conditional=True)
+    assert tuple(data.images.shape) == (2000, 1, 32, 32) and data.class_names == [str(k) for k in range(10)]
+    counts = np.bincount(data.labels.numpy(), minlength=10)
+    assert counts.sum() == 2000 and counts.min() > 170  # every digit, its 1,797 originals and some copies
+
+
+def test_own_data_benchmark_reads_the_first_log_line():
+    spec = importlib.util.spec_from_file_location("own_data", SCRIPT.replace("digits_folder.py", "own_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    line = "1,977 steps of 1,024 images (659 epochs; auto: ... x (4,000 / 89,400 images)^(1/3)), warm-up 100 steps"
+    assert module.STEPS_LINE.search(line).groups() == (
+        "1,977",
+        "1,024",
+        "659",
+        "auto: ... x (4,000 / 89,400 images)^(1/3)",
+    )

@@ -1,6 +1,7 @@
 """hfdiff.training: config flags, data order, targets, checkpoints; both scripts end to end; real 2-process DDP; exact
 resume. The end-to-end runs use a tiny UNet and a few steps, on one CPU thread per process."""
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -16,9 +17,15 @@ from tiny import TINY_UNET_JSON
 
 from hfdiff import SpriteDiffusionPipeline
 from hfdiff.data import SPRITE_CLASSES
-from hfdiff.training import TrainingConfig, parse_config, resolve_defaults, train
+from hfdiff.training import TrainingConfig, load_training_data, parse_config, resolve_defaults, train
 from hfdiff.training.checkpoints import find_checkpoint, list_checkpoints, prune_checkpoints
-from hfdiff.training.config import CPU_DEFAULTS, GPU_DEFAULTS
+from hfdiff.training.config import (
+    CPU_DEFAULTS,
+    GPU_DEFAULTS,
+    batch_for_data,
+    preset_for_size,
+    training_length,
+)
 from hfdiff.training.loop import EpochBatches
 from hfdiff.training.step import diffusion_loss, draw_step_noise
 
@@ -78,12 +85,82 @@ def test_auto_defaults_by_device(monkeypatch):
     assert resolve_defaults(
         TrainingConfig(context_time_embedding=True), "cpu", conditional=True
     ).context_time_embedding
-    # Text models train longer on a GPU; a given --num_epochs wins, and the CPU default is the class models'.
-    assert resolve_defaults(TrainingConfig(conditioning="text"), "cuda", conditional=True).num_epochs == 96
-    assert (
-        resolve_defaults(TrainingConfig(conditioning="text", num_epochs=5), "cuda", conditional=True).num_epochs == 5
+    # The run's length is chosen once the data is loaded (training_length), so no device default fixes epochs.
+    assert cpu.num_epochs is None and gpu.num_epochs is None and cpu.max_train_steps is None
+
+
+def sprites_length(config, device, num_images, batch):
+    """training_length for `num_images` 16x16 images in batches of `batch` (one process), as the loop asks it."""
+    config = resolve_defaults(config, device, conditional=True)
+    return training_length(config, num_images, (16, 16), num_images // batch, batch, device)
+
+
+def test_sprites_keep_their_default_run_on_each_device():
+    # The anchors: 64 epochs of 87 steps of 1,024 on a GPU (96 for text), 4 epochs of 375 of 64 on a CPU (text too).
+    gpu = sprites_length(TrainingConfig(), "cuda", 89_400, 1024)
+    assert (gpu.max_train_steps, gpu.num_epochs, gpu.lr_warmup_steps) == (5568, 64, 100)
+    text = sprites_length(TrainingConfig(conditioning="text"), "cuda", 89_400, 1024)
+    assert (text.max_train_steps, text.num_epochs) == (8352, 96)
+    for conditioning in ("class", "text"):
+        cpu = sprites_length(TrainingConfig(conditioning=conditioning), "cpu", 24_000, 64)
+        assert (cpu.max_train_steps, cpu.num_epochs, cpu.lr_warmup_steps) == (1500, 4, 100)
+    # About 50 s of training steps on a GPU, as the anchor's measurement says.
+    assert 40 < gpu.expected_seconds < 60
+
+
+def test_training_length_grows_with_the_data_and_flags_win():
+    folder = resolve_defaults(TrainingConfig(), "cuda", conditional=True)
+    # A 4,000-image 32x32 folder on a GPU: 3 full batches an epoch, so 64 epochs would be 192 steps; by work it gets
+    # about 2,000 steps (659 epochs), about 75 s at the assumed speed.
+    digits = training_length(folder, 4000, (32, 32), 3, 1024, "cuda")
+    assert digits.max_train_steps == 1977 and digits.num_epochs == 659 and digits.expected_seconds < 100
+    assert "auto" in digits.reason and "4,000" in digits.reason
+    steps = [training_length(folder, n, (32, 32), n // 1024, 1024, "cuda").max_train_steps for n in (1800, 60_000)]
+    assert steps[0] < digits.max_train_steps < steps[1] < 5568 * 2
+    cpu = resolve_defaults(TrainingConfig(), "cpu", conditional=True)
+    assert training_length(cpu, 4000, (32, 32), 62, 64, "cpu").max_train_steps == 825
+    # --num_epochs and --max_train_steps win (--max_train_steps over both), and a short run warms up for a tenth.
+    given = training_length(dataclasses.replace(folder, num_epochs=5), 4000, (32, 32), 3, 1024, "cuda")
+    assert (given.max_train_steps, given.num_epochs, given.reason) == (15, 5, "--num_epochs 5")
+    given = training_length(
+        dataclasses.replace(folder, num_epochs=5, max_train_steps=30), 4000, (32, 32), 3, 1024, "cuda"
     )
-    assert resolve_defaults(TrainingConfig(conditioning="text"), "cpu", conditional=True).num_epochs == 4
+    assert (given.max_train_steps, given.num_epochs, given.lr_warmup_steps) == (30, 10, 3)
+    warm = training_length(dataclasses.replace(folder, lr_warmup_steps=7), 4000, (32, 32), 3, 1024, "cuda")
+    assert warm.lr_warmup_steps == 7
+    # Larger images take longer at the same step count.
+    large = training_length(folder, 4000, (64, 64), 3, 1024, "cuda")
+    assert large.max_train_steps == digits.max_train_steps and large.expected_seconds >= 4 * digits.expected_seconds
+
+
+def test_a_run_longer_than_a_day_is_warned_about(caplog, fresh_accelerate_state):
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    from hfdiff.training.loop import schedule_length
+
+    PartialState(cpu=True)  # accelerate's logger asks it which process is the main one
+
+    config = resolve_defaults(TrainingConfig(max_train_steps=10_000_000), "cpu", conditional=True)
+    data = load_training_data(dataclasses.replace(config, num_train_images=64), conditional=True)
+    device = SimpleNamespace(device=torch.device("cpu"), num_processes=1)  # what schedule_length reads of it
+    with caplog.at_level(logging.WARNING, logger="hfdiff"):
+        length = schedule_length(config, data, None, 64, device)
+    assert length.expected_seconds > 24 * 3600
+    assert "would take about" in caplog.text and "--max_train_steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hfdiff"):
+        schedule_length(dataclasses.replace(config, max_train_steps=100), data, None, 64, device)
+    assert "would take about" not in caplog.text
+
+
+def test_preset_and_batch_from_the_data():
+    assert [preset_for_size((s, s), "x") for s in (16, 28, 32, 48, 64)] == ["sprite-small"] * 3 + ["sprite-64"] * 2
+    with pytest.raises(ValueError, match=r"images are 96x96.*--resolution 64.*--preset sprite-64"):
+        preset_for_size((96, 96), "image folder x")
+    assert batch_for_data(1024, 500, 1, 1) == 256 and batch_for_data(1024, 5000, 1, 1) == 1024
+    assert batch_for_data(64, 40, 1, 2) == 16 and batch_for_data(64, 40, 2, 1) == 16
 
 
 def test_sprite_64_preset_sets_its_resolution_unless_given(tmp_path, fresh_accelerate_state):

@@ -46,20 +46,32 @@ LR_SCHEDULERS = (
 # CPU: sized so that `accelerate launch train_conditional.py` trains and samples in a few minutes on two cores,
 # enough for five recognisable classes.
 # Mixed precision is auto as well (bf16 where the hardware runs it natively), see `_auto_mixed_precision`.
+# The run's length is not here: it is chosen from the loaded data by `training_length`.
 GPU_DEFAULTS = {
     "num_train_images": 89_400,
-    # 64 epochs: with the zero-snr recipe, DDPM-500's Fréchet distance keeps falling from 32 epochs to 64 and 128;
-    # 64 takes most of that gain for twice 32's training time, 128 the rest for four times
-    # (benchmarks/results/few-step-quality-h200-*.md).
-    "num_epochs": 64,
     "train_batch_size": 1024,
 }
 CPU_DEFAULTS = {
     "num_train_images": 24_000,
-    "num_epochs": 4,
     "train_batch_size": 64,
 }
 
+# Training length by work. Quality follows the number of images the model has trained on (optimizer steps x images
+# per step), not passes over the data: 64 epochs of the 89,400 sprites are 29 times the images of 64 epochs of a
+# 4,000-image folder. The default work is anchored at the embedded sprites' default run on each device and grows with
+# the cube root of the data set's size: a set 20x smaller needs fewer images trained on, but far from 20x fewer (a
+# diffusion model must learn the whole noise range of every class however few images show it), and one 3x larger
+# needs only about 1.4x the work. Each anchor is the sprites' run, whose quality and time are measured:
+# - GPU: 64 epochs of 87 batches of 1,024 = 5,568 steps (with the zero-snr recipe DDPM-500's Fréchet distance keeps
+#   falling from 32 epochs to 64 and 128; 64 takes most of that gain for twice 32's training time, 128 the rest for
+#   four times: benchmarks/results/few-step-quality-h200-*.md);
+# - CPU: 4 epochs of 375 batches of 64 = 1,500 steps on 24,000 sprites (a few minutes on two cores).
+# A 4,000-image folder then trains 1,977 steps of 1,024 on a GPU (659 epochs) and 825 of 64 on a CPU (14 epochs).
+TRAINING_WORK = {
+    "cuda": {"num_images": GPU_DEFAULTS["num_train_images"], "images_trained": 64 * 87 * 1024},
+    "cpu": {"num_images": CPU_DEFAULTS["num_train_images"], "images_trained": 4 * 375 * 64},
+}
+TRAINING_WORK_EXPONENT = 1 / 3
 
 # --recipe: the noise-schedule parts it sets, each overridden by its own flag. Why "zero-snr" is the default: the
 # course schedule ends at sqrt(abar_T) = 0.08, so the x_T it trains on still holds 8% of the image, which pure noise
@@ -76,9 +88,22 @@ def _help(text: str) -> dict:
 
 
 # Text models train longer on a GPU than class models: their colour words keep improving where the classes are
-# already learned, and 96 epochs name more caption colours right than 64 for half as much training again
-# (benchmarks/results/text-eval-h200.md).
-TEXT_GPU_NUM_EPOCHS = 96
+# already learned, and a half again as much work names more caption colours right (benchmarks/results/text-eval-h200.md).
+# On a CPU they train as long as class models.
+TEXT_GPU_WORK_FACTOR = 96 / 64
+
+# Assumed training speed of sprite-small on 16x16 images, for the expected time in the first log line and the
+# too-long warning (the measured images/s is logged from the first logging interval on): one GPU with compile and
+# CUDA graphs (benchmarks/results/training-cuda.md), and one CPU thread (benchmarks/results/cpu_contention.md). A step
+# costs in proportion to the pixels, and to the preset's PRESET_COST (its time per pixel over sprite-small's,
+# benchmarks/results/preset-cost-cpu.md).
+ASSUMED_IMAGES_PER_SECOND = {"cuda": 110_000.0, "cpu-bf16": 190.0, "cpu": 145.0}
+PRESET_COST = {"sprite-small": 1.0, "sprite-base": 5.5, "sprite-64": 1.5}
+# Warn when the run would take longer than this on the detected device.
+LONG_RUN_WARNING_SECONDS = 24 * 3600
+# The learning-rate warm-up of the default: this many optimizer steps, but never more than a tenth of a short run.
+DEFAULT_WARMUP_STEPS = 100
+
 # The context MLPs' hidden width for text models: the course's (as wide as the level, 64-80 channels) is too narrow
 # for a 384-wide sentence vector and loses colour words that a wider one keeps (benchmarks/results/text-eval-h200.md).
 # Class models keep the course's.
@@ -228,10 +253,11 @@ class TrainingConfig:
     )
 
     # ---- model and noise schedule
-    preset: Literal["sprite-small", "sprite-base", "sprite-64"] = field(
-        default="sprite-small",
+    preset: Optional[Literal["sprite-small", "sprite-base", "sprite-64"]] = field(
+        default=None,
         metadata=_help(
-            "ContextUNet2DModel architecture. sprite-64 is for 64x64 images and sets --resolution 64 unless given."
+            "ContextUNet2DModel architecture (auto: from the data's image size, sprite-small up to 32 px, sprite-64 "
+            "above; larger images are refused with the fix). A given sprite-64 sets --resolution 64 unless given."
         ),
     )
     model_config_overrides: Optional[str] = field(
@@ -298,7 +324,12 @@ class TrainingConfig:
         default=None, metadata=_help("Images per process per micro-batch (auto: 1,024 on GPU, 64 on CPU).")
     )
     num_epochs: Optional[int] = field(
-        default=None, metadata=_help("Passes over the data (auto: 64 GPU, 96 for text, 4 CPU).")
+        default=None,
+        metadata=_help(
+            "Passes over the data (auto: a number of optimizer steps chosen from the data set's size and the device, "
+            "logged with the reason at the start; the embedded sprites get 64 epochs on a GPU, 96 for text, 4 on a "
+            "CPU)."
+        ),
     )
     max_train_steps: Optional[int] = field(
         default=None, metadata=_help("Total optimizer steps; overrides --num_epochs when set.")
@@ -310,7 +341,12 @@ class TrainingConfig:
     lr_scheduler: Literal[LR_SCHEDULERS] = field(
         default="cosine", metadata=_help("Learning-rate schedule after the warmup.")
     )
-    lr_warmup_steps: int = field(default=100, metadata=_help("Linear warmup, in optimizer steps."))
+    lr_warmup_steps: Optional[int] = field(
+        default=None,
+        metadata=_help(
+            f"Linear warmup, in optimizer steps (auto: {DEFAULT_WARMUP_STEPS}, or a tenth of a shorter run's steps)."
+        ),
+    )
     adam_beta1: float = field(default=0.95, metadata=_help("AdamW beta1."))
     adam_beta2: float = field(default=0.999, metadata=_help("AdamW beta2."))
     adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon."))
@@ -522,7 +558,6 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
 
     | field            | CUDA GPU                     | CPU                                    |
     | num_train_images | 89,400                       | 24,000                                 |
-    | num_epochs       | 64 (text: 96)                | 4                                      |
     | train_batch_size | 1,024                        | 64                                     |
     | mixed_precision  | bf16 (no where unsupported)  | bf16 with AVX512-BF16 or AMX, else no  |
     | compile          | yes                          | no                                     |
@@ -531,6 +566,9 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
     | prediction_type, rescale_betas_zero_snr, snr_gamma: from --recipe (RECIPES), on every device        |
     | context_mlp_dim: TEXT_CONTEXT_MLP_DIM with --conditioning text, else 0 (the course's), on every device |
     | context_time_embedding: on with --conditioning text, else off (the course's), on every device           |
+
+    What depends on the data is chosen once it is loaded: the preset (`preset_for_size`), the batch of a set smaller
+    than one (`batch_for_data`) and the run's length, warm-up included (`training_length`).
     """
     device = torch.device(device)
     if config.conditioning == "text" and not conditional:
@@ -540,8 +578,6 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
         )
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     updates = {name: value for name, value in defaults.items() if getattr(config, name) is None}
-    if device.type == "cuda" and config.conditioning == "text" and config.num_epochs is None:
-        updates["num_epochs"] = TEXT_GPU_NUM_EPOCHS
     updates.update({name: value for name, value in RECIPES[config.recipe].items() if getattr(config, name) is None})
     if config.mixed_precision is None:
         updates["mixed_precision"] = _auto_mixed_precision(device)
@@ -570,6 +606,113 @@ def resolve_defaults(config: TrainingConfig, device: torch.device | str, conditi
     resolved = dataclasses.replace(config, **updates)
     check_config(resolved)
     return resolved
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# defaults chosen from the loaded data
+# ----------------------------------------------------------------------------------------------------------------
+
+# The largest image side each auto preset is for: sprite-small (3 levels, down to a quarter of the side) up to 32 px,
+# sprite-64 (4 levels, an attention level at an eighth of the side) above, up to 64. Larger sets are refused rather
+# than trained for hours by default: a user chooses between resizing them and paying for full size.
+AUTO_PRESETS = (("sprite-small", 32), ("sprite-64", 64))
+
+
+def preset_for_size(size: tuple[int, int], source: str) -> str:
+    """The auto --preset for images of `size` (height, width): the first of AUTO_PRESETS built for their longer side."""
+    for preset, largest in AUTO_PRESETS:
+        if max(size) <= largest:
+            return preset
+    largest = AUTO_PRESETS[-1][1]
+    raise ValueError(
+        f"{source} images are {size[0]}x{size[1]}, larger than the presets are built for ({largest}x{largest}); pass "
+        f"--resolution {largest} to resize them once at load, or --preset sprite-64 to train at full size (each step "
+        f"costs {size[0] * size[1] / largest**2:.1f}x a {largest}x{largest} one)."
+    )
+
+
+def batch_for_data(batch_size: int, num_images: int, accumulation_steps: int, world_size: int) -> int:
+    """The auto --train_batch_size for a set smaller than one optimizer step: the largest power of two that still makes
+    a whole step (a 500-image folder on a GPU trains in batches of 256, not 1,024); `batch_size` otherwise."""
+    per_batch = num_images // (accumulation_steps * world_size)
+    if per_batch >= batch_size or per_batch < 1:
+        return batch_size  # a set too small for even one image per process is refused by the loop, with the fix
+    return 1 << (per_batch.bit_length() - 1)
+
+
+@dataclass(frozen=True)
+class TrainingLength:
+    """How long a run trains, and why (`training_length`)."""
+
+    max_train_steps: int
+    num_epochs: Optional[int]  # None for a stream, whose length is unknown
+    lr_warmup_steps: int
+    images_per_second: float  # assumed, for `expected_seconds`
+    expected_seconds: float
+    reason: str
+
+
+def assumed_images_per_second(config: TrainingConfig, size: tuple[int, int], device, num_processes: int) -> float:
+    """Training images/s to expect for `config` on `device` with images of `size`: ASSUMED_IMAGES_PER_SECOND scaled by
+    the pixels, the preset's PRESET_COST, the processes and, on a CPU, torch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        rate = ASSUMED_IMAGES_PER_SECOND["cuda"] * num_processes
+        if not config.compile:  # eager launches every kernel from Python (see GPU_DEFAULTS)
+            rate /= 4.8
+    else:
+        key = "cpu-bf16" if config.mixed_precision == "bf16" else "cpu"
+        rate = ASSUMED_IMAGES_PER_SECOND[key] * torch.get_num_threads() * num_processes
+    preset = config.preset or next((name for name, largest in AUTO_PRESETS if max(size) <= largest), "sprite-64")
+    return rate * 256 / (size[0] * size[1]) / PRESET_COST[preset]
+
+
+def training_length(
+    config: TrainingConfig,
+    num_images: Optional[int],
+    size: tuple[int, int],
+    updates_per_epoch: Optional[int],
+    images_per_step: int,
+    device,
+    num_processes: int = 1,
+) -> TrainingLength:
+    """The run's optimizer steps, epochs and warm-up: --max_train_steps, else --num_epochs, else by work.
+
+    By work (see TRAINING_WORK): the device's anchor run's images trained, times (num_images / the anchor's set
+    size) ** TRAINING_WORK_EXPONENT (times TEXT_GPU_WORK_FACTOR for text on a GPU), in steps of `images_per_step`.
+    The embedded sprites at the default size and batch get exactly their anchor run. The warm-up (unless given) is
+    DEFAULT_WARMUP_STEPS or a tenth of the steps, whichever is smaller; the cosine decay spans all the steps, and
+    the EMA's warm-up (decay 1 - (1 + step) ** -3/4) follows the step count by itself. `num_images` and
+    `updates_per_epoch` are None for a stream."""
+    device_type = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    if config.max_train_steps is not None:
+        steps, why = config.max_train_steps, "--max_train_steps"
+    elif config.num_epochs is not None:
+        steps, why = config.num_epochs * updates_per_epoch, f"--num_epochs {config.num_epochs}"
+    else:
+        anchor = TRAINING_WORK[device_type]
+        work = anchor["images_trained"] * (num_images / anchor["num_images"]) ** TRAINING_WORK_EXPONENT
+        text = device_type == "cuda" and config.conditioning == "text"
+        work *= TEXT_GPU_WORK_FACTOR if text else 1.0
+        steps = max(1, round(work / images_per_step))
+        why = (
+            f"auto: {round(work):,} images trained, the {anchor['num_images']:,} sprites' {anchor['images_trained']:,} "
+            f"on {'a GPU' if device_type == 'cuda' else 'a CPU'} x ({num_images:,} / {anchor['num_images']:,} "
+            f"images)^(1/3){' x 1.5 for text' if text else ''}; --max_train_steps or --num_epochs to change"
+        )
+    epochs = math.ceil(steps / updates_per_epoch) if updates_per_epoch else None
+    warmup = config.lr_warmup_steps
+    if warmup is None:
+        warmup = min(DEFAULT_WARMUP_STEPS, steps // 10)
+    rate = assumed_images_per_second(config, size, device, num_processes)
+    return TrainingLength(steps, epochs, warmup, rate, steps * images_per_step / rate, why)
+
+
+def format_seconds(seconds: float) -> str:
+    """3725 -> '1.0 h', 125 -> '2.1 min', 42 -> '42 s'."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _check_positive(config: TrainingConfig, names: tuple[str, ...], allow_zero: bool = False) -> None:

@@ -446,6 +446,16 @@ def _from_dataset(dataset, config: TrainingConfig, conditional: bool, flag: str,
 
 
 def _check_label_column(dataset, column: str, flag: str) -> None:
+    if column not in dataset.column_names and flag.startswith("--train_data_dir") and column == "label":
+        # datasets' imagefolder gives no label column when every image lies in one folder: the folder has one class.
+        path = flag.split(" ", 1)[1]
+        folders = sorted(name for name in os.listdir(path) if os.path.isdir(os.path.join(path, name)))
+        where = f"one class folder ({folders[0]}/)" if len(folders) == 1 else "its images outside class sub-folders"
+        raise ValueError(
+            f"{flag} has {where}, and conditional training needs two classes at least: put each class's images in a "
+            f"sub-folder of its own ({path}/<class>/0001.png), or train without labels with train_unconditional.py "
+            f"--train_data_dir {path}."
+        )
     if column not in dataset.column_names:
         raise ValueError(
             f"Conditional training needs labels, but --label_column {column!r} is not a column of {flag} (columns: "

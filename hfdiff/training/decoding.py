@@ -3,10 +3,14 @@ streamed one (`streaming.py`) share, so that both turn a row into the same (C, H
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 # PIL modes of one-channel images: a set whose images all have one of these trains on one channel.
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -83,18 +87,40 @@ def convert_image(image: PIL.Image.Image, mode: str) -> np.ndarray:
     return np.asarray(image.convert(mode))
 
 
+def image_name(image: PIL.Image.Image) -> str:
+    """The file an image was read from (PIL keeps it when it opened a path), for messages; else its size and mode."""
+    return getattr(image, "filename", "") or f"a {image.width}x{image.height} {image.mode} image"
+
+
 def decode_to_tensor(
     pils: list[PIL.Image.Image], resolution: int | None, flag: str, mode: str | None = None, center_crop: bool = True
 ) -> torch.Tensor:
-    """Decoded images -> (N, C, H, W) uint8 in `mode` (default: one channel if all are grayscale, RGB otherwise); one
-    size, or --resolution (the caller resizes a set of one size)."""
-    mode = mode or ("L" if all(image.mode in GRAYSCALE_MODES for image in pils) else "RGB")
+    """Decoded images -> (N, C, H, W) uint8 in `mode` (default: one channel if all are grayscale, RGB otherwise, the
+    grayscale ones then with three equal channels, logged); one size, or --resolution (the caller resizes a set of one
+    size)."""
+    grey = sum(image.mode in GRAYSCALE_MODES for image in pils)
+    if mode is None:
+        mode = "L" if grey == len(pils) else "RGB"
+        if 0 < grey < len(pils):
+            logger.info(
+                "%s mixes %d grayscale and %d colour images (e.g. %s and %s): training on all of them as RGB, the "
+                "grayscale ones with three equal channels.",
+                flag,
+                grey,
+                len(pils) - grey,
+                image_name(next(image for image in pils if image.mode in GRAYSCALE_MODES)),
+                image_name(next(image for image in pils if image.mode not in GRAYSCALE_MODES)),
+            )
     sizes = {image.size for image in pils}
     if len(sizes) > 1 and resolution is None:
         (w0, h0), (w1, h1) = sorted(sizes)[:2]
+        first = {
+            size: image_name(next(image for image in pils if image.size == size)) for size in ((w0, h0), (w1, h1))
+        }
         raise ValueError(
-            f"{flag} has images of {len(sizes)} different sizes (e.g. {w0}x{h0} and {w1}x{h1}); pass --resolution to "
-            "resize them all to one square size at load time."
+            f"{flag} has images of {len(sizes)} different sizes (e.g. {w0}x{h0}: {first[w0, h0]}; {w1}x{h1}: "
+            f"{first[w1, h1]}); pass --resolution (e.g. --resolution {max(min(h0, w0), min(h1, w1))}) to resize them "
+            "all to one square size at load time."
         )
     if len(sizes) == 1:
         return nhwc_to_tensor(np.stack([convert_image(image, mode) for image in pils]))

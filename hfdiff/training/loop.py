@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -55,7 +54,18 @@ from .checkpoints import (
     save_checkpoint,
     save_error,
 )
-from .config import TrainingConfig, cpu_threads, model_config_overrides, resolve_defaults
+from .config import (
+    LONG_RUN_WARNING_SECONDS,
+    TrainingConfig,
+    TrainingLength,
+    batch_for_data,
+    cpu_threads,
+    format_seconds,
+    model_config_overrides,
+    preset_for_size,
+    resolve_defaults,
+    training_length,
+)
 from .context import Contexts, build_contexts
 from .data import TrainingData, check_image_size, load_training_data
 from .process_state import RestoredProcessState, use_fast_cuda_kernels
@@ -182,13 +192,14 @@ def build_unet(config: TrainingConfig, data: TrainingData, conditional: bool, co
         "context_mlp_dim": config.context_mlp_dim or None,  # 0: the course's width
         "context_time_embedding": bool(config.context_time_embedding),
     }
-    block_out_channels = overrides.get("block_out_channels", UNET_PRESETS[config.preset]["block_out_channels"])
+    preset = config.preset or preset_for_size(data.size, data.description)
+    block_out_channels = overrides.get("block_out_channels", UNET_PRESETS[preset]["block_out_channels"])
     check_image_size((height, width), block_out_channels, data.description)
     # The same initial weights on every process and every run, without touching the caller's global RNG. The model
     # is built on the CPU, so the CPU generator is the one seeded: torch.manual_seed would also queue a seed for CUDA.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(config.seed)
-        return ContextUNet2DModel.from_preset(config.preset, **shape, **overrides)
+        return ContextUNet2DModel.from_preset(preset, **shape, **overrides)
 
 
 def build_noise_scheduler(config: TrainingConfig):
@@ -245,15 +256,28 @@ def build_ema(config: TrainingConfig, unet) -> EMAModel | None:
     )
 
 
-def schedule_length(config: TrainingConfig, batches: EpochBatches | None) -> tuple[int, int | None]:
-    """(max_train_steps, num_epochs): --max_train_steps wins over --num_epochs when both are set. A stream (no
-    `batches`: its length is unknown) has no number of epochs."""
-    if batches is None:
-        return config.max_train_steps, None
-    warn_dropped_tail(batches)
-    if config.max_train_steps is not None:
-        return config.max_train_steps, math.ceil(config.max_train_steps / batches.updates_per_epoch)
-    return config.num_epochs * batches.updates_per_epoch, config.num_epochs
+def schedule_length(
+    config: TrainingConfig, data: TrainingData, batches: EpochBatches | None, images_per_step: int, accelerator
+) -> TrainingLength:
+    """The run's length (`training_length`: --max_train_steps wins over --num_epochs, and without either the data's
+    size and the device choose). A stream (no `batches`: its length is unknown) has no number of epochs. Warns when
+    the run would take longer than LONG_RUN_WARNING_SECONDS at the assumed speed."""
+    if batches is not None and config.num_epochs is not None and config.max_train_steps is None:
+        warn_dropped_tail(batches)  # counted in epochs, a dropped tail costs updates; counted in steps it does not
+    length = training_length(
+        config, len(data) if data.has_length else None, data.size,
+        batches.updates_per_epoch if batches is not None else None, images_per_step, accelerator.device,
+        accelerator.num_processes,
+    )  # fmt: skip
+    if length.expected_seconds > LONG_RUN_WARNING_SECONDS:
+        logger.warning(
+            f"{length.max_train_steps:,} steps of {images_per_step:,} images ({length.reason}) would take about "
+            f"{format_seconds(length.expected_seconds)} on {accelerator.device} at an assumed "
+            f"{length.images_per_second:,.0f} images/s; pass a smaller --max_train_steps, or --resolution to train on "
+            "smaller images.",
+            main_process_only=True,
+        )
+    return length
 
 
 # An epoch drops the images that do not fill a whole optimizer step (EpochBatches); past this share of the set, a
@@ -456,7 +480,8 @@ class Run:
     ema: EMAModel | None
     batches: EpochBatches
     max_train_steps: int
-    num_epochs: int
+    num_epochs: int | None  # None for a stream
+    length: TrainingLength  # how the length was chosen, with the time to expect
     run_shape: dict  # what a resumed run must share with the saved one for the data order to continue
     training_state: TrainingState  # what checkpoints save and resume loads
     identity: dict  # the run's identity (checkpoints.run_identity), recorded in each checkpoint
@@ -482,8 +507,9 @@ def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
     is left to the caller (the training scripts' `main` sets it up)."""
     entered = time.perf_counter()
     with RestoredProcessState() as process_state:
+        auto_batch = config.train_batch_size is None
         config, accelerator, threads_note = start_accelerator(config, conditional, process_state)
-        run = set_up(accelerator, config, conditional)
+        run = set_up(accelerator, config, conditional, auto_batch)
         if threads_note:  # logged once set-up has passed, so a user error before it stays the one line printed
             logger.info(threads_note, main_process_only=False)
         steps_start = time.perf_counter()
@@ -540,8 +566,10 @@ def start_accelerator(
     return config, accelerator, threads_note
 
 
-def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) -> Run:
-    """Data on the device, UNet, noise schedule, optimizer, LR schedule and EMA, prepared and resumed; the step."""
+def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool, auto_batch: bool = False) -> Run:
+    """Data on the device, UNet, noise schedule, optimizer, LR schedule and EMA, prepared and resumed; the step.
+    What the data decides is filled in here: the preset, the batch when `auto_batch` (--train_batch_size was auto)
+    and the data holds less than one, and the run's length with its warm-up."""
     device, world_size = accelerator.device, accelerator.num_processes
     data_start = time.perf_counter()
     with accelerator.main_process_first():  # the first process fills the datasets (and Hub) caches, the others read
@@ -550,12 +578,16 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
     data_seconds = time.perf_counter() - data_start
     if accelerator.is_main_process:
         warn_direction_dependent(config.random_flip, data.class_names, data.captions)
+    config = data_defaults(config, data, accelerator, auto_batch)
     unet = build_unet(config, data, conditional, contexts)
     batches = None if not data.has_length else EpochBatches(
         len(data), config.train_batch_size, config.gradient_accumulation_steps, config.seed,
         accelerator.process_index, world_size, device,
     )  # fmt: skip
-    max_train_steps, num_epochs = schedule_length(config, batches)
+    images_per_step = config.train_batch_size * world_size * config.gradient_accumulation_steps
+    length = schedule_length(config, data, batches, images_per_step, accelerator)
+    config = dataclasses.replace(config, lr_warmup_steps=length.lr_warmup_steps)
+    max_train_steps, num_epochs = length.max_train_steps, length.num_epochs
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     unet.to(device, memory_format=memory_format)
     optimizer = build_optimizer(config, unet, device)
@@ -584,6 +616,7 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
         batches=batches,
         max_train_steps=max_train_steps,
         num_epochs=num_epochs,
+        length=length,
         run_shape=run_shape,
         training_state=TrainingState(unet, optimizer, lr_scheduler, ema),
         identity=run_identity(config, data, "none" if not conditional else config.conditioning),
@@ -602,6 +635,26 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool) 
     run.seconds.update(data=data_seconds, step=time.perf_counter() - setup_start)
     log_run(run)
     return run
+
+
+def data_defaults(config: TrainingConfig, data: TrainingData, accelerator: Accelerator, auto_batch: bool):
+    """The config with what the loaded data decides: an auto --preset from the image size, and an auto
+    --train_batch_size lowered to fit a set smaller than one batch (both logged)."""
+    updates = {}
+    if config.preset is None:
+        updates["preset"] = preset_for_size(data.size, data.description)
+    if auto_batch and data.has_length:
+        batch = batch_for_data(
+            config.train_batch_size, len(data), config.gradient_accumulation_steps, accelerator.num_processes
+        )
+        if batch != config.train_batch_size:
+            logger.info(
+                f"{data.description} has {len(data)} images, fewer than one batch of {config.train_batch_size} per "
+                f"process: training in batches of {batch} (--train_batch_size to choose).",
+                main_process_only=True,
+            )
+            updates["train_batch_size"] = batch
+    return dataclasses.replace(config, **updates) if updates else config
 
 
 def step_inputs(config, data: TrainingData, contexts: Contexts | None, device, memory_format) -> StepInputs:
@@ -642,13 +695,16 @@ def micro_batches(run: Run) -> Iterator[tuple[int, int, torch.Tensor, torch.Tens
 
 
 def log_run(run: Run) -> None:
-    config, data, accelerator = run.config, run.data, run.accelerator
+    """The run's first line: the data, the model, and how long it trains and why, with the time to expect."""
+    config, data, accelerator, length = run.config, run.data, run.accelerator, run.length
+    epochs = f"{run.num_epochs:,} epochs" if run.num_epochs else "an unknown number of epochs"
     logger.info(
-        f"{data.description}: {len(data) if data.has_length else 'a stream of'} images {tuple(data.images.shape[1:])} "
-        f"({'streamed from DataLoader workers' if data.streaming else 'resident on the device'}), "
-        f"{context_description(run)}; "
-        f"{sum(p.numel() for p in run.unet.parameters()):,} parameters; {run.max_train_steps} steps of "
-        f"{run.images_per_step} images ({run.num_epochs or 'an unknown number of'} epochs) on {accelerator.num_processes} process(es), "
+        f"{data.description}: {f'{len(data):,}' if data.has_length else 'a stream of'} images "
+        f"{tuple(data.images.shape[1:])} ({'streamed from DataLoader workers' if data.streaming else 'resident on the device'}), "
+        f"{context_description(run)}; {config.preset}, {sum(p.numel() for p in run.unet.parameters()):,} parameters; "
+        f"{run.max_train_steps:,} steps of {run.images_per_step:,} images ({epochs}; {length.reason}), warm-up "
+        f"{config.lr_warmup_steps} steps; expected {format_seconds(length.expected_seconds)} of training at an "
+        f"assumed {length.images_per_second:,.0f} images/s; {accelerator.num_processes} process(es), "
         f"{accelerator.device}, mixed precision {config.mixed_precision}, {type(run.step).__name__} "
         f"(built in {run.seconds['step']:.1f} s).",
         main_process_only=True,
