@@ -355,3 +355,14 @@ def test_saved_config_listing_the_class_embedding_as_null_loads(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["num_class_embeds"] is None and saved["class_embed_type"] is None
     assert ContextUNet2DModel.from_pretrained(tmp_path).class_embedding is None
+
+
+def test_a_dtype_cast_logs_no_empty_float32_list(capfd):
+    """diffusers' ModelMixin.to warns "should be kept in float32: []" on every dtype cast of a model that keeps no
+    module in float32; hfdiff drops that one message."""
+    model = ContextUNet2DModel.from_preset("sprite-small", context_dim=5)
+    capfd.readouterr()
+    model.to(torch.bfloat16)
+    model.to("cpu", torch.float32)
+    assert "kept in float32" not in capfd.readouterr().err
+    assert model.dtype == torch.float32
