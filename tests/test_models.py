@@ -355,3 +355,27 @@ def test_saved_config_listing_the_class_embedding_as_null_loads(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["num_class_embeds"] is None and saved["class_embed_type"] is None
     assert ContextUNet2DModel.from_pretrained(tmp_path).class_embedding is None
+
+
+def test_a_dtype_cast_logs_no_empty_float32_list():
+    """diffusers' ModelMixin.to warns "should be kept in float32: []" on every dtype cast of a model that keeps no
+    module in float32; hfdiff drops that one message. The tests run diffusers at DIFFUSERS_VERBOSITY=error and its
+    loggers do not propagate, so this listens on the logger itself at warning level."""
+    import logging
+
+    model = ContextUNet2DModel.from_preset("sprite-small", context_dim=5)
+    records = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = records.append
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.addHandler(listener)
+    logger.setLevel(logging.WARNING)
+    try:
+        model.to(torch.bfloat16)
+        model.to("cpu", torch.float32)
+    finally:
+        logger.removeHandler(listener)
+        logger.setLevel(level)
+    assert not [record.getMessage() for record in records if "kept in float32" in record.getMessage()]
+    assert model.dtype == torch.float32

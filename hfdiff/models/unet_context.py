@@ -14,12 +14,26 @@ This module imports only torch and diffusers, so it can be exported next to a sa
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 from torch import nn
+
+
+class _NoEmptyFloat32Warning(logging.Filter):
+    """Drops diffusers' ModelMixin.to warning that lists the modules to keep in float32 when the list is empty.
+    ModelMixin.to tests `self._keep_in_fp32_modules or []` against None, so every dtype cast (`pipe.to(torch.float16)`,
+    `from_pretrained(torch_dtype=...)`) of a model that keeps none, this one included, logs "should be kept in float32:
+    []". The warning stays for models that do name modules."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFloat32Warning())
 
 # Named architectures. "sprite-small" is the course scale (1.4M parameters, no attention);
 # "sprite-base" is wider and deeper, with self-attention at the lowest resolution (6.7M parameters);
