@@ -255,7 +255,8 @@ def held_out_words() -> set[str]:
 
 
 def _combinations(per_kind: int = 2, seed: int = 2_000_003):
-    """(label, kind, part, colour, facing) the generator draws, the `per_kind` most common colours of each kind."""
+    """(label, kind, part, colour, facing) the generator draws: the `per_kind` most common colours of each kind, and
+    for people the most common colour of each outfit (tunic, robe, shirt, armour)."""
     from collections import Counter
 
     from .sprites import generate_sprites
@@ -264,8 +265,9 @@ def _combinations(per_kind: int = 2, seed: int = 2_000_003):
     keys = Counter(zip(labels.tolist(), attributes["kind"], attributes["part"], attributes["colour"]))
     chosen, count = [], Counter()
     for (label, kind, part, colour), _ in keys.most_common():
-        if count[kind] < per_kind:
-            count[kind] += 1
+        key = (kind, part) if kind in PEOPLE_KINDS else kind
+        if count[key] < (1 if kind in PEOPLE_KINDS else per_kind):
+            count[key] += 1
             chosen.append((label, kind, part, colour, "left" if kind == "traveller" else ""))
     return chosen
 
@@ -281,11 +283,11 @@ def plain_prompts(per_kind: int = 2) -> list[tuple[str, str, str, str]]:
         if kind not in seen:
             seen.add(kind)
             rows.append((_a(noun), SPRITE_CLASSES[label], kind, ""))
-        colour_word = COLOUR_WORDS[colour][0][0]
+        colour_word = "gold" if colour == "golden" else COLOUR_WORDS[colour][0][0]  # as typed: "gold armor"
         if kind in PEOPLE_KINDS:
-            part_word = PART_WORDS[part][0][-1 if part == "armour" else 0]
+            part_word = "armor" if part == "armour" else PART_WORDS[part][0][0]  # "a knight in gold armor"
             outfit = f"{colour_word} {part_word}" if part == "armour" else _a(f"{colour_word} {part_word}")
-            prompt = f"a {'knight' if part == 'armour' else noun} in {outfit}"
+            prompt = f"a {'knight' if part == 'armour' and kind == 'hero' else noun} in {outfit}"
         elif part in NAMED_PARTS:
             prompt = _a(f"{colour_word} {noun}")
         else:
