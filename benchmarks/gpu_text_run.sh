@@ -48,5 +48,5 @@ hfdiff sample /tmp/text-model-$first --prompt "a green slime monster" --prompt "
 tar -C /tmp -cf $OUT/text.tar text-out
 for variant in ${VARIANTS:-default=}; do
   label=${variant%%=*}; echo "== $label"; grep -E "Time:" /tmp/text-out/train-$label.log | sed 's/.*Time:/Time:/'
-  tail -1 /tmp/text-out/train-$label.log; grep -E "^\| (captions|held-out|paraphrases)|by class" /tmp/text-out/eval-$label.log; tail -1 /tmp/text-out/eval-$label.log
+  tail -1 /tmp/text-out/train-$label.log; grep -E "^\| (captions|plain|words no|held-out|paraphrases)|by class" /tmp/text-out/eval-$label.log; tail -1 /tmp/text-out/eval-$label.log
 done
