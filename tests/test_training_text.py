@@ -305,9 +305,28 @@ def test_text_resume_is_exact_and_other_conditioning_is_refused(bert, tmp_path, 
 
     # The text checkpoint under a class run, and a class checkpoint under a text run: refused before loading.
     class_flags = [*TINY_RUN, "--num_cpu_threads", "1", "--mixed_precision", "no", *flags]
-    with pytest.raises(ValueError, match=r"belongs to another run \(conditioning: 'text' -> 'class'"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(.*conditioning: 'text' -> 'class'"):
         train(parse_config([*class_flags, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"]), True)
     class_run = tmp_path / "class"
     train(parse_config([*class_flags, "--output_dir", str(class_run), "--max_train_steps", "2"]), conditional=True)
-    with pytest.raises(ValueError, match=r"belongs to another run \(conditioning: 'class' -> 'text'"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(.*conditioning: 'class' -> 'text'"):
         train(text_config(bert, class_run, *flags, "--resume_from_checkpoint", "latest"), conditional=True)
+
+
+def test_captions_per_image_is_part_of_the_run_identity():
+    """A text checkpoint written before caption sets (no such entry) is a one-caption run: it resumes under
+    --captions_per_image 1 and is refused, naming the flag, under the default; class runs are unaffected."""
+    from hfdiff.training.checkpoints import identity_differences, run_identity, same_run
+
+    def identity(**flags):
+        config = TrainingConfig(num_train_images=20, conditioning="text", **flags)
+        return run_identity(config, load_training_data(config, conditional=True), "text")
+
+    old = identity(captions_per_image=1)
+    for key in ("captions_per_image", "caption_noise", "caption_mixup"):
+        del old[key]
+    assert same_run(old, identity(captions_per_image=1))
+    assert "captions_per_image: 1 -> 8" in identity_differences(old, identity())
+    assert "caption_noise: 0.0 -> 0.5" in identity_differences(old, identity(captions_per_image=1, caption_noise=0.5))
+    config = TrainingConfig(num_train_images=20)  # a class run: one "caption" per image whatever the flag says
+    assert run_identity(config, load_training_data(config, conditional=True), "class")["captions_per_image"] == 1

@@ -95,14 +95,7 @@ def caption_table(captions: list[str], tokenizer, text_encoder, device) -> tuple
     distinct = list(dict.fromkeys(captions))
     row = {caption: i for i, caption in enumerate(distinct)}
     index = torch.tensor([row[caption] for caption in captions], dtype=torch.int64, device=device)
-    # Encoded shortest first, so that each batch pads to about its own length rather than the longest caption's
-    # (the sprites' captions run from 2 to some 30 tokens); the rows go back to first-appearance order after.
-    order = sorted(range(len(distinct)), key=lambda i: len(distinct[i]))
-    encoded = encode_text(
-        tokenizer, text_encoder, [distinct[i] for i in order], batch_size=ENCODE_BATCH_SIZE, device=device
-    )
-    table = torch.empty_like(encoded)
-    table[torch.tensor(order, device=encoded.device)] = encoded
+    table = encode_text(tokenizer, text_encoder, distinct, batch_size=ENCODE_BATCH_SIZE, device=device)
     empty = torch.tensor([not caption.strip() for caption in distinct], device=table.device)
     return table.masked_fill(empty[:, None], 0.0).to(device), index
 
