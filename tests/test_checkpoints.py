@@ -209,6 +209,7 @@ def test_identity_entries_added_later_compare_as_older_runs_had_them():
     course = {"prediction_type": "epsilon", "seed": 0, "rescale_betas_zero_snr": False, "snr_gamma": 0.0}
     course["context_mlp_dim"] = 0  # the course's context MLP width, which every run before --context_mlp_dim had
     course["context_time_embedding"] = False  # and the course's decoder-only context
+    course.update(captions_per_image=1, caption_noise=0.0, caption_mixup=False)  # one caption, used as it is
     assert identity_differences(older, course) == ""
     assert identity_differences(older, {**course, "context_mlp_dim": 512}) == "context_mlp_dim: 0 -> 512"
     zero_snr = {**course, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "snr_gamma": 5.0}
