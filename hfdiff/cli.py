@@ -333,7 +333,8 @@ def held_out_combinations(args) -> list[str | dict]:
 
 
 def evaluate_text_model(args, pipe) -> dict:
-    """Class and named-attribute accuracy of prompts, held-out combinations and paraphrases (hfdiff.evaluate_text)."""
+    """Class and named-attribute accuracy of captions, plain prompts, unseen words, held-out combinations and
+    paraphrases (hfdiff.evaluate_text)."""
     from hfdiff import evaluate_text as et
 
     classifier = get_classifier(args, real_data(args))

@@ -9,11 +9,17 @@ multi-head CNN trained on the generator's ground truth) checks the kind and the 
                                         held_out=[{"kind": "slime", "colour": "purple"}])
     print(et.text_report_markdown(metrics))
 
-Four prompt sets, each sampled at every guidance scale from the same seed:
-- "prompts": generator captions (sprite_captions of a seed training never uses), `prompts_per_class` per class.
-  Class accuracy (sprite classifier) and named-attribute accuracy (probe: kind and colour of the captioned part).
+Five prompt sets, each sampled at every guidance scale from the same seed:
+- "prompts": generator captions (sprite_captions of a seed training never uses), `prompts_per_class` per class: the
+  training phrasing. Class accuracy (sprite classifier) and named-attribute accuracy (probe: kind and colour of the
+  captioned part).
 - "held_out": captions of hand-made attributes for combinations the training run left out (e.g. purple slimes).
-- "paraphrases": PARAPHRASES, wordings no caption template uses ("a small emerald blob").
+- "plain": short prompts as people type them, in words training uses (caption_grammar.plain_prompts): each kind
+  alone ("a sword", kind scored, colour not) and with a colour ("a red apple", "a knight in gold armor").
+- "unseen_words": the same shapes in the grammar's evaluation-only nouns, colour words and frames
+  (caption_grammar.unseen_word_prompts, "a jade ooze for my game"): words no training caption contains.
+- "paraphrases": PARAPHRASES, wordings outside sprite_captions' templates ("a small emerald blob"); the caption grammar
+  trains on some of their words, so "unseen_words" is the held-out measure and this row stays for comparison.
 "all named" is the share of images whose class, kind and colour all match the prompt. A probe that is itself wrong
 on x% of real sprites cannot measure beyond 100 - x%: its held-out accuracy is reported beside the metrics.
 """
@@ -308,11 +314,27 @@ def held_out_prompts(held_out: Sequence[Mapping[str, str]], per_combination: int
     )
 
 
-def paraphrase_prompts(paraphrases: Sequence[tuple[str, str, str, str]] = PARAPHRASES) -> PromptSet:
-    """PromptSet of (prompt, class, kind, colour) rows such as PARAPHRASES."""
+def paraphrase_prompts(
+    paraphrases: Sequence[tuple[str, str, str, str]] = PARAPHRASES, name: str = "paraphrases"
+) -> PromptSet:
+    """PromptSet of (prompt, class, kind, colour) rows such as PARAPHRASES; "" where a prompt names no colour."""
     columns = list(zip(*paraphrases)) if paraphrases else [[], [], [], []]
     expected = {head: np.asarray(column, dtype=object) for head, column in zip(PROBE_HEADS, columns[1:])}
-    return PromptSet("paraphrases", list(columns[0]), expected)
+    return PromptSet(name, list(columns[0]), expected)
+
+
+def plain_prompt_set(per_kind: int = 2) -> PromptSet:
+    """Short prompts in training words, every kind alone and with `per_kind` colours (caption_grammar.plain_prompts)."""
+    from hfdiff.data.caption_grammar import plain_prompts
+
+    return paraphrase_prompts(plain_prompts(per_kind), name="plain")
+
+
+def unseen_word_prompt_set(per_kind: int = 2) -> PromptSet:
+    """Prompts in words no training caption contains (caption_grammar.unseen_word_prompts)."""
+    from hfdiff.data.caption_grammar import unseen_word_prompts
+
+    return paraphrase_prompts(unseen_word_prompts(per_kind), name="unseen_words")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -382,14 +404,17 @@ def evaluate_text_pipeline(
     images_per_prompt: int = 5,
     held_out: Sequence[str | Mapping[str, str]] = (),
     per_held_out: int = 20,
+    colours_per_kind: int = 2,
     batch_size: int = 250,
     num_inference_steps: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
     """Sample every prompt set at every guidance scale (each from torch.Generator("cpu").manual_seed(seed)) and
-    score it. Returns {"guidance": [{"guidance_scale", "prompts", "held_out", "paraphrases"} of score_prompt_set
-    dicts], "held_out_combinations", "images_per_prompt", "probe_heads"}."""
+    score it. The "plain" and "unseen_words" sets ask for every kind alone and with `colours_per_kind` colours.
+    Returns {"guidance": [{"guidance_scale", "prompts", "held_out", "paraphrases"} of score_prompt_set
+    dicts for each of "prompts", "held_out", "plain", "unseen_words" and "paraphrases"], "held_out_combinations",
+    "images_per_prompt", "probe_heads"}."""
     if getattr(pipe, "text_encoder", None) is None:
         raise ValueError("evaluate_text_pipeline needs a text model (pipe.text_encoder is None); use "
                          "hfdiff.evaluate.evaluate_pipeline for class-conditional models.")  # fmt: skip
@@ -398,6 +423,8 @@ def evaluate_text_pipeline(
     sets = [
         caption_prompts(prompts_per_class, combinations),
         held_out_prompts(combinations, per_held_out),
+        plain_prompt_set(colours_per_kind),
+        unseen_word_prompt_set(colours_per_kind),
         paraphrase_prompts(),
     ]
     rows = []
@@ -442,9 +469,17 @@ def text_report_markdown(metrics: dict, probe_accuracy: Mapping[str, float] | No
         "| prompts | guidance | images | class | kind | colour | all named |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    titles = {"prompts": "captions", "held_out": "held-out combinations", "paraphrases": "paraphrases"}
+    titles = {
+        "prompts": "captions (training phrasing)",
+        "plain": "plain short prompts",
+        "unseen_words": "words no caption uses",
+        "held_out": "held-out combinations",
+        "paraphrases": "paraphrases",
+    }
     for name, title in titles.items():
         for row in metrics["guidance"]:
+            if name not in row:  # metrics written before a prompt set existed
+                continue
             s = row[name]
             cells = " | ".join(_percent(s[key]) for key in ("class", "kind", "colour", "all named"))
             lines.append(f"| {title} | {row['guidance_scale']:g} | {s['images']} | {cells} |")

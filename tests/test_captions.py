@@ -9,9 +9,11 @@ from hfdiff.data import (
     colour_names,
     generate_sprites,
     generate_sprites_with_captions,
+    sprite_caption_sets,
     sprite_captions,
     sprite_dataset,
 )
+from hfdiff.data import caption_grammar as cg
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +110,93 @@ def test_dataset_text_column():
     ds = sprite_dataset(10, seed=3, captions=True)
     assert ds["text"] == generate_sprites_with_captions(10, seed=3)[2]
     assert "text" not in sprite_dataset(3, seed=3).column_names
+
+
+# ---- the caption grammar: many true captions per image, and words only evaluation uses
+
+
+@pytest.fixture(scope="module")
+def caption_sets():
+    images, labels, attributes = generate_sprites(2_000, seed=5, return_attributes=True)
+    return images, labels, attributes, sprite_caption_sets(labels, attributes, seed=5, per_image=8)
+
+
+def test_caption_sets_leave_the_images_byte_identical():
+    import hashlib
+
+    before = hashlib.sha256(generate_sprites(500, seed=9)[0].tobytes()).hexdigest()
+    images, labels, attributes = generate_sprites(500, seed=9, return_attributes=True)
+    sets = sprite_caption_sets(labels, attributes, seed=9, per_image=8)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == before
+    assert hashlib.sha256(generate_sprites(500, seed=9)[0].tobytes()).hexdigest() == before
+    assert sets == sprite_caption_sets(labels, attributes, seed=9, per_image=8)  # deterministic by seed
+    assert sets != sprite_caption_sets(labels, attributes, seed=10, per_image=8)
+
+
+def test_caption_sets_start_with_the_generator_sentence(caption_sets):
+    _, labels, attributes, sets = caption_sets
+    assert [options[0] for options in sets] == sprite_captions(labels, attributes, seed=5)
+    assert all(len(options) == 8 for options in sets)
+    assert sprite_caption_sets(labels, attributes, seed=5, per_image=1) == [
+        [c] for c in sprite_captions(labels, attributes, seed=5)
+    ]
+    with pytest.raises(ValueError, match="per_image must be a positive integer"):
+        sprite_caption_sets(labels, attributes, per_image=0)
+
+
+def test_grammar_captions_are_true_and_varied(caption_sets):
+    """Every grammar caption names the kind (in some training word) or its class, and a colour only if the image's;
+    short forms ("a sword", "a red apple") are among them, and heroes are also knights, slimes also blobs."""
+    _, labels, attributes, sets = caption_sets
+    colour_words = {w: name for name, (train, _) in cg.COLOUR_WORDS.items() for w in train}
+    for i in range(0, len(sets), 7):
+        kind, colour = attributes["kind"][i], attributes["colour"][i]
+        for caption in sets[i][1:]:
+            words = cg.caption_words(caption)
+            nouns = cg.KIND_WORDS[kind][0] + cg.CLASS_WORDS[labels[i]][0]
+            assert any(cg.caption_words(noun) <= words for noun in nouns), (kind, caption)
+            named = {colour_words[w] for w in words if w in colour_words and w not in ("dark", "pale")}
+            named -= {"orange"} if kind == "carrot" else set()
+            assert named <= {colour, "steel"} or kind in cg.PEOPLE_KINDS or not named, (colour, caption)
+    everything = {c for options in sets for c in options}
+    assert {"a sword", "a slime", "a hero"} <= everything
+    assert any(c.startswith("a knight") for c in everything) and any("blob" in c for c in everything)
+    assert any(c in everything for c in ("a red apple", "a green apple", "a yellow apple"))
+    distinct_per_image = np.mean([len(set(options)) for options in sets])
+    assert distinct_per_image > 5
+
+
+def test_distinct_captions_grow_with_the_pools_not_the_images():
+    counts = []
+    for n in (2_000, 8_000):
+        _, labels, attributes = generate_sprites(n, seed=0, return_attributes=True)
+        sets = sprite_caption_sets(labels, attributes, seed=0, per_image=8)
+        grammar = {c for options in sets for c in options[1:]}
+        pools = len(set(zip(labels, *(attributes[k] for k in ("kind", "part", "colour", "facing")))))
+        assert len(grammar) <= pools * cg.POOL_SIZE
+        counts.append(len(grammar))
+    assert counts[1] < 2 * counts[0]  # four times the images, far fewer than four times the captions
+
+
+def test_no_held_out_word_appears_in_any_training_caption(caption_sets):
+    _, _, _, sets = caption_sets
+    held_out = cg.held_out_words()
+    assert len(held_out) > 100 and {"ooze", "sabre", "jade", "paladin", "crystal"} <= held_out
+    seen = set().union(*(cg.caption_words(c) for options in sets for c in options))
+    assert not seen & held_out, sorted(seen & held_out)[:20]
+    for prompt, _, _, colour in cg.unseen_word_prompts():
+        words = cg.caption_words(prompt)
+        assert words & held_out, prompt
+        if colour:  # the colour itself is named in an evaluation-only word
+            assert words & {w for w in cg.COLOUR_WORDS[colour][1] for w in cg.caption_words(w)}, prompt
+
+
+def test_plain_and_unseen_prompt_rows():
+    plain, unseen = cg.plain_prompts(), cg.unseen_word_prompts()
+    kinds = set(cg.KIND_WORDS)
+    for rows in (plain, unseen):
+        assert {kind for _, _, kind, _ in rows} == kinds
+        assert {kind for _, _, kind, colour in rows if colour == ""} == kinds  # each kind alone too
+        assert all(label in SPRITE_CLASSES for _, label, _, _ in rows)
+    assert ("a sword", "spell/weapon", "sword", "") in plain
+    assert any(p.startswith("a knight in") and "armor" in p for p, *_ in plain)

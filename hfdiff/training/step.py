@@ -30,15 +30,19 @@ class StepNoise:
     noise: torch.Tensor  # (B, C, H, W) eps ~ N(0, I)
     timesteps: torch.Tensor  # (B,) t ~ U{0..T-1}
     flip_draw: torch.Tensor | None = None  # (B,) U[0, 1): the image is mirrored where flip_draw < 0.5 (--random_flip)
+    context_noise: torch.Tensor | None = None  # (B, D) N(0, I), scaled by --caption_noise
+    mix_draw: torch.Tensor | None = None  # (B, 2) U[0, 1): --caption_mixup's lam and its second caption's pick
 
 
 def draw_step_noise(
-    generator, batch_size, image_shape, num_train_timesteps, conditional, out=None, flip=False
-) -> StepNoise:
-    """Draw a micro-batch's random numbers in a fixed order (context dropout, eps, t, then the flips with `flip`);
-    `out` (a StepNoise) receives them in place, as a CUDA graph's static inputs must. The flips come last and only
-    when asked for, so that --random_flip leaves every other draw of a micro-batch as it is: a run with the flag and
-    one without see the same noise, timesteps and dropout."""
+    generator, batch_size, image_shape, num_train_timesteps, conditional, out=None, flip=False, context_noise_dim=0,
+    mixup=False,
+) -> StepNoise:  # fmt: skip
+    """Draw a micro-batch's random numbers in a fixed order (context dropout, eps, t, then the flips with `flip`,
+    then (B, context_noise_dim) context noise, then the mixup draws with `mixup`); `out` (a StepNoise) receives them
+    in place, as a CUDA graph's static inputs must. The optional draws come last and only when asked for, so that
+    each flag leaves every other draw of a micro-batch as it is: a run with the flag and one without see the same
+    noise, timesteps and dropout."""
     device = generator.device
     keep_draw = None
     if conditional:
@@ -59,12 +63,20 @@ def draw_step_noise(
     if flip:
         flip_out = None if out is None else out.flip_draw
         flip_draw = torch.rand(batch_size, generator=generator, device=device, out=flip_out)
-    return StepNoise(keep_draw, noise, timesteps, flip_draw)
+    context_noise = mix_draw = None
+    if context_noise_dim:
+        shape, noise_out = (batch_size, context_noise_dim), None if out is None else out.context_noise
+        context_noise = torch.randn(shape, generator=generator, device=device, out=noise_out)
+    if mixup:
+        mix_out = None if out is None else out.mix_draw
+        mix_draw = torch.rand((batch_size, 2), generator=generator, device=device, out=mix_out)
+    return StepNoise(keep_draw, noise, timesteps, flip_draw, context_noise, mix_draw)
 
 
 def get_batch(
-    images, context_index, context_table, indices, keep_draw, p_uncond, memory_format, batch=None, flip_draw=None
-):
+    images, context_index, context_table, indices, keep_draw, p_uncond, memory_format, batch=None, flip_draw=None,
+    context_noise=None, mix_draw=None, caption_choices=None,
+):  # fmt: skip
     """Gather a batch on the device: x_0 (B, C, H, W) float in [-1, 1], and the context (B, D) = rows of
     `context_table` picked by `context_index` (context.py: one-hot classes or caption embeddings), each row zeroed
     (the null context) where keep_draw < p_uncond; or None for unconditional training.
@@ -74,7 +86,13 @@ def get_batch(
     0.5): one `where` over the batch, without a host sync or a data-dependent shape, so a CUDA graph can replay it.
 
     For classes the table is the (K, K) identity: a row lookup gives the one-hot vectors without F.one_hot, which
-    checks its input's range on the host and so waits for the GPU at every step."""
+    checks its input's range on the host and so waits for the GPU at every step.
+
+    Caption regularisers (text models; both off by default), applied before the dropout so the null context stays
+    exactly zero: with `mix_draw` (B, 2) and `caption_choices` (N, K), the context is lam c + (1 - lam) c' with lam =
+    mix_draw[:, 0] and c' another of the image's K captions (mix_draw[:, 1] picks it): a point between two true
+    phrasings of one image. With `context_noise` (B, D), already scaled by --caption_noise, each row gets that noise
+    times its root-mean-square entry, so the flag means the same for any encoder's scale."""
     x0 = (images[indices] if batch is None else batch).float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1]
     if flip_draw is not None:
         x0 = torch.where((flip_draw < 0.5)[:, None, None, None], x0.flip(-1), x0)
@@ -82,6 +100,14 @@ def get_batch(
     if context_index is None:
         return x0, None
     context = context_table[context_index[indices]]  # (B, D)
+    if mix_draw is not None:
+        options = caption_choices[indices]  # (B, K)
+        pick = (mix_draw[:, 1] * options.shape[1]).long().clamp_(max=options.shape[1] - 1)
+        other = context_table[options.gather(1, pick[:, None])[:, 0]]  # (B, D)
+        lam = mix_draw[:, :1]
+        context = lam * context + (1.0 - lam) * other
+    if context_noise is not None:
+        context = context + context_noise * context.pow(2).mean(dim=1, keepdim=True).sqrt()
     return x0, context * (keep_draw >= p_uncond).to(context.dtype)[:, None]
 
 
@@ -133,6 +159,13 @@ class StepInputs:
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None = the plain mean
     random_flip: bool = False  # mirror each image with probability 0.5 (StepNoise.flip_draw)
     streamed_shape: tuple[int, int, int] | None = None  # (C, H, W) of the streamed batches; None when resident
+    caption_noise: float = 0.0  # --caption_noise: context noise std per RMS entry; 0 draws none
+    caption_choices: torch.Tensor | None = None  # (N, K) table rows of each image's captions, for --caption_mixup
+
+    def draw_options(self) -> dict:
+        """draw_step_noise's keywords for the optional draws this run makes."""
+        noise_dim = self.context_table.shape[1] if self.caption_noise and self.context_table is not None else 0
+        return {"flip": self.random_flip, "context_noise_dim": noise_dim, "mixup": self.caption_choices is not None}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -150,6 +183,9 @@ class StepInputs:
             self.memory_format,
             batch,
             draws.flip_draw,
+            None if draws.context_noise is None else draws.context_noise * self.caption_noise,
+            draws.mix_draw,
+            self.caption_choices,
         )
         return diffusion_loss(
             model, noise_scheduler, x0, context, draws.noise, draws.timesteps, self.memory_format, self.snr_gamma
@@ -175,7 +211,7 @@ class EagerStep:
             self.image_shape,
             self.noise_scheduler.config.num_train_timesteps,
             conditional=self.inputs.context_index is not None,
-            flip=self.inputs.random_flip,
+            **self.inputs.draw_options(),
         )
         if batch is not None:
             batch = batch.to(accelerator.device, non_blocking=True)
@@ -286,7 +322,7 @@ class GraphedStep:
             self.image_shape,
             self.num_train_timesteps,
             self.conditional,
-            flip=inputs.random_flip,
+            **inputs.draw_options(),
         )
         self.captured_ema = CapturedEMA(ema, unet, device) if ema is not None else None
         raw_optimizer = getattr(optimizer, "optimizer", optimizer)  # past Accelerate's wrapper: no host bookkeeping
@@ -359,7 +395,7 @@ class GraphedStep:
             self.num_train_timesteps,
             self.conditional,
             out=self.draws,
-            flip=self.inputs.random_flip,
+            **self.inputs.draw_options(),
         )
         if self.captured_ema is not None:
             self.captured_ema.advance()
