@@ -492,7 +492,8 @@ def cpu_threads(config: TrainingConfig, local_processes: int) -> tuple[int, str]
     torch's OpenMP threads wait for each other at the end of every operation, so a thread sharing its core with
     another busy process stalls all of them: on 2 cores with one taken by a busy loop, 2 threads trained at 109
     images/s, 1 thread at 278 (idle: 380 and 243; benchmarks/results/cpu_contention.md). Auto therefore counts the
-    cores that are free when training starts (`hfdiff.cpu_threads.free_cpu_cores`) and takes at most those, and never more than:
+    cores that are free when training starts (`hfdiff.cpu_threads.free_cpu_cores`) and takes at most those, and
+    never more than:
     - under `accelerate launch` (recognised by the ACCELERATE_DYNAMO_BACKEND it always exports): the physical cores
       divided between this machine's processes, as accelerate's own --cpu path does. Without --cpu the launcher
       exports OMP_NUM_THREADS=1 to every process when no GPU is found, which would halve the speed of a 2-core run;
