@@ -63,14 +63,17 @@ def tool(name: str) -> str:
 
 
 def run(command: list[str], log: str) -> tuple[float, str]:
-    """Run `command`, its output to `log`; -> (wall seconds, output). Raises with the log's tail on failure."""
+    """Run `command` with its output written to `log` as it comes (a long run can be followed with tail -f);
+    -> (wall seconds, output). Raises with the log's tail on failure."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    output = result.stdout + result.stderr
     with open(log, "w", encoding="utf-8") as file:
-        file.write(" ".join(command) + "\n\n" + output)
+        file.write(" ".join(command) + "\n\n")
+        file.flush()
+        start = time.perf_counter()
+        result = subprocess.run(command, cwd=REPO, env=env, stdout=file, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - start
+    with open(log, encoding="utf-8") as file:
+        output = file.read()
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}); see {log}:\n{output[-3000:]}")
     return seconds, output
