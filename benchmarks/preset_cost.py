@@ -61,6 +61,7 @@ def main() -> None:
     lines += [f"| {r['preset']} | {r['size']} | {r['images_per_second']:.1f} | {r['cost']:.2f} |" for r in rows]
     with open(args.out + ".json", "w") as file:
         json.dump(rows, file, indent=1)
+        file.write("\n")
     with open(args.out + ".md", "w") as file:
         file.write("\n".join(lines) + "\n")
     print("\n".join(lines))
