@@ -4,7 +4,8 @@ A sprite UNet is small (16x16 images, ~1.4M parameters for "sprite-small", ~250 
 eager loop pays for launching those kernels from Python on every step. `FastSampler` records one whole step (UNet
 forward, classifier-free guidance, scheduler update) once as a CUDA graph and replays it for every step;
 `compile=True` also fuses the GroupNorm/SiLU/add chains with torch.compile before recording, and `dtype=torch.bfloat16`
-runs a bf16 copy of the UNet (channels_last) for another ~2x. benchmarks/NOTES-sampling.md has the measurements.
+runs a bf16 copy of the UNet (channels_last), which moves half the bytes. benchmarks/NOTES-sampling.md has the
+measurements.
 
 By default a call returns what the pipeline's step-by-step loop returns, up to float rounding of the same dtype: the
 graph runs the pipeline's own UNet in its own dtype and memory format, and draws the same noise from the same

@@ -4,24 +4,16 @@ and the reports. `with_sampler(pipe, name)` is the one way they are built: its s
 save_pretrained keeps. Training saves the recommended sampler, so `pipe()` on a trained model runs it.
 
 Every sampler is built from the model's own scheduler config (`from_config`), so it uses the schedule, prediction
-type and timestep spacing the model was trained with. "dpm++" is the few-step sampler the measurements recommend
-(benchmarks/results/few-step-quality-h200-dpm25.md: one default model, zero-snr recipe, 64 epochs, 1,000 sprites on
-one H200, w = 1):
-
-| sampler | steps | FD | FD / DDPM-500 |
-| --- | ---: | ---: | ---: |
-| DDPM (every step) | 500 | 0.81 | 1.00 |
-| dpm++: DPM-Solver++ 2M SDE | 25 | 0.66 | 0.81 |
-| DPM-Solver++ 2M SDE (dpm++ before) | 20 | 0.82 | 1.01 |
-| fast: DDPM on 25 strided steps | 25 | 1.04 | 1.28 |
-| DDIM eta = 0 | 50 | 1.60 | 1.97 |
-
-Over five default models DPM-Solver++ 2M SDE on 20 steps was 1.01-1.25x and `fast` 1.07-1.8x of DDPM-500.
+type and timestep spacing the model was trained with. "dpm++" is recommended because on 25 steps it reached full
+500-step DDPM's Fréchet distance on the default models, where `fast` and DDIM stayed above it; the measurements per
+sampler and training are in docs/sampling.md ("Few steps, full quality"), from
+benchmarks/results/few-step-quality-h200-*.md.
 
 Every sampler here runs on the CUDA-graph path (`FastSampler`): DDPM's and DDIM's steps are affine in (x_t, model
 output, noise), and "dpm++" (diffusers' DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++", solver_order=2)
-adds only the previous step's x_t and output, which the graph carries over. The deterministic samplers stay 2-3.8x
-off DDPM-500 on these models however many steps they take (DDIM-500 as DDIM-50): the gap is the model's ODE.
+adds only the previous step's x_t and output, which the graph carries over. No deterministic sampler is offered
+beyond DDIM: on these models they stay off DDPM-500 however many steps they take (DDIM-500 as far as DDIM-50,
+benchmarks/results/few-step-quality-h200-deterministic.md), as the gap is the model's probability-flow ODE.
 """
 
 from __future__ import annotations
