@@ -84,6 +84,7 @@ def sampler_scheduler(config, name: str):
     scheduler = scheduler_class.from_config(config, **dict(sampler.overrides))
     recipe = {
         "sampler": name,
+        "scheduler": type(scheduler).__name__,  # the recipe holds for this class only (`sampling_defaults`)
         "num_inference_steps": default_steps(name, scheduler.config.num_train_timesteps),
         "eta": sampler.eta,
         "guidance_scale": sampler.guidance_scale,

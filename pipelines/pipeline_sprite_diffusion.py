@@ -392,12 +392,17 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         None), "num_inference_steps", "eta", "guidance_scale"}, from the recipe the scheduler carries in its config
         (SAMPLING_RECIPE, written by hfdiff.samplers.with_sampler and so by training), else the scheduler's own:
         every training step for DDPM schedulers (the course's sampler), 50 (at most T) for others, eta 0 and
-        guidance 1. The guidance applies only where there is a context to guide towards: an unconditional model,
-        or a call without class labels, context or prompt, runs one plain pass whatever it says."""
+        guidance 1 (also where the recipe names another scheduler class than the one in place). The guidance applies
+        only where there is a context to guide towards: an unconditional model, or a call without class labels,
+        context or prompt, runs one plain pass whatever it says."""
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         steps = num_train_timesteps if isinstance(self.scheduler, DDPMScheduler) else min(50, num_train_timesteps)
         defaults = {"sampler": None, "num_inference_steps": steps, "eta": 0.0, "guidance_scale": 1.0}
         recipe = self.scheduler.config.get(SAMPLING_RECIPE) or {}
+        if recipe.get("scheduler", type(self.scheduler).__name__) != type(self.scheduler).__name__:
+            # A scheduler swapped in by hand (`OtherScheduler.from_config(pipe.scheduler.config)`) inherits the
+            # config entry, but a recipe made for another sampler says nothing about this one.
+            recipe = {}
         return {**defaults, **{key: recipe[key] for key in defaults if recipe.get(key) is not None}}
 
     @property

@@ -189,6 +189,17 @@ def test_guidance_default_is_a_no_op_without_a_context():
     assert conditional.guidance_scale == 1.5 and not conditional.do_classifier_free_guidance
 
 
+def test_a_scheduler_swapped_in_by_hand_does_not_inherit_another_samplers_recipe():
+    """diffusers' way of changing sampler, `OtherScheduler.from_config(pipe.scheduler.config)`, copies the recipe
+    entry too; the recipe names the scheduler class it was made for, so the new scheduler runs its own defaults."""
+    pipe = with_sampler(make_pipe(), "dpm++")
+    assert pipe.sampling_defaults["num_inference_steps"] == 19  # 25 capped at T - 1 on the tiny model's T = 20
+    pipe.scheduler = SpriteDDIMScheduler.from_config(pipe.scheduler.config)
+    assert pipe.sampling_defaults == {"sampler": None, "num_inference_steps": 20, "eta": 0.0, "guidance_scale": 1.0}
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # back to the recipe's class
+    assert pipe.sampling_defaults["sampler"] == "dpm++" and pipe.sampling_defaults["guidance_scale"] == 1.5
+
+
 def test_recipe_survives_save_and_load_and_folders_without_one_keep_sampling_as_saved(tmp_path):
     pipe = make_pipe()
     fast = with_sampler(pipe, "fast")

@@ -27,6 +27,7 @@ import torch
 
 from .config import TrainingConfig
 from .data import TrainingData
+from .seeds import stream_seed
 
 VALIDATION_ROWS = 5  # prompts of a text model's validation grid when the data has no classes to pick them by
 ENCODE_BATCH_SIZE = 256  # captions per forward pass of the text encoder
@@ -59,8 +60,6 @@ class Contexts:
 
 def caption_draw_seed(seed: int, epoch: int) -> int:
     """The seed of epoch `epoch`'s caption draw: a stream of its own, apart from the data order's and the noise's."""
-    from .loop import stream_seed
-
     return stream_seed(seed, epoch, 0x43415054)  # "CAPT"
 
 

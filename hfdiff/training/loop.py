@@ -34,7 +34,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
@@ -70,6 +69,7 @@ from .context import Contexts, build_contexts
 from .data import TrainingData, check_image_size, load_training_data
 from .process_state import RestoredProcessState, use_fast_cuda_kernels
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
+from .seeds import stream_seed
 from .step import EagerStep, GraphedStep, LossWatch, StepInputs, graphed_step_unsupported
 from .streaming import batch_loader, data_budget, stream_loader, warn_direction_dependent, worker_errors_raised
 
@@ -87,11 +87,6 @@ class TrainingResult:
     final_loss: float | None = None  # mean training loss over the last logging interval
     step_setup_seconds: float = 0.0  # building the step: for the CUDA-graph step, warm-up, compile and capture
     seconds: dict = dataclasses.field(default_factory=dict)  # where the time went: see `time_report`
-
-
-def stream_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers, e.g. (seed, rank, epoch, micro-batch); about 10 microseconds."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class EpochBatches:

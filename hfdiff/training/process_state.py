@@ -1,7 +1,7 @@
 """`train()` is a library function: what it changes of the process (speed flags, thread count, global RNGs) is put
 back when it returns or raises, so that a notebook or a test that calls it finds the process as it left it.
 
-Training itself never reads the global RNGs (every draw comes from generators seeded by `stream_seed`), but two things
+Training itself never reads the global RNGs (every draw comes from generators seeded by `seeds.stream_seed`), but two things
 it calls write them: seeding the initial weights, and Accelerate's `load_state`, which restores the RNG states saved
 with a checkpoint.
 """
