@@ -13,7 +13,7 @@ dataset: every batch is decoded from PNG, as for a real image set).
 
 Reported per path: images/s after the first logging interval (warm-up, compile, graph capture), the peak resident
 set of the training process and of its largest DataLoader worker (ru_maxrss), and the peak device memory
-(torch.cuda.max_memory_allocated). Issue 18's target: streaming >= 70% of resident images/s at 64x64 on one H200.
+(torch.cuda.max_memory_allocated). The target: streaming >= 70% of resident images/s at 64x64 on one H200.
 Results go to benchmarks/results/data_paths-<device>.{json,md}, with the command line.
 """
 

@@ -41,7 +41,7 @@ from hfdiff.fast_sampling import FastSampler
 from hfdiff.samplers import get_sampler
 
 RESULTS = Path(__file__).parent / "results"
-TARGETS_S = {"DDPM": 0.4, "DDIM": 0.025}  # issue 7, for 1,000 sprites, 500 DDPM / 25 DDIM steps, one H100
+TARGETS_S = {"DDPM": 0.4, "DDIM": 0.025}  # targets for 1,000 sprites, 500 DDPM / 25 DDIM steps, one H100
 
 # Fast-path configurations timed on CUDA: name -> FastSampler options. The first is the default (faithful: the
 # pipeline's UNet in its own dtype and layout), the second the bf16 switch; the guidance task times those two.

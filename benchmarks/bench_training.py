@@ -15,7 +15,7 @@ References (plain PyTorch and diffusers, nothing imported from hfdiff):
 hfdiff rows run `hfdiff.training.train` as the scripts do (conditional, EMA, gradient clipping, cosine LR schedule),
 eager or with the step replayed from a CUDA graph (the GPU default), with and without torch.compile. Each "text" row
 is the row above it with --conditioning text (captions embedded once by all-MiniLM-L6-v2, 384-d contexts gathered
-by index in the same step; needs `pip install "hfdiff[text]"`): issue 13's target is >= 90% of the class row's images/s,
+by index in the same step; needs `pip install "hfdiff[text]"`): the target is >= 90% of the class row's images/s,
 printed as "text/class". The text encoder's start-up (embedding the distinct captions) is outside the step's timing.
 
 images/s leaves out the first fifth of each row's steps (warm-up, compile, graph capture); the one-off setup of the

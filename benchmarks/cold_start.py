@@ -1,4 +1,4 @@
-"""Where a cold start's compile time goes, and what shortens it (issue 14's cold-start target), on one GPU.
+"""Where a cold start's compile time goes, and what shortens it (the cold-start target: the default command within 60 s of its training time), on one GPU.
 
     python benchmarks/cold_start.py                          # every variant, 1,500 steps of the default recipe each
     python benchmarks/cold_start.py --variants cold warm     # a subset
@@ -184,7 +184,7 @@ def write_results(rows: list[dict], device: str, args, output: Path | None) -> N
         args.variants
     )
     lines = [
-        f"# Cold start: compiling the default recipe's step on {device} (issue 14)",
+        f"# Cold start: compiling the default recipe's step on {device}",
         "",
         f"`{command}` (torch {torch.__version__}). Each variant is a fresh process training the default conditional "
         f"recipe for {args.max_train_steps} steps with its own empty compile caches (`warm` reuses `cold`'s).",

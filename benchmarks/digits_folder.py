@@ -1,4 +1,4 @@
-"""Issue 14 on real images: scikit-learn's bundled digits as an image folder, trained through the CLI, every sampler
+"""Few-step samplers on real images: scikit-learn's bundled digits as an image folder, trained through the CLI, every sampler
 scored with hfdiff.evaluate's classifier accuracy and Fréchet distance (beside the real-vs-real floor).
 
 Two steps, so that the second runs where scikit-learn is not installed (a GPU machine): copy the folder there.

@@ -1,4 +1,4 @@
-"""Issue 14: how good is each sampler on a trained model, and why are the deterministic ones worse?
+"""How good is each sampler on a trained model, and why are the deterministic ones worse?
 
 For every model (label=folder) and every sampler of SAMPLER_TABLE asked for (or a named sampler of hfdiff.samplers:
 fast, ddpm, ddim, dpm++, built by `with_sampler` exactly as the CLI's --sampler and the demo build it), 1,000 images
@@ -54,7 +54,7 @@ SAMPLER_TABLE = {
     "ddim-50-eta1": ("SpriteDDIMScheduler", {}, 50, 1.0),
     "ddpm-25": ("SpriteDDPMScheduler", {}, 25, 0.0),
     "unipc-20": ("UniPCMultistepScheduler", {}, 20, 0.0),
-    # deterministic second-order solvers not measured yet (issue 14's DDIM-50 target): Heun (Karras et al. 2022's
+    # deterministic second-order solvers not measured yet (the DDIM-50 target): Heun (Karras et al. 2022's
     # sampler; two UNet calls a step but the last, so 13 steps = 25 calls), DEIS, DPM-Solver++ 2S (single step)
     "heun-13": ("HeunDiscreteScheduler", {}, 13, 0.0),
     "heun-25": ("HeunDiscreteScheduler", {}, 25, 0.0),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issues 14 and 18 on one GPU, from a copy of the repository with the diffusers and datasets wheels installed:
+# Sampler quality and data paths on one GPU, from a copy of the repository with the diffusers and datasets wheels installed:
 # the default GPU command timed on its own (cold start included), its model's sampler quality and guidance sweep,
 # the GPU tests, the recommended sampler's speed beside diffusers' pipelines, and the two training data paths.
 # Everything lands in $OUT/results.tar (benchmarks/results/ files, logs) and a summary is printed last.

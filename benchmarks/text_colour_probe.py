@@ -1,4 +1,4 @@
-"""Does the caption embedding itself say which colour the captioned part has? (issue 13's named-colour gap)
+"""Does the caption embedding itself say which colour the captioned part has? (the named-colour gap of text models)
 
     python benchmarks/text_colour_probe.py                 # 8,000 procedural captions, all-MiniLM-L6-v2, CPU
 
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
         rows.append((name, int(mine.sum()), len(set(y)), float(words[mine].mean()), float(accuracy)))
     command = "python benchmarks/text_colour_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
-        "# Caption embeddings: is the captioned part's colour linearly readable? (issue 13)",
+        "# Caption embeddings: is the captioned part's colour linearly readable?",
         "",
         f"`{command.strip()}`: {args.num_captions} procedural captions (seed {args.seed}) embedded by "
         f"{args.text_encoder_name_or_path or 'all-MiniLM-L6-v2'} in {seconds:.0f} s; logistic regression, 3-fold "

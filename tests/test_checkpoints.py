@@ -1,4 +1,4 @@
-"""Training checkpoints are data and belong to one run (issue 16): resuming never unpickles anything, wherever a
+"""Training checkpoints are data and belong to one run: resuming never unpickles anything, wherever a
 pickle hides in the checkpoint; another run's checkpoints in --output_dir are refused, never pruned, and moved aside
 only on --overwrite_output_dir."""
 
