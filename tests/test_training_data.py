@@ -156,7 +156,7 @@ def test_labels_missing_in_conditional_mode(tmp_path):
     root = tmp_path / "flat"
     for i in range(2):
         write_png(str(root / f"{i}.png"))
-    with pytest.raises(ValueError, match="needs labels.*sub-folder per class"):
+    with pytest.raises(ValueError, match="outside class sub-folders.*sub-folder of its own"):
         load(train_data_dir=str(root))
     assert load(conditional=False, train_data_dir=str(root)).images.shape == (2, 3, 16, 16)
     np.save(tmp_path / "sprites.npy", np.zeros((2, 16, 16, 3), dtype=np.uint8))
