@@ -96,7 +96,9 @@ def test_saved_folder_layout(saved):
         "scheduler/scheduler_config.json",
     ]:
         assert (folder / path).is_file(), path
-    assert not list(folder.rglob("*.bin")) and not [p for p in folder.iterdir() if p.name.startswith(".") and p.name != MANIFEST]
+    assert not list(folder.rglob("*.bin")) and not [
+        p for p in folder.iterdir() if p.name.startswith(".") and p.name != MANIFEST
+    ]
 
 
 def test_hfdiff_loads_without_remote_code(saved):

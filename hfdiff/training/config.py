@@ -26,6 +26,7 @@ import torch
 # grids' DDIM scheduler accepts each (it is made from the training scheduler's config).
 from ..schedulers._math import BETA_SCHEDULES
 from ..text import missing_local_folder
+from .output_folder import check_output_dir_owner
 
 LR_SCHEDULERS = (
     "linear",
@@ -653,6 +654,7 @@ def check_config(config: TrainingConfig) -> None:
             raise ValueError(f"--model_config_overrides sets {flag}; pass --{flag} instead.")
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
+        check_output_dir_owner(config.output_dir)
     check_hub_config(config)
 
 
