@@ -314,5 +314,24 @@ def build_model_card(
         text=text_encoder is not None,
         metrics=metrics,
         demo_app=demo_app,
-        training_config=json.dumps(training_config, indent=2, default=str) if training_config else None,
+        training_config=json.dumps(public_config(training_config), indent=2, default=str) if training_config else None,
     )
+
+
+# Training config entries that name places on the trainer's machine, not what the model is.
+LOCAL_PLACES = ("output_dir", "logging_dir", "resume_from_checkpoint")
+
+
+def public_config(training_config: dict) -> dict:
+    """The training configuration as a published card shows it: entries that name where things were on the
+    trainer's machine (--output_dir, --logging_dir, checkpoints) are left out, and a local data or encoder path
+    (--train_data_dir, a save_to_disk --dataset_name, --sprites_npy, a local --text_encoder_name_or_path) becomes
+    "local: <its last name>", which says what the data was without the user's file system."""
+    public = {}
+    for key, value in training_config.items():
+        if key in LOCAL_PLACES:
+            continue
+        if isinstance(value, str) and (os.path.isabs(value) or os.path.exists(value)):
+            value = f"local: {os.path.basename(os.path.normpath(value))}"
+        public[key] = value
+    return public
