@@ -178,7 +178,7 @@ def _set_aside(path: Path) -> None:
 MANIFEST = ".hfdiff-save.json"
 
 
-def file_digest(path: Path) -> dict:
+def file_digest(path: str | os.PathLike) -> dict:
     """{"size", "sha256"} of the regular file `path`, read without following a symbolic link (O_NOFOLLOW)."""
     digest = hashlib.sha256()
     size = 0
@@ -222,6 +222,7 @@ def _inside(name) -> bool:
 
 def unchanged(folder: Path, name: str, record: dict) -> bool:
     """Whether `folder/name` is still the regular file a save wrote (same size and SHA-256, not a link)."""
+    folder = Path(folder)
     path = folder / name
     parent = path.parent
     if parent != folder and (parent.is_symlink() or not parent.is_dir()):

@@ -220,12 +220,12 @@ def config(output_dir, *flags):
     return parse_config([*TINY_RUN, "--output_dir", str(output_dir), *flags])
 
 
-def test_training_refuses_a_users_folder_before_any_work(tmp_path):
+def test_training_refuses_a_users_folder_before_any_work(tmp_path, fresh_accelerate_state):
     out = tmp_path / "mine"
     (out / "unet").mkdir(parents=True)
     (out / "README.md").write_text("my notes")
     with pytest.raises(ValueError, match="holds files that hfdiff did not write.*Pass a new or empty --output_dir"):
-        config(out)
+        train(config(out), conditional=True)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "unet"]
 
 

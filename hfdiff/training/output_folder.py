@@ -26,7 +26,7 @@ FINAL_FILES = ("model_index.json", "README.md", "samples.png")
 def is_hfdiff_folder(path: str) -> bool:
     """Whether `path` holds a run or a pipeline that hfdiff wrote (see the module docstring for the marks)."""
     names = os.listdir(path)
-    if RUN_MARKER in names or MANIFEST in names:
+    if RUN_MARKER in names or MANIFEST in names or LOCK_FILE in names:
         return True
     for name in names:
         if name.startswith("checkpoint-") and os.path.isfile(os.path.join(path, name, "training_state.json")):
