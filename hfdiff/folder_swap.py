@@ -136,8 +136,12 @@ def move_entries(staging: Path, target: Path) -> None:
     fails part-way puts the old entries back, so a failed swap leaves the previous pipeline loadable; only a process
     killed during the renames leaves no index, which the next save repairs. Symbolic links in `target` are renamed
     as links: what they point to is never changed."""
-    entries = sorted(staging.iterdir(), key=lambda path: path.name == "model_index.json")
+    # The manifest first and the index last: a swap cut short leaves no index, and the manifest of the save whose
+    # entries are there.
+    entries = sorted(staging.iterdir(), key=lambda path: (path.name != MANIFEST) + (path.name == "model_index.json"))
     index = target / "model_index.json"
+    for entry in entries:  # what a swap killed part-way left aside
+        remove_entry(retired_path(target / entry.name))
     moved: list[Path] = []  # entries of `target` whose old version waits at its retired_path
     added: list[Path] = []  # entries of `target` that had no old version
     try:

@@ -52,12 +52,15 @@ def check_output_dir_owner(output_dir: str) -> None:
             "there. Pass a new or empty --output_dir."
         )
     manifest = read_manifest(path)
+    has_index = os.path.isfile(os.path.join(path, "model_index.json"))
+    if manifest is not None and not has_index:
+        return  # a save killed during its swap: what is there is hfdiff's, and the final save repairs it
+    if manifest is None and has_index:
+        return  # a pipeline saved before manifests existed: the final save replaces it as diffusers would
     for name in FINAL_FILES:
         file = os.path.join(path, name)
         if not os.path.lexists(file):
             continue
-        if manifest is None and name == "model_index.json":
-            continue  # a pipeline saved before manifests existed: replaced as before
         if manifest is None or name not in manifest or not unchanged(path, name, manifest[name]):
             raise ValueError(
                 f"--output_dir {output_dir}: {name} is not the one hfdiff saved there (yours, or edited), and the "
