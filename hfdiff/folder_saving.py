@@ -26,6 +26,7 @@ from hfdiff.folder_loading import read_json, weights_variant
 from hfdiff.folder_swap import (
     MANIFEST,
     check_swappable,
+    interrupted_swap,
     move_entries,
     new_staging_folder,
     read_manifest,
@@ -129,6 +130,8 @@ def foreign_entries(target: Path, staging: Path, previous: dict | None) -> list[
     found = []
     if previous is not None and not (target / "model_index.json").is_file():
         return found  # a save killed during its swap: what is there is that save's (or the one before it)
+    if interrupted_swap(target):
+        return found  # the same, where the swap was cut short before its manifest moved in
     legacy = previous is None and (target / "model_index.json").is_file()
     for entry in sorted(staging.iterdir()):
         name = entry.name

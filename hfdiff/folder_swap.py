@@ -132,7 +132,8 @@ def move_entries(staging: Path, target: Path) -> None:
     """Move every entry of `staging` into `target`. The old model_index.json is renamed aside first and the new one
     moved in last (each one rename), so whenever `target` has an index, every component it names is the one saved
     with it: the previous pipeline until the first rename, the new one after the last, no pipeline in between. Each
-    old entry is renamed aside (`retired_path`) rather than deleted until every new one is in place: a rename that
+    old entry is kept aside (`retired_path`: a folder renamed there, a file hard-linked there and replaced by one
+    rename, so that a name such as the manifest is never missing) until every new one is in place: a rename that
     fails part-way puts the old entries back, so a failed swap leaves the previous pipeline loadable; only a process
     killed during the renames leaves no index, which the next save repairs. Symbolic links in `target` are renamed
     as links: what they point to is never changed."""
@@ -151,7 +152,8 @@ def move_entries(staging: Path, target: Path) -> None:
         for entry in entries:
             dst = target / entry.name
             if dst != index and os.path.lexists(dst):
-                _set_aside(dst)
+                # a file is replaced by one rename, its old version linked aside for an undo: never missing
+                _set_aside(dst, keep_in_place=entry.is_file() and not dst.is_dir())
                 moved.append(dst)
             elif dst != index:
                 added.append(dst)
@@ -160,17 +162,34 @@ def move_entries(staging: Path, target: Path) -> None:
         for dst in added:
             remove_entry(dst)
         for dst in reversed(moved):
-            remove_entry(dst)
-            os.replace(retired_path(dst), dst)
+            if os.path.lexists(retired_path(dst)):
+                if os.path.isdir(dst) and not os.path.islink(dst):
+                    remove_entry(dst)
+                os.replace(retired_path(dst), dst)
         raise
     for dst in moved:
         remove_entry(retired_path(dst))
 
 
-def _set_aside(path: Path) -> None:
+def _set_aside(path: Path, keep_in_place: bool = False) -> None:
+    """Move `path` to its retired_path; with `keep_in_place` (a file about to be replaced by one rename), keep it
+    where it is too, as a hard link (a copy where the filesystem has none), so that the name is never missing."""
     retired = retired_path(path)
     remove_entry(retired)
-    os.replace(path, retired)
+    if not keep_in_place:
+        os.replace(path, retired)
+        return
+    try:
+        os.link(path, retired, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(path, retired, follow_symlinks=False)
+
+
+def interrupted_swap(target: Path) -> bool:
+    """Whether `target` shows a pipeline swap cut short: no model_index.json, the old one set aside."""
+    return not os.path.lexists(target / "model_index.json") and os.path.lexists(
+        retired_path(target / "model_index.json")
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
-from hfdiff.folder_swap import MANIFEST, read_manifest, unchanged
+from hfdiff.folder_swap import MANIFEST, interrupted_swap, read_manifest, unchanged
 
 RUN_MARKER = ".hfdiff-run.json"
 LOCK_FILE = ".hfdiff-run.lock"
@@ -26,7 +27,7 @@ FINAL_FILES = ("model_index.json", "README.md", "samples.png")
 def is_hfdiff_folder(path: str) -> bool:
     """Whether `path` holds a run or a pipeline that hfdiff wrote (see the module docstring for the marks)."""
     names = os.listdir(path)
-    if RUN_MARKER in names or MANIFEST in names or LOCK_FILE in names:
+    if RUN_MARKER in names or MANIFEST in names or LOCK_FILE in names or interrupted_swap(Path(path)):
         return True
     for name in names:
         if name.startswith("checkpoint-") and os.path.isfile(os.path.join(path, name, "training_state.json")):
@@ -53,7 +54,7 @@ def check_output_dir_owner(output_dir: str) -> None:
         )
     manifest = read_manifest(path)
     has_index = os.path.isfile(os.path.join(path, "model_index.json"))
-    if manifest is not None and not has_index:
+    if (manifest is not None and not has_index) or interrupted_swap(Path(path)):
         return  # a save killed during its swap: what is there is hfdiff's, and the final save repairs it
     if manifest is None and has_index:
         return  # a pipeline saved before manifests existed: the final save replaces it as diffusers would
