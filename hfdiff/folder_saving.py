@@ -124,7 +124,7 @@ def staged_files(staging: Path) -> list[str]:
 def foreign_entries(target: Path, staging: Path, previous: dict | None) -> list[str]:
     """What in `target` the swap of `staging` would replace that hfdiff did not write, each named with why; empty
     when the save may go ahead. With a manifest (`previous`), only its unchanged files may be replaced. Without one,
-    a folder holding a model_index.json is a pipeline saved before manifests existed, replaced as diffusers does
+    a folder holding a model_index.json is a pipeline saved without one (diffusers alone, an hfdiff that wrote none), replaced as diffusers does
     (except an app.py that is not hfdiff's, and its requirements.txt); any other folder is the user's, and nothing
     in it is replaced."""
     found = []

@@ -196,7 +196,7 @@ def interrupted_swap(target: Path) -> bool:
 # what a save wrote
 # ----------------------------------------------------------------------------------------------------------------
 
-# Written by every pipeline save beside model_index.json (and moved in just before it): {"files": {name: {"size": n,
+# Written by every pipeline save beside model_index.json (the first entry its swap moves in): {"files": {name: {"size": n,
 # "sha256": hex}}}, names relative to the folder with "/" separators. Hidden, so it is not part of the pipeline.
 MANIFEST = ".hfdiff-save.json"
 

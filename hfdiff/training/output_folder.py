@@ -3,7 +3,7 @@ marks the folder as a run's, and holds a lock on it while it trains, so that two
 
 The mark is `RUN_MARKER`, a small JSON file written when a run starts; a pipeline save's manifest
 (`hfdiff.folder_swap.MANIFEST`), hfdiff checkpoints (checkpoint-N/training_state.json) or a model_index.json naming
-SpriteDiffusionPipeline mark folders of runs from before the marker existed. The lock is the `filelock` package's
+SpriteDiffusionPipeline mark a run's folder that carries no marker. The lock is the `filelock` package's
 (the one huggingface_hub uses for its cache): an OS lock (flock) on `LOCK_FILE`, which the kernel releases when the
 process ends, however it ends, so a run killed with kill -9 never blocks the next one. Only the main process of a
 launch holds it; the others learn whether it was taken from the main process.
@@ -57,7 +57,7 @@ def check_output_dir_owner(output_dir: str) -> None:
     if (manifest is not None and not has_index) or interrupted_swap(Path(path)):
         return  # a save killed during its swap: what is there is hfdiff's, and the final save repairs it
     if manifest is None and has_index:
-        return  # a pipeline saved before manifests existed: the final save replaces it as diffusers would
+        return  # a pipeline saved without a manifest: the final save replaces it as diffusers would
     for name in FINAL_FILES:
         file = os.path.join(path, name)
         if not os.path.lexists(file):
