@@ -113,6 +113,13 @@ def save_checkpoint(
     tmp = final + ".tmp"
     if accelerator.is_main_process:
         _remove_stale_temporaries(output_dir)
+        if os.path.lexists(tmp):  # not a checkpoint's temporary: someone else's, never written into
+            raise save_error(
+                f"checkpoint {final}",
+                output_dir,
+                FileExistsError(f"{tmp} exists and is not hfdiff's"),
+                f"; move {tmp} away",
+            )
     accelerator.wait_for_everyone()
     try:
         training.save(tmp, accelerator.is_main_process, accelerator.process_index)
@@ -195,10 +202,12 @@ def _remove_stale_temporaries(output_dir: str) -> None:
     _remove_matching(output_dir, _STALE)
 
 
-# The files a checkpoint folder holds (TrainingState.save and STATE_FILE): a folder named like a checkpoint's
-# temporary but holding anything else is not hfdiff's, and is left alone.
+# The files a checkpoint folder holds (TrainingState.save and STATE_FILE), and the hidden .tmpXXXXXXXX file of a
+# safetensors write cut short: a folder named like a checkpoint's temporary but holding anything else is not
+# hfdiff's, and is left alone.
 _CHECKPOINT_FILE = re.compile(
-    r"^((model|optimizer|scheduler|ema)\.safetensors|random_states_\d+\.safetensors|training_state\.json)$"
+    r"^((model|optimizer|scheduler|ema)\.safetensors|random_states_\d+\.safetensors|training_state\.json"
+    r"|\.tmp\w+)$"
 )
 
 
