@@ -113,14 +113,16 @@ def save_checkpoint(
     tmp = final + ".tmp"
     if accelerator.is_main_process:
         _remove_stale_temporaries(output_dir)
-        if os.path.lexists(tmp):  # not a checkpoint's temporary: someone else's, never written into
-            raise save_error(
-                f"checkpoint {final}",
-                output_dir,
-                FileExistsError(f"{tmp} exists and is not hfdiff's"),
-                f"; move {tmp} away",
-            )
-    accelerator.wait_for_everyone()
+    clash = accelerator.is_main_process and os.path.lexists(tmp)  # left by the cleanup: not hfdiff's
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        clash = any(gather_object([clash]))  # also the barrier: the cleanup is done
+    else:
+        accelerator.wait_for_everyone()
+    if clash:  # never written into, nor removed
+        error = FileExistsError(f"{tmp} exists and is not a checkpoint's temporary")
+        raise save_error(f"checkpoint {final}", output_dir, error, f"; move {tmp} away")
     try:
         training.save(tmp, accelerator.is_main_process, accelerator.process_index)
         error = None
