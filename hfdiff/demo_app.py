@@ -52,18 +52,10 @@ def write_app(folder: str | os.PathLike, max_batch: int = MAX_BATCH) -> list[str
 
 
 def is_hfdiff_app(folder: str | os.PathLike) -> bool:
-    """Whether `folder`'s app.py is one that `write_app` wrote (its first line carries APP_MARKER): a file hfdiff may
-    replace or remove, unlike a user's own app.py. False without an app.py, or with an unreadable one."""
+    """Whether `folder`'s app.py is one that `write_app` wrote (its first line carries APP_MARKER): in a folder saved
+    without a manifest (`hfdiff.folder_swap.MANIFEST`), a file a save may replace, unlike a user's own app.py. False
+    without an app.py, or with an unreadable one."""
     try:
         return APP_MARKER in (Path(folder) / "app.py").read_text(encoding="utf-8", errors="replace")[:300]
     except OSError:
         return False
-
-
-def drop_stale_app(folder: str | os.PathLike) -> None:
-    """A plain save over a folder that an earlier save_pretrained(demo_app=True) wrote: that app.py and its
-    requirements.txt belong to a save that is gone (and push_to_hub would upload them with the new one), so they go
-    too. An app.py without hfdiff's first line is the user's own and stays."""
-    if is_hfdiff_app(folder):
-        for name in APP_FILES:
-            (Path(folder) / name).unlink(missing_ok=True)

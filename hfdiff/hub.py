@@ -1,8 +1,9 @@
 """Model cards and uploads for saved pipelines (huggingface_hub's ModelCard, create_repo and upload_folder).
 
 `upload_pipeline_folder` is the one upload path: `SpriteDiffusionPipeline.push_to_hub`,
-`save_pretrained(push_to_hub=True)` and training's --push_to_hub all send exactly `pipeline_files(folder)`, never the
-checkpoints, logs or validation images that training keeps beside a pipeline.
+`save_pretrained(push_to_hub=True)` and training's --push_to_hub all send exactly `pipeline_files(folder)`: the files
+the last save wrote, as its manifest records them (`hfdiff.folder_swap.MANIFEST`), never the checkpoints, logs or
+validation images that training keeps beside a pipeline, nor a file the user put or changed there since.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import logging
 
-from hfdiff.demo_app import APP_FILES
-from hfdiff.folder_loading import read_json
+from hfdiff.folder_swap import MANIFEST, read_manifest, unchanged
+
+logger = logging.get_logger(__name__)
 
 UPLOAD_KEYS = ("repo_id", "commit_message", "private", "token", "create_pr")  # save_pretrained(push_to_hub=True)
-CARD_FILES = ("README.md", "samples.png")  # the model card and the sample grid it shows
 
 
 def pop_upload_kwargs(kwargs: dict, default_repo_id: str) -> dict:
@@ -41,10 +43,10 @@ def check_repo_id(repo_id: str) -> None:
 
 
 def pipeline_files(folder: str | os.PathLike) -> list[str]:
-    """The files of the pipeline saved in `folder`, relative to it, and nothing else there: model_index.json, the
-    model card and its sample grid, the exported pipeline code, and the plain files of each component folder that
-    model_index.json names, and the demo app (app.py, requirements.txt) where there is one. Checkpoints, logs and validation images that training keeps beside them, hidden files,
-    nested folders and symbolic links are left out."""
+    """The files of the pipeline saved in `folder`, relative to it: exactly those the last save wrote, as its
+    manifest records them, each still the regular file it wrote (same size and SHA-256, not a symbolic link).
+    Checkpoints, logs and validation images that training keeps beside them, and anything else put there since, are
+    left out. A listed file that changed, or a folder no hfdiff save wrote, raises a ValueError naming it."""
     folder = Path(folder)
     index_path = folder / "model_index.json"
     if not index_path.is_file():
@@ -52,28 +54,36 @@ def pipeline_files(folder: str | os.PathLike) -> list[str]:
             f"{index_path} does not exist: {folder} is not a saved pipeline folder (save one with "
             "pipe.save_pretrained(path), or train one with train_conditional.py)."
         )
-    index = read_json(index_path)
-    files = ["model_index.json", *(name for name in CARD_FILES + APP_FILES if (folder / name).is_file())]
-    pipeline_entry = index.get("_class_name")
-    if isinstance(pipeline_entry, list) and (folder / f"{pipeline_entry[0]}.py").is_file():
-        from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ValueError(
+            f"{folder} has no record of what was saved there ({MANIFEST}), so what to upload is not known: load it "
+            "and save it again with hfdiff (SpriteDiffusionPipeline.from_pretrained(folder).save_pretrained(folder))."
+        )
+    changed = [name for name, record in manifest.items() if not unchanged(folder, name, record)]
+    if changed:
+        raise ValueError(
+            f"{folder}: {', '.join(changed)} changed since the pipeline was saved there (edited, replaced or made a "
+            "symbolic link), and only what the save wrote is uploaded. Save the pipeline again, or put the file back."
+        )
+    return sorted(manifest)
 
-        code = folder / f"{pipeline_entry[0]}.py"  # and the modules it imports relatively (text_encoding.py)
-        files += sorted(str(Path(path).relative_to(folder)) for path in [code, *get_relative_import_files(code)])
-    for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, list) or entry == [None, None]:
+
+def left_out_files(folder: str | os.PathLike, files: Sequence[str]) -> list[str]:
+    """Files beside the pipeline that an upload leaves out although they look like part of it: top-level files and
+    files inside component folders that the last save did not write (training's checkpoint, logs and validation
+    folders excepted, which are never part of a pipeline)."""
+    folder, files = Path(folder), set(files)
+    components = {name.split("/")[0] for name in files if "/" in name}
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name in files:
             continue
-        if not name.isidentifier():
-            raise ValueError(f"{index_path} names a component {name!r}, which is not a valid component name.")
-        component = folder / name
-        if component.is_symlink() or not component.is_dir():
-            continue
-        files += [
-            f"{name}/{path.name}"
-            for path in sorted(component.iterdir())
-            if path.is_file() and not path.is_symlink() and not path.name.startswith(".")
-        ]
-    return files
+        if path.is_symlink() or path.is_file():
+            found.append(path.name)
+        elif path.name in components:
+            found += [f"{path.name}/{p.name}" for p in sorted(path.iterdir()) if f"{path.name}/{p.name}" not in files]
+    return found
 
 
 def upload_pipeline_folder(
@@ -87,23 +97,45 @@ def upload_pipeline_folder(
     extra_files: Sequence[str] = (),
 ) -> str:
     """Upload the pipeline saved in `folder` (exactly `pipeline_files(folder)`, plus `extra_files` named relative to
-    it) to the Hub repo `repo_id`, created if needed, with huggingface_hub's create_repo + upload_folder: the one
-    upload path of `push_to_hub`, `save_pretrained(push_to_hub=True)` and training's --push_to_hub. Returns the URL
-    of the commit."""
+    it, which must be regular files) to the Hub repo `repo_id`, created if needed, with huggingface_hub's create_repo
+    + upload_folder: the one upload path of `push_to_hub`, `save_pretrained(push_to_hub=True)` and training's
+    --push_to_hub. The files are copied, without following links, into a temporary folder and checked against the
+    manifest there, and that folder is what is sent: a file changed or swapped for a link after the check is not
+    sent. Files that look like part of the pipeline but were not saved with it are named in a warning. Returns the
+    URL of the commit."""
     from huggingface_hub import HfApi
 
+    from hfdiff.folder_swap import file_digest
+
     check_repo_id(repo_id)
-    files = [*pipeline_files(folder), *(name for name in extra_files if name not in pipeline_files(folder))]
+    folder = Path(folder)
+    manifest = read_manifest(folder) or {}
+    files = pipeline_files(folder)
+    extra = [name for name in extra_files if name not in files]
+    for name in extra:
+        if (folder / name).is_symlink() or not (folder / name).is_file():
+            raise ValueError(f"extra file {name} in {folder} is not a regular file; pass a file, not a link.")
+    left_out = left_out_files(folder, [*files, *extra])
+    if left_out:
+        logger.warning(f"Not uploaded (not written by the last save into {folder}): {', '.join(left_out)}.")
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        path_in_repo=path_in_repo,
-        allow_patterns=[glob.escape(name) for name in files],  # exact names: no pattern widens the upload
-        commit_message=commit_message or "Upload SpriteDiffusionPipeline trained with hfdiff",
-        create_pr=create_pr,
-    )
+    with tempfile.TemporaryDirectory() as copy:
+        for name in [*files, *extra]:
+            (Path(copy) / name).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as source, open(Path(copy) / name, "wb") as destination:
+                shutil.copyfileobj(source, destination)
+            if name in manifest and file_digest(Path(copy) / name) != manifest[name]:
+                raise ValueError(f"{folder / name} changed while it was being uploaded; save the pipeline again.")
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=copy,
+            path_in_repo=path_in_repo,
+            allow_patterns=[glob.escape(name) for name in [*files, *extra]],  # exact names: no pattern widens it
+            commit_message=commit_message or "Upload SpriteDiffusionPipeline trained with hfdiff",
+            create_pr=create_pr,
+        )
     return str(getattr(commit, "commit_url", commit))
 
 
@@ -293,5 +325,24 @@ def build_model_card(
         text=text_encoder is not None,
         metrics=metrics,
         demo_app=demo_app,
-        training_config=json.dumps(training_config, indent=2, default=str) if training_config else None,
+        training_config=json.dumps(public_config(training_config), indent=2, default=str) if training_config else None,
     )
+
+
+# Training config entries that name places on the trainer's machine, not what the model is.
+LOCAL_PLACES = ("output_dir", "logging_dir", "resume_from_checkpoint")
+
+
+def public_config(training_config: dict) -> dict:
+    """The training configuration as a published card shows it: entries that name where things were on the
+    trainer's machine (--output_dir, --logging_dir, checkpoints) are left out, and a local data or encoder path
+    (--train_data_dir, a save_to_disk --dataset_name, --sprites_npy, a local --text_encoder_name_or_path) becomes
+    "local: <its last name>", which says what the data was without the user's file system."""
+    public = {}
+    for key, value in training_config.items():
+        if key in LOCAL_PLACES:
+            continue
+        if isinstance(value, str) and (os.path.isabs(value) or os.path.exists(value)):
+            value = f"local: {os.path.basename(os.path.normpath(value))}"
+        public[key] = value
+    return public

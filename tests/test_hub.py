@@ -18,6 +18,7 @@ from tiny import make_pipe, seed
 
 from hfdiff import SpriteDDIMScheduler, SpriteDiffusionPipeline
 from hfdiff.data import SPRITE_CLASSES
+from hfdiff.folder_swap import MANIFEST
 from hfdiff.hub import build_model_card, upload_pipeline_folder
 
 REPO_ID = "sprite-fan/tiny-sprites"
@@ -96,7 +97,9 @@ def test_saved_folder_layout(saved):
         "scheduler/scheduler_config.json",
     ]:
         assert (folder / path).is_file(), path
-    assert not list(folder.rglob("*.bin")) and not [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert not list(folder.rglob("*.bin")) and not [
+        p for p in folder.iterdir() if p.name.startswith(".") and p.name != MANIFEST
+    ]
 
 
 def test_hfdiff_loads_without_remote_code(saved):
@@ -238,13 +241,12 @@ def test_push_to_hub_uploads_the_saved_pipeline(saved, fake_hub, tmp_path):
 
 def test_upload_pipeline_folder_sends_no_checkpoints_or_logs(saved, fake_hub):
     _, folder = saved
-    (folder / "samples.png").write_bytes(b"\x89PNG fake")
     for junk in ["checkpoint-100/model.safetensors", "logs/events.out.tfevents.1", "validation/step-000100.png"]:
         (folder / junk).parent.mkdir(parents=True, exist_ok=True)
         (folder / junk).write_text("x")
     upload_pipeline_folder(folder, REPO_ID, private=False, token="hf_test")
     (upload,) = fake_hub["uploads"]
-    assert set(upload["files"]) == PIPELINE_FILES | {"samples.png"}
+    assert set(upload["files"]) == PIPELINE_FILES
 
 
 def test_upload_pipeline_folder_needs_a_pipeline_folder(tmp_path, fake_hub):
@@ -300,7 +302,7 @@ def test_resaving_replaces_components_and_keeps_other_files(saved):
     assert (folder / "samples.png").read_bytes() == b"keep me"
     loaded = SpriteDiffusionPipeline.from_pretrained(folder)
     assert torch.equal(loaded.unet.conv_out.bias, pipe.unet.conv_out.bias)
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    assert not [p for p in folder.iterdir() if p.name.startswith(".") and p.name != MANIFEST]  # no staging leftovers
 
 
 def test_pickle_serialization_is_refused(tmp_path):

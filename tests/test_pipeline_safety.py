@@ -16,6 +16,7 @@ from tiny import make_pipe
 
 import hfdiff.folder_saving as folder_saving
 from hfdiff import SpriteDiffusionPipeline
+from hfdiff.folder_swap import MANIFEST
 
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 
@@ -59,7 +60,7 @@ def test_resave_into_a_symlink_to_another_filesystem(tmp_path, other_filesystem)
     assert torch.equal(bias_of(other_filesystem), new_bias)
     assert torch.equal(SpriteDiffusionPipeline.from_pretrained(link).unet.conv_out.bias, new_bias)
     assert sorted(p.name for p in tmp_path.iterdir()) == [others.name, "model"]  # nothing left in, or taken from, it
-    assert not [p.name for p in other_filesystem.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in other_filesystem.iterdir() if p.name.startswith(".") and p.name != MANIFEST]
 
 
 def test_resave_with_renames_that_cannot_leave_the_folder(tmp_path, monkeypatch):
@@ -105,7 +106,7 @@ def test_a_component_folder_on_another_filesystem_stops_the_save_before_the_swap
     assert caught.value.errno == errno.EXDEV
     monkeypatch.setattr(os, "stat", stat)
     assert torch.equal(SpriteDiffusionPipeline.from_pretrained(target).unet.conv_out.bias, old_bias)
-    assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".") and p.name != MANIFEST]
 
 
 @pytest.mark.parametrize(
@@ -124,7 +125,7 @@ def test_a_save_that_fails_while_writing_names_the_cause_and_changes_nothing(tmp
     pipe.save_pretrained(target)
     old_bias = bias_of(target)
 
-    def fail(staging, target):
+    def fail(staging, target, previous=None):
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(folder_saving, "keep_other_variants", fail)
@@ -140,10 +141,10 @@ def test_a_save_that_fails_while_writing_names_the_cause_and_changes_nothing(tmp
         assert cause in message
     assert torch.equal(SpriteDiffusionPipeline.from_pretrained(target).unet.conv_out.bias, old_bias)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
-    assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".") and p.name != MANIFEST]
 
 
-def test_a_swap_that_fails_part_way_leaves_no_index_and_says_so(tmp_path, monkeypatch):
+def test_a_swap_that_fails_part_way_is_undone_and_leaves_the_old_pipeline(tmp_path, monkeypatch):
     target = tmp_path / "model"
     pipe = make_pipe()
     pipe.save_pretrained(target)
@@ -157,13 +158,14 @@ def test_a_swap_that_fails_part_way_leaves_no_index_and_says_so(tmp_path, monkey
 
     monkeypatch.setattr(os, "replace", denied_for_the_new_unet)
     shift_weights(pipe)
-    with pytest.raises(OSError, match="permission denied.*stopped part-way: the folder has no model_index.json now"):
+    with pytest.raises(OSError, match="permission denied.*The swap was undone: the folder holds the previous"):
         pipe.save_pretrained(target)
     monkeypatch.setattr(os, "replace", rename)
-    assert torch.equal(bias_of(target), old_bias)  # the old component was put back when the new one could not go in
-    with pytest.raises(FileNotFoundError, match="cut short"):
-        SpriteDiffusionPipeline.from_pretrained(target)
-    assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+    # every old entry, model_index.json included, was put back: the previous pipeline loads as it was
+    assert torch.equal(SpriteDiffusionPipeline.from_pretrained(target).unet.conv_out.bias, old_bias)
+    pipe.save_pretrained(target)  # and the next save goes through
+    assert torch.equal(SpriteDiffusionPipeline.from_pretrained(target).unet.conv_out.bias, pipe.unet.conv_out.bias)
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".") and p.name != MANIFEST]
 
 
 # ----------------------------------------------------------------------------------------------------------------

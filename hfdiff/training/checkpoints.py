@@ -39,7 +39,9 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What a killed or failed save leaves: a half-written checkpoint-N.tmp, a retired .checkpoint-N.old.
 _STALE = re.compile(r"^(checkpoint-\d+\.tmp|\.checkpoint-\d+\.old)$")
 _FEWER = " (a lower --checkpoints_total_limit keeps fewer checkpoints)"
-# Another run's checkpoints, moved aside by --overwrite_output_dir; deleted once this run's first checkpoint exists.
+# Another run's checkpoints, moved aside by --overwrite_output_dir: deleted once the run that moved them has saved a
+# checkpoint or its final pipeline (`remove_set_aside`), moved back by that other run's --resume_from_checkpoint
+# latest before then (`restore_set_aside`).
 _OVERWRITTEN = re.compile(r"^\.checkpoint-\d+\.overwritten$")
 # The config entries that define a run: what the model is, what it learns from, and its seed. Everything else may
 # change on a resume (length, cadence of checkpoints and validation, logging, speed flags, --output_dir). The data's
@@ -92,7 +94,7 @@ def save_checkpoint(
 ) -> str:
     """Every process calls this: `training.save` (model, optimizer, LR schedule, EMA, RNG states) into a .tmp folder,
     then the main process adds `state` as JSON, renames the folder into place and prunes old ones of the same run
-    (`state["run"]`); another run's checkpoints moved aside by --overwrite_output_dir are deleted then.
+    (`state["run"]`).
 
     A write that fails on any process fails the save on every process, with the same error: the processes meet at
     collectives that carry each one's outcome, where a plain barrier would leave the others waiting forever for the
@@ -102,7 +104,16 @@ def save_checkpoint(
     tmp = final + ".tmp"
     if accelerator.is_main_process:
         _remove_stale_temporaries(output_dir)
-    accelerator.wait_for_everyone()
+    clash = accelerator.is_main_process and os.path.lexists(tmp)  # left by the cleanup: not hfdiff's
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        clash = any(gather_object([clash]))  # also the barrier: the cleanup is done
+    else:
+        accelerator.wait_for_everyone()
+    if clash:  # never written into, nor removed
+        error = FileExistsError(f"{tmp} exists and is not a checkpoint's temporary")
+        raise save_error(f"checkpoint {final}", output_dir, error, f"; move {tmp} away")
     try:
         training.save(tmp, accelerator.is_main_process, accelerator.process_index)
         error = None
@@ -119,7 +130,6 @@ def save_checkpoint(
         else:
             replace_path(tmp, final)
             prune_checkpoints(output_dir, total_limit, state.get("run"))
-            _remove_matching(output_dir, _OVERWRITTEN)
     _raise_if_any_failed(accelerator, error, tmp, f"checkpoint {final}", output_dir)
     return final
 
@@ -185,11 +195,29 @@ def _remove_stale_temporaries(output_dir: str) -> None:
     _remove_matching(output_dir, _STALE)
 
 
+# The files a checkpoint folder holds (TrainingState.save and STATE_FILE), and the hidden .tmpXXXXXXXX file of a
+# safetensors write cut short: a folder named like a checkpoint's temporary but holding anything else is not
+# hfdiff's, and is left alone.
+_CHECKPOINT_FILE = re.compile(
+    r"^((model|optimizer|scheduler|ema)\.safetensors|random_states_\d+\.safetensors|training_state\.json"
+    r"|\.tmp\w+)$"
+)
+
+
+def holds_checkpoint_files_only(path: str) -> bool:
+    """Whether the folder `path` (not a link) holds nothing but files a checkpoint writes."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    return all(
+        _CHECKPOINT_FILE.match(entry.name) and entry.is_file(follow_symlinks=False) for entry in os.scandir(path)
+    )
+
+
 def _remove_matching(output_dir: str, pattern: re.Pattern) -> None:
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
-        if pattern.match(name):
+        if pattern.match(name) and holds_checkpoint_files_only(os.path.join(output_dir, name)):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
@@ -253,6 +281,9 @@ def check_checkpoints_belong_to_run(config, identity: dict) -> None:
             "an old one. Pass only one of them."
         )
     if resume:
+        if resume == "latest" and _is_main_process():
+            restore_set_aside(output_dir, identity)
+        _wait_for_everyone()
         path = find_checkpoint(output_dir, resume)
         if path is not None:
             refuse_pickles(path)  # first: a checkpoint in a pickled format has no identity to compare either
@@ -298,3 +329,37 @@ def _is_main_process() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def restore_set_aside(output_dir: str, identity: dict) -> None:
+    """--resume_from_checkpoint latest after an --overwrite_output_dir run that never saved a checkpoint of its own:
+    this run's checkpoints that it moved aside are moved back (a name already taken keeps the one there)."""
+    if list_checkpoints(output_dir):
+        return
+    restored = []
+    for name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
+        path = os.path.join(output_dir, name)
+        if not _OVERWRITTEN.match(name) or not os.path.isfile(os.path.join(path, STATE_FILE)):
+            continue
+        if same_run(read_training_state(path).get("run"), identity):
+            original = os.path.join(output_dir, name[1 : -len(".overwritten")])
+            if not os.path.lexists(original):
+                os.replace(path, original)
+                restored.append(os.path.basename(original))
+    if restored:
+        logger.warning(
+            f"Moved this run's checkpoints back from where --overwrite_output_dir had set them aside: "
+            f"{', '.join(restored)}."
+        )
+
+
+def remove_set_aside(output_dir: str) -> None:
+    """The checkpoints an --overwrite_output_dir run moved aside, once it has saved a checkpoint or its pipeline:
+    only this run's flag deletes them, so a later run never deletes checkpoints that it did not set aside."""
+    _remove_matching(output_dir, _OVERWRITTEN)

@@ -28,6 +28,7 @@ from ..local_paths import missing_local_folder
 # Every schedule the sprite schedulers build (laplace included): the flag offers them all, and the validation
 # grids' DDIM scheduler accepts each (it is made from the training scheduler's config).
 from ..schedulers._math import BETA_SCHEDULES
+from .output_folder import check_output_dir_owner
 
 LR_SCHEDULERS = (
     "linear",
@@ -795,6 +796,7 @@ def check_config(config: TrainingConfig) -> None:
             raise ValueError(f"--model_config_overrides sets {flag}; pass --{flag} instead.")
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
+        check_output_dir_owner(config.output_dir)
     check_hub_config(config)
 
 

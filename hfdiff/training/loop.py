@@ -49,6 +49,7 @@ from .checkpoints import (
     find_checkpoint,
     list_checkpoints,
     read_training_state,
+    remove_set_aside,
     run_identity,
     save_checkpoint,
     save_error,
@@ -67,6 +68,7 @@ from .config import (
 )
 from .context import Contexts, build_contexts
 from .data import TrainingData, check_image_size, load_training_data
+from .output_folder import hold_output_dir
 from .process_state import RestoredProcessState, use_fast_cuda_kernels
 from .sampling import log_image, sample_grid, save_pipeline, weights_copy
 from .seeds import stream_seed
@@ -394,11 +396,63 @@ def save_final(accelerator, config, unet, ema, noise_scheduler, step: int, conte
     scheduler = sampler_scheduler(noise_scheduler.config, RECOMMENDED)
     pipe, prompts = ema_pipeline(unet, ema, scheduler, contexts)
     samples = sample_grid(pipe, config.num_validation_images, config.seed, prompts=prompts)  # the saved recipe
-    save_pipeline(pipe, config.output_dir, samples, training_config=dataclasses.asdict(config))
+    try:
+        save_pipeline(pipe, config.output_dir, samples, training_config=dataclasses.asdict(config))
+    except (OSError, ValueError) as error:
+        raise final_save_error(config, pipe, step, error) from error
+    if config.overwrite_output_dir:
+        remove_set_aside(config.output_dir)
     log_image(accelerator, "samples", samples, step)
     logger.info(f"Saved the pipeline and samples.png to {config.output_dir}.", main_process_only=True)
     if config.push_to_hub:
         push_to_hub(config)
+
+
+def final_save_error(config: TrainingConfig, pipe, step: int, error: BaseException) -> OSError:
+    """The error for a final save that failed, saying truthfully what of the training is kept: where no checkpoint
+    holds the last steps, the pipeline is first saved into a new folder of the system's temporary directory (often
+    another filesystem than a full --output_dir), and the message names it; otherwise the newest checkpoint to resume
+    from, or that the steps are lost."""
+    from hfdiff.folder_swap import save_failure_cause
+
+    code, cause = save_failure_cause(error, config.output_dir)
+    checkpoints = list_checkpoints(config.output_dir)
+    newest = checkpoints[-1] if checkpoints else None
+    kept = None
+    if newest is None or newest[0] < step:
+        import shutil
+        import tempfile
+
+        try:
+            kept = tempfile.mkdtemp(
+                prefix=f"hfdiff-{os.path.basename(os.path.abspath(config.output_dir))}-step{step}-"
+            )
+            pipe.save_pretrained(kept)
+        except Exception:  # the other folder is full too: say so below
+            if kept is not None:
+                shutil.rmtree(kept, ignore_errors=True)
+            kept = None
+    if kept is not None:
+        outcome = (
+            f"The pipeline trained to step {step} was saved to {kept} instead: it loads from there, or move it "
+            f"into --output_dir once there is room."
+        )
+    elif newest is not None:
+        lost = f"; steps {newest[0] + 1} to {step} are lost" if newest[0] < step else ""
+        outcome = f"Resume from {newest[1]} with --resume_from_checkpoint latest{lost}."
+    else:
+        outcome = (
+            f"No checkpoint was saved (--checkpointing_steps {config.checkpointing_steps}) and no other folder could "
+            f"take the pipeline: the {step} steps of training are lost."
+        )
+    failure = OSError(
+        f"Could not write the final pipeline in {config.output_dir} ({type(error).__name__}: {error})"
+        + (f"; {cause}. " if cause else ". ")
+        + "Fix that, or pass another --output_dir. "
+        + outcome
+    )
+    failure.errno = code
+    return failure
 
 
 def push_to_hub(config: TrainingConfig) -> None:
@@ -504,15 +558,16 @@ def train(config: TrainingConfig, conditional: bool) -> TrainingResult:
     with RestoredProcessState() as process_state:
         auto_batch = config.train_batch_size is None
         config, accelerator, threads_note = start_accelerator(config, conditional, process_state)
-        run = set_up(accelerator, config, conditional, auto_batch)
-        if threads_note:  # logged once set-up has passed, so a user error before it stays the one line printed
-            logger.info(threads_note, main_process_only=False)
-        steps_start = time.perf_counter()
-        meter, logs = run_steps(run)
-        run.seconds["steps"] = time.perf_counter() - steps_start
-        finish(run)
-        run.seconds["final save"] = time.perf_counter() - steps_start - run.seconds["steps"]
-        run.seconds["train()"] = time.perf_counter() - entered
+        with hold_output_dir(accelerator, config.output_dir):  # one run per folder, from here to the final save
+            run = set_up(accelerator, config, conditional, auto_batch)
+            if threads_note:  # logged once set-up has passed, so a user error before it stays the one line printed
+                logger.info(threads_note, main_process_only=False)
+            steps_start = time.perf_counter()
+            meter, logs = run_steps(run)
+            run.seconds["steps"] = time.perf_counter() - steps_start
+            finish(run)
+            run.seconds["final save"] = time.perf_counter() - steps_start - run.seconds["steps"]
+            run.seconds["train()"] = time.perf_counter() - entered
         logger.info(time_report(run.seconds), main_process_only=True)
     return TrainingResult(
         config.output_dir, run.global_step, meter.steady_images_per_second(), logs.get("loss"), run.seconds["step"],
@@ -778,6 +833,8 @@ def checkpoint_and_validate(run: Run, watch: LossWatch, epoch: int) -> None:
         state = {"global_step": step, "epoch": epoch, **run.run_shape, "conditioning": run.conditioning}
         state["run"] = run.identity
         save_checkpoint(run.accelerator, config.output_dir, state, config.checkpoints_total_limit, run.training_state)
+        if config.overwrite_output_dir and run.accelerator.is_main_process:
+            remove_set_aside(config.output_dir)
         run.seconds["checkpoints"] = run.seconds.get("checkpoints", 0.0) + time.perf_counter() - start
     if step % config.validation_steps == 0 or step == run.max_train_steps:
         check_loss(config, watch.flush())

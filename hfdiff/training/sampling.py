@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import PIL.Image
 import torch
 
 from hfdiff.visualize import UNCONDITIONAL_ROWS, grid_labels, labelled_rows, upscale  # grids look like the CLI's
-
-from .checkpoints import save_error
 
 GRID_CELL = 64  # small images are upscaled (nearest neighbour) to at least this many pixels a side
 
@@ -55,27 +51,15 @@ def sample_grid(
 
 
 def save_pipeline(pipe, output_dir: str, samples: PIL.Image.Image, training_config: dict | None = None) -> None:
-    """The pipeline with a model card that shows samples.png and the training configuration, then samples.png.
-
-    pipe.save_pretrained stages the folder inside it and moves it in with model_index.json last, so a save cut short
-    leaves the previous pipeline or none, never a mix; samples.png is staged first and replaced only after the
-    pipeline is in place. A write that fails raises an OSError that names the file, the cause (a full disk, a
-    cross-filesystem rename, permissions, ...) and the fix, and leaves the folder as it was."""
+    """The pipeline with a model card that shows samples.png and the training configuration, samples.png saved
+    with it (`hfdiff.folder_saving.save_folder`: staged, recorded in the save's manifest, swapped in with
+    model_index.json last, so a save cut short leaves the previous pipeline or none, never a mix). A write that fails
+    raises the save's OSError (the cause and the fix) and leaves the folder as it was."""
+    from hfdiff.folder_saving import save_folder
     from hfdiff.hub import build_model_card
 
-    staged = os.path.join(output_dir, ".samples.png.tmp")
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        samples.save(staged, format="PNG")
-        card = build_model_card(pipe, training_config=training_config, samples_file="samples.png")
-        pipe.save_pretrained(output_dir, model_card=card)
-        os.replace(staged, os.path.join(output_dir, "samples.png"))
-    except OSError as error:
-        if os.path.exists(staged):
-            os.remove(staged)
-        # The pipeline's own OSError quotes the writing error; quote that one rather than wrap a message twice.
-        cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
-        raise save_error(f"final pipeline in {output_dir}", output_dir, cause) from error
+    card = build_model_card(pipe, training_config=training_config, samples_file="samples.png")
+    save_folder(pipe, output_dir, model_card=card, extra_files={"samples.png": lambda path: samples.save(path, "PNG")})
 
 
 def log_image(accelerator, name: str, image: PIL.Image.Image, step: int) -> None:
