@@ -730,6 +730,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         # 2. timesteps, 3. x_T
         timesteps = self.prepare_timesteps(num_inference_steps, device)
         self._num_timesteps = len(timesteps)
+        latents_in = latents
         latents = self.prepare_latents(batch_size, dtype, device, generator, latents)
 
         # 5. denoising loop x_T -> x_0
@@ -744,7 +745,10 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
 
-        # 6. [-1, 1] -> [0, 1] images
+        # 6. [-1, 1] -> [0, 1] images, refused if any value is NaN or inf (they would be black, with no error)
+        self.check_output(
+            latents, guidance_scale=guidance_scale, inputs={"context or prompt_embeds": context, "latents": latents_in}
+        )
         images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -795,6 +799,40 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                 latents = callback_outputs.get("latents", latents)
         return latents
+
+    def check_output(self, sample: torch.Tensor, guidance_scale: float, inputs: dict) -> None:
+        """Refuse a denoised sample (B, C, H, W) holding NaN or inf, with the likely cause. Finite inputs can still
+        overflow on the way (a guidance scale of 1e30, a context or latents of 1e30, weights of 1e38, a schedule that
+        divides by sqrt(abar_T) = 0), and the images would be black with no error. One isfinite reduction over the
+        sample, on either sampling path; the causes are looked for only after it fails. `inputs`: the context and
+        latents given, by name."""
+        if torch.isfinite(sample).all():
+            return
+        causes = []
+        if guidance_scale > 100:
+            causes.append(f"guidance_scale={guidance_scale:g} (1 to 10 are usual)")
+        for name, value in inputs.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+                largest = value.detach().abs().max().item()
+                if largest > 1e3:
+                    causes.append(f"{name} with values up to {largest:.3g} (contexts are about 1, latents unit noise)")
+        largest_weight = max((p.detach().abs().max().item() for p in self.unet.parameters() if p.numel()), default=0)
+        if not largest_weight < 1e6:
+            causes.append(f"UNet weights up to {largest_weight:.3g} (a damaged or diverged model)")
+        config = self.scheduler.config
+        if config.get("rescale_betas_zero_snr") and config.get("prediction_type") == "epsilon":
+            causes.append(
+                "a scheduler with rescale_betas_zero_snr=True and prediction_type='epsilon' (x0_hat divides by "
+                "sqrt(abar_T) = 0: use v_prediction, or no rescale)"
+            )
+        if self.unet.dtype == torch.float16:
+            causes.append("float16 weights (their range ends at 65504: try float32 or bfloat16)")
+        bad = int((~torch.isfinite(sample)).sum())
+        likely = "; ".join(causes) if causes else "no input out of the ordinary: the model's weights or the scheduler"
+        raise ValueError(
+            f"Sampling produced {bad} NaN or infinite value(s) of {sample.numel()}, which would be black images. "
+            f"Likely cause: {likely}. Pass smaller values, or check the model and its scheduler config."
+        )
 
     def postprocess(self, sample: torch.Tensor, output_type: str = "pil"):
         """sample: (B, C, H, W) in about [-1, 1] -> images in [0, 1]; see `postprocess_sample`."""

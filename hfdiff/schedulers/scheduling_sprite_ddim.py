@@ -21,6 +21,7 @@ from ._math import (
     add_sprite_compatibles,
     check_betas,
     check_choice,
+    check_config_limits,
     keep_x0_in_range,
     x0_and_eps_from_model_output,
 )
@@ -38,6 +39,8 @@ class SpriteDDIMScheduler(DDIMScheduler):
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["SpriteDDPMScheduler", "SpriteDDIMScheduler"]
+    # Where the pipeline's loader finds the size check, run on scheduler_config.json before anything is built.
+    check_config_limits = staticmethod(check_config_limits)
 
     @register_to_config
     def __init__(
@@ -60,6 +63,17 @@ class SpriteDDIMScheduler(DDIMScheduler):
         rescale_betas_zero_snr: bool = False,  # rescale betas so abar_T = 0 (Lin et al. 2024); False = as built
     ):
         cls_name = type(self).__name__
+        check_config_limits(
+            {
+                "num_train_timesteps": num_train_timesteps,
+                "trained_betas": None if trained_betas is None else np.asarray(trained_betas).tolist(),
+                "clip_sample_range": clip_sample_range,
+                "sample_max_value": sample_max_value,
+                "dynamic_thresholding_ratio": dynamic_thresholding_ratio,
+                "steps_offset": steps_offset,
+            },
+            cls_name,
+        )
         check_choice(cls_name, "prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice(cls_name, "timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
         if trained_betas is None:

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Callable
 
-from .config import is_launch_main_process
+from ..errors import is_launch_main_process
 from .loop import NonFiniteLossError
 
 # Raised on purpose with a message that names the input and the fix: bad flags and data (ValueError, which includes
