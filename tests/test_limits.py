@@ -299,3 +299,104 @@ def _with_func(parser, func):
 
     parser.parse_args = parse_args
     return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training data: labels sized before anything is built, metadata.jsonl read with one-line errors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_a_label_outlier_of_a_billion_is_refused_at_once():
+    import time
+
+    import numpy as np
+
+    from hfdiff.data.npy import check_class_indices
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"largest is 1000000000, so classes 3\.\.999999999 of 0\.\.1000000000 have"):
+        check_class_indices(np.array([0, 1, 2, 10**9]), "labels")
+    with pytest.raises(ValueError, match=r"has 20,000 classes, more than the 16,384"):
+        check_class_indices(np.arange(20_000), "labels")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_one_hot_label_file_wider_than_the_model_takes_is_refused_from_its_header(tmp_path, monkeypatch):
+    import numpy as np
+
+    from hfdiff.data import load_npy_sprites
+
+    np.save(tmp_path / "sprites.npy", np.zeros((3, 16, 16, 3), np.uint8))
+    np.save(tmp_path / "labels.npy", np.eye(3, 50_000, dtype=np.float32))
+    real_asarray = np.asarray
+    read = []
+    monkeypatch.setattr(np, "asarray", lambda a, *args, **kw: read.append(a.shape) or real_asarray(a, *args, **kw))
+    with pytest.raises(ValueError, match=r"one-hot rows 50,000 wide, more than the 16,384 classes"):
+        load_npy_sprites(tmp_path / "sprites.npy", tmp_path / "labels.npy")
+    assert (3, 50_000) not in read  # refused from the .npy header, before the rows were read
+
+
+def caption_folder(root, rows):
+    import PIL.Image
+
+    root.mkdir()
+    for i in range(3):
+        PIL.Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(root / f"{i}.png")
+    if rows is not None:
+        (root / "metadata.jsonl").write_bytes(rows if isinstance(rows, bytes) else rows.encode())
+    return str(root)
+
+
+def text_load(folder):
+    from hfdiff.training import load_training_data
+
+    return load_training_data(TrainingConfig(train_data_dir=folder, conditioning="text"), conditional=True)
+
+
+ROW = '{"file_name": "%s", "text": "a red sprite"}\n'
+BAD_METADATA = {
+    "empty": ("", r"metadata.jsonl is empty; write one line per image"),
+    "blank lines": ("\n\n", r"metadata.jsonl is empty"),
+    "not UTF-8": (b'{"file_name": "0.png", "text": "caf\xe9"}\n', r"metadata.jsonl is not UTF-8 text \(byte 35"),
+    "not JSON": (ROW % "0.png" + "{oops\n", r"metadata.jsonl, line 2 is not JSON"),
+    "no file_name": ('{"text": "a red sprite"}\n', r'line 1 has no "file_name"'),
+    "outside the folder": (ROW % "../outside.png", r"line 1 names '\.\./outside\.png', which is not inside"),
+    "absolute path": (ROW % "/etc/passwd", r"line 1 names '/etc/passwd', which is not inside"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_METADATA))
+def test_metadata_that_cannot_be_read_is_one_line(tmp_path, case):
+    rows, message = BAD_METADATA[case]
+    folder = caption_folder(tmp_path / "captions", rows)
+    with pytest.raises(ValueError, match=rf"--train_data_dir {folder}: .*{message}"):
+        text_load(folder)
+
+
+def test_images_without_a_metadata_row_are_named_in_a_warning(tmp_path, caplog):
+    import logging
+
+    folder = caption_folder(tmp_path / "captions", ROW % "0.png" + ROW % "2.png" + ROW % "7.png")
+    with caplog.at_level(logging.WARNING, logger="hfdiff"):
+        data = text_load(folder)
+    assert len(data.captions) == 2
+    assert (
+        "1 of the 3 images under" in caplog.text and "left out of training" in caplog.text and "1.png" in caplog.text
+    )
+    assert "1 row(s) of" in caplog.text and "7.png" in caplog.text
+
+
+def test_streaming_a_saved_set_smaller_than_the_shard_count(tmp_path):
+    import datasets
+    import numpy as np
+    import PIL.Image
+
+    from hfdiff.training import load_training_data
+
+    images = [PIL.Image.fromarray(np.full((8, 8, 3), 6 * i, np.uint8)) for i in range(40)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = {"image": images, "label": [i % 2 for i in range(40)]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "d")
+    config = TrainingConfig(dataset_name=str(tmp_path / "d"), dataset_streaming=True, max_train_steps=2)
+    data = load_training_data(config, conditional=True)
+    assert data.streaming and sum(1 for _ in data.images.dataset) == 40
