@@ -26,7 +26,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from .text_encoding import encode_text, text_embedding_dim
+from .text_encoding import check_text_encoder_config, encode_text, text_embedding_dim
 
 ClassLabel = int | str
 # Weight formats loaded through pickle, which can run code: never loaded, named in an error instead.
@@ -1065,6 +1065,8 @@ def _load_component(folder: Path, name: str, index: dict, options: _LoadOptions,
         )
     if name in _REQUIRED_CONFIG:
         _check_config(component_cls, component_folder, name)
+    if name == "text_encoder" and (component_folder / "config.json").is_file():  # sizes, before anything is built
+        check_text_encoder_config(_read_json(component_folder / "config.json"), str(component_folder / "config.json"))
     if issubclass(component_cls, torch.nn.Module):
         # diffusers models save diffusion_pytorch_model.safetensors, transformers models model.safetensors
         diffusers_model = component_cls.__module__.split(".")[0] in ("diffusers", "hfdiff") or name == "unet"

@@ -400,3 +400,61 @@ def test_streaming_a_saved_set_smaller_than_the_shard_count(tmp_path):
     config = TrainingConfig(dataset_name=str(tmp_path / "d"), dataset_streaming=True, max_train_steps=2)
     data = load_training_data(config, conditional=True)
     assert data.streaming and sum(1 for _ in data.images.dataset) == 40
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unbounded: text encoder configs are limited as the UNet's are, before the model is built
+# ----------------------------------------------------------------------------------------------------------------
+
+HOSTILE_ENCODERS = {
+    "100,000 layers": ({"num_hidden_layers": 100_000}, r"num_hidden_layers=100000 is beyond what hfdiff loads"),
+    "a vocabulary of 1e9": ({"vocab_size": 10**9}, r"vocab_size=1000000000 is beyond"),
+    "1e9 positions": ({"max_position_embeddings": 10**9}, r"max_position_embeddings=1000000000 is beyond"),
+    "wide and deep": (
+        {"hidden_size": 16384, "intermediate_size": 65536, "num_hidden_layers": 128},
+        r"about [\d,]+ parameters .* over the 20,000,000,000",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ENCODERS))
+def test_hostile_text_encoder_configs_are_refused_within_a_second(tmp_path, case):
+    import time
+
+    from test_text import save_tiny_bert
+    from test_text_pipeline import make_text_pipe
+
+    from hfdiff.text import load_text_encoder
+
+    entries, message = HOSTILE_ENCODERS[case]
+    encoder = save_tiny_bert(tmp_path / "encoder")
+    make_text_pipe(encoder).save_pretrained(tmp_path / "model")
+    for config_path in (encoder / "config.json", tmp_path / "model" / "text_encoder" / "config.json"):
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **entries}))
+    for load in (
+        lambda: load_text_encoder(encoder),  # --text_encoder_name_or_path
+        lambda: SpriteDiffusionPipeline.from_pretrained(tmp_path / "model"),
+    ):
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=message):
+            load()
+        assert time.perf_counter() - start < 1.0
+
+
+def test_an_encoder_folder_with_only_pickled_weights_is_one_line(tmp_path):
+    from test_text import save_tiny_bert
+
+    from hfdiff.text import load_text_encoder
+
+    encoder = save_tiny_bert(tmp_path / "encoder")
+    (encoder / "model.safetensors").rename(encoder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"holds only pickled weights \(pytorch_model\.bin\), which hfdiff never"):
+        load_text_encoder(encoder)
+    with pytest.raises(ValueError, match=r"--text_encoder_name_or_path .*pytorch_model\.bin"):
+        resolve_defaults(
+            TrainingConfig(
+                output_dir=str(tmp_path / "run"), conditioning="text", text_encoder_name_or_path=str(encoder)
+            ),
+            "cpu",
+            conditional=True,
+        )

