@@ -86,7 +86,6 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
             f"encoder, such as a BERT-style sentence encoder or CLIP's text model, or None for the default."
         ) from error
     check_text_encoder_config(config.to_dict(), f"the text encoder config of {name_or_path}")
-    _check_safetensors(name_or_path)
     is_clip = config.model_type in ("clip", "clip_text_model")
     if not is_clip and getattr(config, "vocab_size", None) is None:
         raise ValueError(
@@ -95,6 +94,7 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
         )
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{name_or_path} is an encoder-decoder model; pass an encoder-only text model (BERT, CLIP).")
+    _check_safetensors(name_or_path)
     # transformers 4.56 renamed from_pretrained's torch_dtype to dtype.
     dtype_key = "dtype" if tuple(int(v) for v in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
     kwargs = {"use_safetensors": True, dtype_key: torch_dtype}

@@ -295,7 +295,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 "class_labels were given but this model is unconditional (context_dim=None); drop class_labels."
             )
-        labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
+        listed = isinstance(class_labels, (Sequence, np.ndarray)) and not isinstance(class_labels, str)
+        labels = list(class_labels) if listed else [class_labels]
         if len(labels) == 1:
             labels = labels * batch_size
         if len(labels) != batch_size:
@@ -310,8 +311,13 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                     known = names if names is not None else f"indices 0..{context_dim - 1} (this model has no names)"
                     raise ValueError(f"Unknown class name {label!r}; this model knows {known}.")
                 indices.append(names.index(label))
-            elif isinstance(label, (int, np.integer)) and 0 <= label < context_dim:
+            elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < context_dim:
                 indices.append(int(label))
+            elif not isinstance(label, (int, np.integer)) or isinstance(label, bool):
+                raise ValueError(
+                    f"class_labels holds {label!r} ({type(label).__name__}); a class label is an index (int) in "
+                    f"0..{context_dim - 1} or a class name" + (f" from {names}." if names else ".")
+                )
             else:
                 raise ValueError(
                     f"Class label {label!r} is out of range: use an index in 0..{context_dim - 1} or a class name"
@@ -377,6 +383,10 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
     def check_scheduler_inputs(self, num_inference_steps, eta, extra_noise) -> None:
         """A step count the scheduler can take, and eta / extra_noise only where its step takes them."""
         num_train_timesteps = self.scheduler.config.num_train_timesteps
+        if num_inference_steps is not None and (
+            not isinstance(num_inference_steps, (int, np.integer)) or isinstance(num_inference_steps, bool)
+        ):
+            raise ValueError(f"num_inference_steps must be a whole number of steps, got {num_inference_steps!r}.")
         if num_inference_steps is not None and not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps={num_inference_steps} is outside 1..{num_train_timesteps} (the scheduler was "
@@ -480,6 +490,11 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             raise ValueError("Pass prompt or prompt_embeds, not both.")
         if not text_given and (negative_prompt is not None or negative_prompt_embeds is not None):
             raise ValueError("negative_prompt needs a prompt (or prompt_embeds) to guide towards.")
+        if prompt is not None and not isinstance(prompt, (str, Sequence)):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and not isinstance(embeds, torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor (N, context_dim), got {type(embeds).__name__}.")
         if prompt is not None and not isinstance(prompt, str):
             prompts = list(prompt)
             if not prompts or not all(isinstance(p, str) for p in prompts):
