@@ -458,3 +458,98 @@ def test_an_encoder_folder_with_only_pickled_weights_is_one_line(tmp_path):
             "cpu",
             conditional=True,
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One line, not a traceback: the training scripts and the pipeline's arguments
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_logging_dir_and_output_dir_paths_that_cannot_be_written(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "logs").write_text("a file where the logs would go")
+    with pytest.raises(ValueError, match=r"--logging_dir logs: .*/run/logs is a file, not a folder"):
+        resolve(tmp_path)
+    resolve(tmp_path, logging_dir="tracker")
+    for outside in ("/tmp/elsewhere", "../logs", ""):
+        with pytest.raises(ValueError, match=r"--logging_dir .* must be a folder name relative to --output_dir"):
+            resolve(tmp_path, logging_dir=outside)
+    long = str(tmp_path / ("x" * 300) / "run")
+    with pytest.raises(ValueError, match=r"--output_dir: the path part x+\.\.\. is 300 bytes long, over .* 255 bytes"):
+        resolve_defaults(TrainingConfig(output_dir=long), "cpu", conditional=True)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"global_step": "12"}, r"global_step is '12', expected a whole number >= 0"),
+        ({"global_step": -4}, r"global_step is -4, expected a whole number >= 0"),
+        ({"run": ["not", "a", "dict"]}, r"run is \['not', 'a', 'dict'\], expected a JSON object"),
+        ({"seed": True}, r"seed is True, expected a whole number >= 0"),
+    ],
+)
+def test_a_hand_edited_training_state_is_named(tmp_path, edit, message):
+    from hfdiff.training.checkpoints import STATE_FILE, read_training_state
+
+    checkpoint = tmp_path / "checkpoint-12"
+    checkpoint.mkdir()
+    (checkpoint / STATE_FILE).write_text(json.dumps({"global_step": 12, "seed": 0, "run": {}, **edit}))
+    with pytest.raises(ValueError, match=rf"training_state.json: {message}\. The file was edited or damaged"):
+        read_training_state(str(checkpoint))
+    (checkpoint / STATE_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match=r"training_state.json is not valid JSON"):
+        read_training_state(str(checkpoint))
+
+
+@pytest.mark.parametrize(
+    "raised, code, line",
+    [
+        (KeyboardInterrupt(), 130, r"error: interrupted \(Ctrl-C\)\. The checkpoints already complete are unchanged"),
+        ("save", 1, r"error: Could not write the checkpoint .*No space left on device"),
+        (ValueError("--seed must be a whole number"), 2, r"error: --seed must be a whole number"),
+    ],
+)
+def test_how_the_training_scripts_end(capsys, tmp_path, raised, code, line):
+    import errno
+    import os
+
+    from hfdiff.training.checkpoints import save_error
+    from hfdiff.training.script import run_training_script
+
+    def main(argv):
+        if raised == "save":
+            cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            try:
+                raise cause
+            except OSError as error:
+                raise save_error(f"checkpoint {tmp_path / 'checkpoint-3'}", str(tmp_path), error) from error
+        raise raised
+
+    assert run_training_script(main, []) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and re.search(line, err), err
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"class_labels": 1.5}, r"class_labels holds 1\.5 \(float\); a class label is an index \(int\) in 0\.\.4"),
+        ({"class_labels": [0, True]}, r"class_labels holds True \(bool\)"),
+        ({"num_inference_steps": 2.5}, r"num_inference_steps must be a whole number of steps, got 2\.5"),
+    ],
+)
+def test_pipeline_arguments_of_the_wrong_type_name_the_argument(kwargs, message):
+    pipe = make_pipe()
+    with pytest.raises(ValueError, match=message):
+        pipe(**{"batch_size": 2, "num_inference_steps": 2, "output_type": "np", **kwargs})
+
+
+def test_text_arguments_of_the_wrong_type_name_the_argument(tmp_path):
+    from test_text import save_tiny_bert
+    from test_text_pipeline import make_text_pipe
+
+    pipe = make_text_pipe(save_tiny_bert(tmp_path / "encoder"))
+    with pytest.raises(ValueError, match=r"prompt must be a string or a non-empty list of strings, got 5"):
+        pipe(prompt=5, num_inference_steps=2, output_type="np")
+    with pytest.raises(ValueError, match=r"prompt_embeds must be a torch.Tensor \(N, context_dim\), got list"):
+        pipe(prompt_embeds=[[0.0] * 32], num_inference_steps=2, output_type="np")
