@@ -284,6 +284,7 @@ def get_classifier(args, real):
     from hfdiff import evaluate as ev
 
     folder = args.classifier or os.path.join(args.model, "classifier")
+    ev.check_classifier_data(folder, real)
     trained_on = ev.classifier_trained_on(folder)
     if trained_on is not None:
         print(f"classifier: {folder} (trained on {trained_on or 'unknown data'})")
