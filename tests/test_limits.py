@@ -553,3 +553,15 @@ def test_text_arguments_of_the_wrong_type_name_the_argument(tmp_path):
         pipe(prompt=5, num_inference_steps=2, output_type="np")
     with pytest.raises(ValueError, match=r"prompt_embeds must be a torch.Tensor \(N, context_dim\), got list"):
         pipe(prompt_embeds=[[0.0] * 32], num_inference_steps=2, output_type="np")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ('{"norm_num_groups": 0}', r"--model_config_overrides: norm_num_groups=0 is beyond what hfdiff builds"),
+        ('{"block_out_channels": [16, 1000000]}', r"--model_config_overrides: block_out_channels=\[16, 1000000\]"),
+    ],
+)
+def test_model_config_overrides_beyond_the_limits_are_refused_with_the_flags(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(tmp_path, model_config_overrides=overrides)

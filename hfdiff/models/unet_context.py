@@ -88,8 +88,12 @@ def check_config_limits(config: dict, source: str = "ContextUNet2DModel") -> Non
         shown = f"[{', '.join(map(repr, value[:4]))}, ...] ({len(value)} entries)" if long else value
         raise ValueError(
             f"{source}: {entry}={shown} is beyond what hfdiff builds ({limit}; limits in "
-            "hfdiff.models.unet_context.UNET_CONFIG_LIMITS). The config is damaged or not meant for this model: "
-            "check the file, or save the model again."
+            "hfdiff.models.unet_context.UNET_CONFIG_LIMITS). "
+            + (
+                f"Change the value in {source}."
+                if source.startswith("--")
+                else "The config is damaged or not meant for this model: check the file, or save the model again."
+            )
         )
 
     sizes = {}

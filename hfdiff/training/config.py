@@ -703,6 +703,10 @@ def check_config(config: TrainingConfig) -> None:
     for flag in ("context_mlp_dim", "context_time_embedding"):  # flags of their own, part of the run's identity
         if flag in overrides:
             raise ValueError(f"--model_config_overrides sets {flag}; pass --{flag} instead.")
+    if overrides:  # sizes the UNet refuses (norm_num_groups 0, 10**6 channels), before the data is loaded
+        from ..models.unet_context import UNET_PRESETS, check_config_limits
+
+        check_config_limits({**UNET_PRESETS[config.preset], **overrides}, source="--model_config_overrides")
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
         check_logging_dir(config.output_dir, config.logging_dir)
