@@ -676,10 +676,16 @@ def numeric_flag_ranges() -> dict[str, tuple[typing.Callable[[float], bool], str
 
 def check_ranges(config: TrainingConfig) -> None:
     """Every numeric flag within its range (`numeric_flag_ranges`), in field order; an error for the first outside."""
-    ranges = numeric_flag_ranges()
+    ranges, hints = numeric_flag_ranges(), typing.get_type_hints(TrainingConfig)
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name in ranges and value is not None and not ranges[f.name][0](value):
+        if f.name not in ranges or value is None:
+            continue
+        kind = _unwrap_optional(hints[f.name])[0]  # int or float; a TrainingConfig built in Python may hold anything
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(value, kind)
+        if not (number or (kind is float and isinstance(value, int) and not isinstance(value, bool))):
+            raise ValueError(f"--{f.name} must be {ranges[f.name][1]}; got {value!r} ({type(value).__name__}).")
+        if not ranges[f.name][0](value):
             raise ValueError(f"--{f.name} must be {ranges[f.name][1]}; got {value!r}.")
 
 
