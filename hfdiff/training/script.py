@@ -40,7 +40,8 @@ def run_training_script(main: Callable[[], object], argv: list[str] | None = Non
         )
         return 130
     except SaveFailedError as error:  # the machine (a full disk, a read-only mount), not the flags: exit code 1
-        _one_line(str(error))
+        # Every process of a launch says it: the one that failed names the cause, the others name that process.
+        _one_line(str(error), every_process=True)
         return 1
     except Exception as error:
         if not isinstance(error, USER_ERRORS) and not _missing_extra(error):
@@ -50,7 +51,7 @@ def run_training_script(main: Callable[[], object], argv: list[str] | None = Non
     return 0
 
 
-def _one_line(message: str) -> None:
-    if is_launch_main_process():
+def _one_line(message: str, every_process: bool = False) -> None:
+    if every_process or is_launch_main_process():
         script = os.path.basename(sys.argv[0]) or "train"
         print(f"{script}: error: {' '.join(message.split())}", file=sys.stderr)
