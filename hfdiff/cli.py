@@ -29,11 +29,14 @@ with a context), built by hfdiff.samplers.with_sampler exactly as Python and the
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import re
 import sys
 
+from hfdiff.errors import OneLineErrorParser
 from hfdiff.extras import is_missing_extra
 from hfdiff.pipeline_loading import load_pipeline
 from hfdiff.samplers import RECOMMENDED, REPORT_SAMPLERS, SAMPLERS
@@ -265,6 +268,7 @@ def get_classifier(args, real):
     from hfdiff import evaluate as ev
 
     folder = args.classifier or os.path.join(args.model, "classifier")
+    ev.check_classifier_data(folder, real)
     trained_on = ev.classifier_trained_on(folder)
     if trained_on is not None:
         print(f"classifier: {folder} (trained on {trained_on or 'unknown data'})")
@@ -644,7 +648,7 @@ def _add_demo_command(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="hfdiff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -660,6 +664,100 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Ranges of the numeric flags, by argparse dest: (whether a value is allowed, the range in words). Checked with the
+# device and the output folders before any model is loaded. Upper bounds keep one request in proportion: a grid row
+# is one pipeline call (MAX_GRID_ROW images), evaluate and report sample in batches of --batch_size.
+MAX_GRID_ROW = 256
+MAX_IMAGES_PER_CLASS = 100_000
+MAX_BATCH = 65_536
+
+
+def _whole(low: int, high: int):
+    return lambda value: low <= value <= high
+
+
+def _finite(low: float, high: float):
+    return lambda value: math.isfinite(value) and low <= value <= high
+
+
+NUMERIC_FLAGS = {
+    "per_class": (_whole(1, MAX_GRID_ROW), f"a whole number from 1 to {MAX_GRID_ROW} (images per row)"),
+    "num_images_per_prompt": (_whole(1, MAX_GRID_ROW), f"a whole number from 1 to {MAX_GRID_ROW}"),
+    "num_inference_steps": (_whole(1, 100_000), "a whole number of steps >= 1"),
+    "eta": (_finite(0.0, 1.0), "a number in [0, 1] (0 deterministic DDIM, 1 DDPM-like)"),
+    "guidance_scale": (_finite(0.0, 1000.0), "a number from 0 to 1000 (1 = no guidance; 2 to 7 are usual)"),
+    "guidance_scales": (_finite(0.0, 1000.0), "numbers from 0 to 1000 (1 = no guidance; 2 to 7 are usual)"),
+    "seed": (_whole(0, 2**63 - 1), "a whole number from 0 to 2**63 - 1"),
+    "batch_size": (_whole(1, MAX_BATCH), f"a whole number from 1 to {MAX_BATCH:,}"),
+    "num_train_images": (_whole(1, 5_000_000), "a whole number from 1 to 5,000,000"),
+    "resolution": (_whole(1, 4096), "a whole number of pixels from 1 to 4096"),
+    "classifier_epochs": (_whole(1, 10_000), "a whole number from 1 to 10,000"),
+    "attribute_epochs": (_whole(1, 10_000), "a whole number from 1 to 10,000"),
+    "prompts_per_class": (_whole(1, MAX_IMAGES_PER_CLASS), f"a whole number from 1 to {MAX_IMAGES_PER_CLASS:,}"),
+    "images_per_prompt": (_whole(1, MAX_IMAGES_PER_CLASS), f"a whole number from 1 to {MAX_IMAGES_PER_CLASS:,}"),
+    "per_held_out": (_whole(1, MAX_IMAGES_PER_CLASS), f"a whole number from 1 to {MAX_IMAGES_PER_CLASS:,}"),
+    "timesteps": (_whole(0, 100_000), "timesteps t from 0 to the schedule's T - 1"),
+    "ddim_steps": (_whole(1, 100_000), "a whole number of steps >= 1"),
+    "max_batch": (_whole(1, MAX_BATCH), f"a whole number from 1 to {MAX_BATCH:,}"),
+    "port": (_whole(0, 65535), "a port number from 0 to 65535"),
+}
+# evaluate and report sample --per_class images of each class in batches, not one grid row
+_SAMPLED_IN_BATCHES = ("evaluate", "report")
+
+
+def check_numbers(args) -> None:
+    """Every numeric flag given to this command within NUMERIC_FLAGS' range, as one line naming flag and value."""
+    for dest, (ok, words) in NUMERIC_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if dest == "per_class" and args.command in _SAMPLED_IN_BATCHES:
+            ok, words = _whole(1, MAX_IMAGES_PER_CLASS), f"a whole number from 1 to {MAX_IMAGES_PER_CLASS:,}"
+        for item in value if isinstance(value, list) else [value]:
+            if not ok(item):
+                raise UserError(f"--{dest} must be {words}; got {item!r}.")
+
+
+def check_device(args) -> None:
+    """--device: a torch device name this machine has, or None (cuda when available, else cpu, filled in here)."""
+    if not hasattr(args, "device"):
+        return
+    import torch
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        return
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {args.device!r} is not a torch device; pass cpu, cuda, cuda:1 or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: torch sees no CUDA GPU here; pass --device cpu (or leave it out).")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(
+            f"--device {args.device}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0; pass one."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {args.device}: MPS is not available here; pass --device cpu (or leave it out).")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {args.device}: hfdiff samples on cpu, cuda or mps; pass one of them.")
+
+
+def check_outputs(args) -> None:
+    """The files and folders this command writes can be written, before any sampling: --output's folder and
+    --output_dir (not `visualize`'s pictures only, which are cheap)."""
+    from hfdiff.training.config import check_name_lengths, check_output_dir
+
+    output = getattr(args, "output", None)
+    if output:
+        if os.path.isdir(output):
+            raise UserError(f"--output {output} is a folder; pass a file name, e.g. {os.path.join(output, 'x')}.")
+        check_output_dir(os.path.dirname(os.path.abspath(output)), flag=f"--output {output}: the folder")
+        check_name_lengths(os.path.abspath(output), "--output")
+    if getattr(args, "output_dir", None) is not None:
+        check_output_dir(args.output_dir, flag="--output_dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -672,13 +770,27 @@ def main(argv: list[str] | None = None) -> int:
 
         print(use_free_cores())
     try:
+        check_numbers(args)
+        check_device(args)
+        check_outputs(args)
         args.func(args)
-    except (UserError, ValueError, FileNotFoundError, ImportError) as error:
+    except (UserError, ValueError, FileNotFoundError, PermissionError, ImportError) as error:
         if isinstance(error, ImportError) and not is_missing_extra(error):
             raise
-        print(f"hfdiff {args.command}: error: {error}", file=sys.stderr)
+        print(f"hfdiff {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the machine, not hfdiff: a file system that turned read-only or full part-way
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"hfdiff {args.command}: error: could not write{where}: {error.strerror}; free space or pass another "
+              "--output/--output_dir.", file=sys.stderr)  # fmt: skip
         return 2
     return 0
+
+
+# Errors of writing a result, reported as one line: read-only file system, no permission, disk or quota full.
+WRITE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG)
 
 
 if __name__ == "__main__":

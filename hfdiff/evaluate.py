@@ -72,6 +72,21 @@ class RealSprites:
     num_classifier_train: int | None = None
     # Random horizontal flips while training the classifier: see real_training_data for which data gets them.
     flip: bool = True
+    # Which data this is, stable across sizes and runs ("procedural sprites", an image folder by path): a classifier
+    # saved with one is reused only for the same (see `check_classifier_data`).
+    source: str = ""
+
+
+def data_source_id(kind: str, name: str) -> str:
+    """A stable name for a data source: a local path as its folder name plus a hash of its absolute path (the same
+    folder moved is another source; the user's file system is not written into the classifier's config), a Hub id
+    as itself."""
+    import hashlib
+
+    if not os.path.exists(name):
+        return f"{kind} {name}"
+    path = os.path.abspath(name)
+    return f"{kind} {os.path.basename(path)} ({hashlib.sha256(path.encode()).hexdigest()[:12]})"
 
 
 def real_sprites(num_train: int = 20_000, num_heldout: int = 5_000, seed: int = 0) -> RealSprites:
@@ -88,6 +103,7 @@ def real_sprites(num_train: int = 20_000, num_heldout: int = 5_000, seed: int = 
         heldout_labels,
         list(SPRITE_CLASSES),
         f"procedural sprites ({num_train} train, seed {seed}; {num_heldout} held out)",
+        source=PROCEDURAL_SPRITES,
     )
 
 
@@ -112,6 +128,7 @@ def real_npy(images_path: str, labels_path: str, heldout_fraction: float = 0.1, 
         labels[heldout].astype(np.int64),
         names,
         f"{os.path.basename(images_path)} ({len(train)} train, {len(heldout)} held out)",
+        source=f"{data_source_id('.npy images', images_path)}, {data_source_id('.npy labels', labels_path)}",
     )
 
 
@@ -159,6 +176,9 @@ def real_training_data(
         # No flips: a folder or a Hub set may be direction-dependent (a mirrored digit or letter is another symbol, or
         # none), and nothing says it is not. Sprites (procedural or the course's .npy) face both ways in every class.
         flip=False,
+        source=data_source_id("image folder", train_data_dir)
+        if train_data_dir
+        else data_source_id("dataset", dataset_name),
     )
 
 
@@ -223,6 +243,7 @@ class SpriteClassifier(nn.Module):
         self.body = conv_body(in_channels, feature_dim)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, len(class_names)))
         self.trained_on = ""  # the data description (RealSprites.description), saved beside the config
+        self.data_source = ""  # which data (RealSprites.source), saved beside the config
 
     @property
     def class_names(self) -> list[str]:
@@ -313,7 +334,7 @@ def train_classifier_on(
         progress=progress,
         flip=real.flip,
     )
-    classifier.trained_on = real.description
+    classifier.trained_on, classifier.data_source = real.description, real.source
     return classifier
 
 
@@ -362,16 +383,17 @@ def fit(
 def save_classifier(model: SpriteClassifier, folder: str | os.PathLike, trained_on: str = "") -> None:
     """Write `folder`/classifier.safetensors and `folder`/classifier_config.json (class names, input size, data)."""
     trained_on = trained_on or model.trained_on
-    save_module(model, folder, CLASSIFIER_WEIGHTS, CLASSIFIER_CONFIG, {**model.config, "trained_on": trained_on})
+    config = {**model.config, "trained_on": trained_on, "data_source": model.data_source}
+    save_module(model, folder, CLASSIFIER_WEIGHTS, CLASSIFIER_CONFIG, config)
 
 
 def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu") -> SpriteClassifier:
     """Load a classifier written by save_classifier (safetensors only; nothing is unpickled)."""
     config, state = read_module(folder, CLASSIFIER_WEIGHTS, CLASSIFIER_CONFIG, "hfdiff train-classifier")
-    trained_on = config.pop("trained_on", "")
+    trained_on, data_source = config.pop("trained_on", ""), config.pop("data_source", "")
     model = SpriteClassifier(**config)
     model.load_state_dict(state)
-    model.trained_on = trained_on
+    model.trained_on, model.data_source = trained_on, data_source
     return model.to(device).eval()
 
 
@@ -400,6 +422,24 @@ def read_module(folder: str | os.PathLike, weights_name: str, config_name: str, 
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
     return config, load_file(weights_path)
+
+
+def check_classifier_data(folder: str | os.PathLike, real: RealSprites) -> None:
+    """Refuse the saved classifier in `folder` for scoring against `real` when it was trained on other data (another
+    --train_data_dir, say): its classes and accuracy would belong to that data, without a word. Classifiers saved
+    without a data source are taken as they are."""
+    path = os.path.join(folder, CLASSIFIER_CONFIG)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    source = saved.get("data_source") if isinstance(saved, dict) else None
+    if source and real.source and source != real.source:
+        raise ValueError(
+            f"The classifier in {folder} was trained on {source} ({saved.get('trained_on') or 'no description'}), "
+            f"not on the data given now, {real.source}. Pass --classifier with another folder (a classifier is "
+            f"trained there on this data), or delete {folder} to train it again here."
+        )
 
 
 def classifier_trained_on(folder: str | os.PathLike) -> str | None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from hfdiff.pipelines.text_encoding import check_text_encoder_config
+
 # Weight formats loaded through pickle, which can run code: never loaded, named in an error instead.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -166,6 +168,8 @@ def load_component(folder: Path, name: str, index: dict, options: LoadOptions, o
         )
     if name in REQUIRED_CONFIG:
         check_config(component_cls, component_folder, name)
+    if name == "text_encoder" and (component_folder / "config.json").is_file():  # sizes, before anything is built
+        check_text_encoder_config(read_json(component_folder / "config.json"), str(component_folder / "config.json"))
     if issubclass(component_cls, torch.nn.Module):
         # diffusers models save diffusion_pytorch_model.safetensors, transformers models model.safetensors
         diffusers_model = component_cls.__module__.split(".")[0] in ("diffusers", "hfdiff") or name == "unet"

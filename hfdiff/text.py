@@ -17,7 +17,7 @@ import torch
 
 # The encoding itself lives beside the pipeline, which uses it and travels as code to diffusers-only users.
 from hfdiff.local_paths import missing_local_folder
-from hfdiff.pipelines.text_encoding import encode_text, text_embedding_dim
+from hfdiff.pipelines.text_encoding import check_text_encoder_config, encode_text, text_embedding_dim
 
 __all__ = ["default_text_encoder_path", "encode_text", "load_text_encoder", "text_embedding_dim"]
 
@@ -86,6 +86,7 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
             f"{name_or_path} is not a transformers model ({error}). Pass the folder or Hub id of a transformers text "
             f"encoder, such as a BERT-style sentence encoder or CLIP's text model, or None for the default."
         ) from error
+    check_text_encoder_config(config.to_dict(), f"the text encoder config of {name_or_path}")
     is_clip = config.model_type in ("clip", "clip_text_model")
     if not is_clip and getattr(config, "vocab_size", None) is None:
         raise ValueError(
@@ -94,6 +95,7 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
         )
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{name_or_path} is an encoder-decoder model; pass an encoder-only text model (BERT, CLIP).")
+    _check_safetensors(name_or_path)
     # transformers 4.56 renamed from_pretrained's torch_dtype to dtype.
     dtype_key = "dtype" if tuple(int(v) for v in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
     kwargs = {"use_safetensors": True, dtype_key: torch_dtype}
@@ -111,6 +113,42 @@ def load_text_encoder(name_or_path: str | Path | None = None, torch_dtype: torch
         if max_length:  # sentence-transformers trained MiniLM on 256 tokens though its positions go to 512
             tokenizer.model_max_length = min(tokenizer.model_max_length, max_length)
     return tokenizer, text_encoder
+
+
+# Weight files transformers would load through pickle, which can run code: hfdiff never loads them.
+_PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_text_encoder_folder(name_or_path: str) -> None:
+    """What can be checked of a local encoder folder without building it: its config.json's sizes and its weights'
+    format (a Hub id is checked by load_text_encoder, after the download)."""
+    folder = Path(name_or_path).expanduser()
+    if not (folder / "config.json").is_file():
+        return  # load_text_encoder says what is missing
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{folder / 'config.json'} is not valid JSON ({error}); the encoder folder is damaged."
+        ) from None
+    if isinstance(config, dict):
+        check_text_encoder_config(config, f"the text encoder config {folder / 'config.json'}")
+    _check_safetensors(name_or_path)
+
+
+def _check_safetensors(name_or_path: str) -> None:
+    """A local encoder folder must hold safetensors weights: with only pickled ones (pytorch_model.bin), transformers'
+    from_pretrained(use_safetensors=True) fails with an OSError deep in its loader; say what to do instead."""
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(path.name for path in folder.iterdir() if path.suffix in _PICKLED_WEIGHTS)
+    found = f"only pickled weights ({', '.join(pickled)}), which hfdiff never loads (unpickling can run code)" if (
+        pickled) else "no weights"  # fmt: skip
+    raise ValueError(
+        f"The text encoder folder {name_or_path} holds {found}. Convert them once to safetensors (transformers: "
+        "AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)), or pass another encoder."
+    )
 
 
 def _check_pair(tokenizer, text_encoder, name: str) -> None:

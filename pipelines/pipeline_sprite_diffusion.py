@@ -250,7 +250,8 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 "class_labels were given but this model is unconditional (context_dim=None); drop class_labels."
             )
-        labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
+        listed = isinstance(class_labels, (Sequence, np.ndarray)) and not isinstance(class_labels, str)
+        labels = list(class_labels) if listed else [class_labels]
         if len(labels) == 1:
             labels = labels * batch_size
         if len(labels) != batch_size:
@@ -265,8 +266,13 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                     known = names if names is not None else f"indices 0..{context_dim - 1} (this model has no names)"
                     raise ValueError(f"Unknown class name {label!r}; this model knows {known}.")
                 indices.append(names.index(label))
-            elif isinstance(label, (int, np.integer)) and 0 <= label < context_dim:
+            elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < context_dim:
                 indices.append(int(label))
+            elif not isinstance(label, (int, np.integer)) or isinstance(label, bool):
+                raise ValueError(
+                    f"class_labels holds {label!r} ({type(label).__name__}); a class label is an index (int) in "
+                    f"0..{context_dim - 1} or a class name" + (f" from {names}." if names else ".")
+                )
             else:
                 raise ValueError(
                     f"Class label {label!r} is out of range: use an index in 0..{context_dim - 1} or a class name"
@@ -332,6 +338,10 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
     def check_scheduler_inputs(self, num_inference_steps, eta, extra_noise) -> None:
         """A step count the scheduler can take, and eta / extra_noise only where its step takes them."""
         num_train_timesteps = self.scheduler.config.num_train_timesteps
+        if num_inference_steps is not None and (
+            not isinstance(num_inference_steps, (int, np.integer)) or isinstance(num_inference_steps, bool)
+        ):
+            raise ValueError(f"num_inference_steps must be a whole number of steps, got {num_inference_steps!r}.")
         if num_inference_steps is not None and not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps={num_inference_steps} is outside 1..{num_train_timesteps} (the scheduler was "
@@ -458,6 +468,11 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             raise ValueError("Pass prompt or prompt_embeds, not both.")
         if not text_given and (negative_prompt is not None or negative_prompt_embeds is not None):
             raise ValueError("negative_prompt needs a prompt (or prompt_embeds) to guide towards.")
+        if prompt is not None and not isinstance(prompt, (str, Sequence)):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and not isinstance(embeds, torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor (N, context_dim), got {type(embeds).__name__}.")
         if prompt is not None and not isinstance(prompt, str):
             prompts = list(prompt)
             if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -713,6 +728,7 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
         # 3. timesteps, 4. x_T
         timesteps = self.prepare_timesteps(num_inference_steps, device)
         self._num_timesteps = len(timesteps)
+        latents_in = latents
         latents = self.prepare_latents(batch_size, dtype, device, generator, latents)
 
         # 5. denoising loop x_T -> x_0
@@ -727,7 +743,10 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
 
-        # 6. [-1, 1] -> [0, 1] images
+        # 6. [-1, 1] -> [0, 1] images, refused if any value is NaN or inf (they would be black, with no error)
+        self.check_output(
+            latents, guidance_scale=guidance_scale, inputs={"context or prompt_embeds": context, "latents": latents_in}
+        )
         images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -778,6 +797,40 @@ class SpriteDiffusionPipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                 latents = callback_outputs.get("latents", latents)
         return latents
+
+    def check_output(self, sample: torch.Tensor, guidance_scale: float, inputs: dict) -> None:
+        """Refuse a denoised sample (B, C, H, W) holding NaN or inf, with the likely cause. Finite inputs can still
+        overflow on the way (a guidance scale of 1e30, a context or latents of 1e30, weights of 1e38, a schedule that
+        divides by sqrt(abar_T) = 0), and the images would be black with no error. One isfinite reduction over the
+        sample, on either sampling path; the causes are looked for only after it fails. `inputs`: the context and
+        latents given, by name."""
+        if torch.isfinite(sample).all():
+            return
+        causes = []
+        if guidance_scale > 100:
+            causes.append(f"guidance_scale={guidance_scale:g} (1 to 10 are usual)")
+        for name, value in inputs.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+                largest = value.detach().abs().max().item()
+                if largest > 1e3:
+                    causes.append(f"{name} with values up to {largest:.3g} (contexts are about 1, latents unit noise)")
+        largest_weight = max((p.detach().abs().max().item() for p in self.unet.parameters() if p.numel()), default=0)
+        if not largest_weight < 1e6:
+            causes.append(f"UNet weights up to {largest_weight:.3g} (a damaged or diverged model)")
+        config = self.scheduler.config
+        if config.get("rescale_betas_zero_snr") and config.get("prediction_type") == "epsilon":
+            causes.append(
+                "a scheduler with rescale_betas_zero_snr=True and prediction_type='epsilon' (x0_hat divides by "
+                "sqrt(abar_T) = 0: use v_prediction, or no rescale)"
+            )
+        if self.unet.dtype == torch.float16:
+            causes.append("float16 weights (their range ends at 65504: try float32 or bfloat16)")
+        bad = int((~torch.isfinite(sample)).sum())
+        likely = "; ".join(causes) if causes else "no input out of the ordinary: the model's weights or the scheduler"
+        raise ValueError(
+            f"Sampling produced {bad} NaN or infinite value(s) of {sample.numel()}, which would be black images. "
+            f"Likely cause: {likely}. Pass smaller values, or check the model and its scheduler config."
+        )
 
     def postprocess(self, sample: torch.Tensor, output_type: str = "pil"):
         """sample: (B, C, H, W) in about [-1, 1] -> images in [0, 1]; see `postprocess_sample`."""

@@ -12,6 +12,52 @@ import warnings
 
 import torch
 
+# Bounds on a text encoder's config, checked before the model is built (as the UNet's are): a damaged or hostile
+# config.json (100,000 layers, a vocabulary of 10**9) would otherwise take minutes of CPU and then all the memory.
+# Far above the encoders hfdiff uses (MiniLM: 6 layers of 384, 30,522 tokens, 512 positions) and above large ones
+# (CLIP ViT-bigG's text model: 32 layers of 1280; T5-XXL's encoder: 24 layers of 4096, 10,240 inner).
+TEXT_ENCODER_CONFIG_LIMITS = {
+    "num_hidden_layers": 128,
+    "hidden_size": 16384,
+    "intermediate_size": 65536,
+    "num_attention_heads": 256,
+    "vocab_size": 1_000_000,
+    "max_position_embeddings": 65536,
+    "type_vocab_size": 1024,
+    "projection_dim": 16384,
+    "parameters": 20 * 10**9,  # estimated from the embeddings and the layers' matrices
+}
+
+
+def check_text_encoder_config(config: dict, source: str) -> None:
+    """Refuse a transformers text encoder config (a dict, as config.json holds it; CLIP's "text_config" is checked
+    too) with sizes beyond TEXT_ENCODER_CONFIG_LIMITS, in microseconds and before anything is allocated, with an
+    error naming `source`, the entry and its limit."""
+    if isinstance(config.get("text_config"), dict):
+        check_text_encoder_config(config["text_config"], f"{source} (text_config)")
+    sizes = {}
+    for entry, limit in TEXT_ENCODER_CONFIG_LIMITS.items():
+        value = config.get(entry)
+        if entry == "parameters" or value is None:
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit):
+            raise ValueError(
+                f"{source}: {entry}={value!r} is beyond what hfdiff loads as a text encoder (whole numbers up to "
+                f"{limit:,}; limits in TEXT_ENCODER_CONFIG_LIMITS of hfdiff's text_encoding module). The config is "
+                "damaged or not a text encoder's: check the file, or pass another encoder."
+            )
+        sizes[entry] = value
+    width = sizes.get("hidden_size", 0)
+    inner = sizes.get("intermediate_size", 4 * width)
+    embeddings = (sizes.get("vocab_size", 0) + sizes.get("max_position_embeddings", 0)) * width
+    estimate = embeddings + sizes.get("num_hidden_layers", 0) * (4 * width * width + 2 * width * inner)
+    if estimate > TEXT_ENCODER_CONFIG_LIMITS["parameters"]:
+        raise ValueError(
+            f"{source}: about {estimate:,} parameters (hidden_size={width}, intermediate_size={inner}, "
+            f"num_hidden_layers={sizes.get('num_hidden_layers')}, vocab_size={sizes.get('vocab_size')}), over the "
+            f"{TEXT_ENCODER_CONFIG_LIMITS['parameters']:,} hfdiff loads as a text encoder; pass a smaller encoder."
+        )
+
 
 def text_embedding_dim(text_encoder) -> int:
     """Width of encode_text's vectors: the model's hidden size (or projection size for CLIP with projection)."""

@@ -296,3 +296,21 @@ def test_larger_sprite_models_are_pooled_to_the_classifier(classifier, real, tmp
     with pytest.raises(ValueError, match=r"24x24 images but the classifier takes 16x16.*--resolution 24"):
         ev.pool_factor(24, ev.load_classifier(tmp_path / "classifier"))
     assert main(["evaluate", str(tmp_path / "sprites-24"), *flags]) == 2
+
+
+def test_a_classifier_trained_on_other_data_is_refused(folder_model, tmp_path, capsys):
+    """MODEL/classifier remembers which data it was trained on: another --train_data_dir with the same class names
+    is refused (its accuracy would be the other data's), and --classifier elsewhere trains one for it."""
+    from hfdiff.cli import main
+
+    folder, model = folder_model
+    flags = ["--per_class", "4", "--classifier_epochs", "1", "--device", "cpu", "--num_inference_steps", "3"]
+    assert main(["evaluate", str(model), "--train_data_dir", str(folder), *flags]) == 0
+    capsys.readouterr()
+    same_classes = write_folder(tmp_path / "same-classes")
+    assert main(["evaluate", str(model), "--train_data_dir", str(same_classes), *flags]) == 2
+    error = capsys.readouterr().err
+    assert f"The classifier in {model / 'classifier'} was trained on image folder data (" in error
+    assert "not on the data given now, image folder same-classes (" in error and "Pass --classifier" in error
+    other = ["--classifier", str(tmp_path / "classifier")]
+    assert main(["evaluate", str(model), "--train_data_dir", str(same_classes), *flags, *other]) == 0

@@ -27,6 +27,7 @@ LAYERS = [
             "hfdiff/text.py",
             "hfdiff/cuda.py",
             "hfdiff/cpu_threads.py",
+            "hfdiff/errors.py",
             "hfdiff/extras.py",
             "hfdiff/local_paths.py",
             "hfdiff/folder_swap.py",

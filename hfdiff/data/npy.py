@@ -10,18 +10,30 @@ import os
 
 import numpy as np
 
+# The most classes a label file or column may have: the UNet's context is one entry per class, and
+# ContextUNet2DModel's config takes context_dim up to this (UNET_CONFIG_LIMITS). Checked from the .npy header and
+# from the largest index, before any (N, K) array or class table is built.
+MAX_CLASSES = 16384
+
 
 def _load(path, what: str) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path!r}. Pass the path of the course's .npy file.")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r")  # the header only: shapes are checked first
     except ValueError as error:  # object arrays (pickles) and files that are not .npy at all
         raise ValueError(
             f"Could not read {what} file {path!r} as a plain NumPy array ({error}). Expected a .npy file written by "
             "np.save from a numeric array."
         ) from None
+    if what == "labels" and array.ndim == 2 and array.shape[1] > MAX_CLASSES:
+        raise ValueError(
+            f"labels file {path!r} has one-hot rows {array.shape[1]:,} wide, more than the {MAX_CLASSES:,} classes "
+            "hfdiff's model takes (one context entry per class); check that it is the labels file, or pass class "
+            "indices (N,)."
+        )
+    return np.asarray(array)
 
 
 def _is_integral(array: np.ndarray) -> bool:
@@ -60,17 +72,6 @@ def load_npy_sprites(sprites_path, labels_path, return_num_classes: bool = False
     return (images, labels, num_classes) if return_num_classes else (images, labels)
 
 
-def _ranges(values) -> str:
-    """[5, 6, 7, 9] -> "5..7, 9" (long lists shortened), for messages about class indices."""
-    values, parts, start = sorted(values), [], None
-    for i, value in enumerate(values):
-        start = value if start is None else start
-        if i + 1 == len(values) or values[i + 1] != value + 1:
-            parts.append(str(start) if start == value else f"{start}..{value}")
-            start = None
-    return ", ".join(parts[:8]) + (f", ... ({len(parts) - 8} more ranges)" if len(parts) > 8 else "")
-
-
 def check_class_indices(labels: np.ndarray, source: str) -> int:
     """Class indices (N,) -> K, the number of classes, refusing labels that are not 0..K-1 with every class used.
 
@@ -84,15 +85,24 @@ def check_class_indices(labels: np.ndarray, source: str) -> int:
         raise ValueError(f"{source} has negative class indices (e.g. {int(labels.min())}); expected 0..K-1.")
     used, counts = np.unique(labels, return_counts=True)
     num_classes = int(used[-1]) + 1
-    if len(used) == num_classes:
+    if len(used) == num_classes and num_classes <= MAX_CLASSES:
         return num_classes
-    missing = sorted(set(range(num_classes)) - set(used.tolist()))
+    # The gaps from the used indices alone (never range(num_classes): one outlier of 10**9 would build a billion).
+    bounds = np.concatenate([[-1], used])
+    starts = np.flatnonzero(np.diff(bounds) > 1)
+    gaps = [(int(bounds[i]) + 1, int(bounds[i + 1]) - 1) for i in starts]
+    missing = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in gaps[:8]) + (", ..." if len(gaps) > 8 else "")
     # An index far above the others is most likely a typo: name the rows that use the classes above the first gap.
-    above = used[used > missing[0]]
+    above = used[used > gaps[0][0]] if gaps else used[used >= MAX_CLASSES]
     rare = ", ".join(f"{int(k)} ({int(counts[used == k][0])} image(s))" for k in above[:5])
+    if not gaps:  # every class used, but more of them than a model takes
+        raise ValueError(
+            f"{source} has {num_classes:,} classes, more than the {MAX_CLASSES:,} hfdiff's model takes (one context "
+            "entry per class); merge classes, or train on the images without labels."
+        )
     raise ValueError(
         f"{source} uses {len(used)} distinct class indices but the largest is {num_classes - 1}, so classes "
-        f"{_ranges(missing)} of 0..{num_classes - 1} have no images (classes above the gap: {rare}"
+        f"{missing} of 0..{num_classes - 1} have no images (classes above the gap: {rare}"
         f"{', ...' if len(above) > 5 else ''}). Labels must be 0..K-1 with every class used: relabel them "
         "(e.g. np.unique(labels, return_inverse=True)[1]) or remove the rows with outlier labels."
     )

@@ -88,6 +88,7 @@ UNET_CONFIG_LIMITS = {
     "context_dim": 16384,  # text encoders' widths are 512..4096
     "time_embedding_dim": 16384,
     "context_mlp_dim": 16384,
+    "norm_num_groups": 1024,  # GroupNorm groups; each level's channels must be a multiple of it
     "parameters": 4 * 10**9,  # estimated from the convolutions alone (about half the real count; 16 GB in float32)
 }
 
@@ -101,8 +102,12 @@ def check_config_limits(config: dict, source: str = "ContextUNet2DModel") -> Non
         shown = f"[{', '.join(map(repr, value[:4]))}, ...] ({len(value)} entries)" if long else value
         raise ValueError(
             f"{source}: {entry}={shown} is beyond what hfdiff builds ({limit}; limits in "
-            "hfdiff.models.unet_context.UNET_CONFIG_LIMITS). The config is damaged or not meant for this model: "
-            "check the file, or save the model again."
+            "hfdiff.models.unet_context.UNET_CONFIG_LIMITS). "
+            + (
+                f"Change the value in {source}."
+                if source.startswith("--")
+                else "The config is damaged or not meant for this model: check the file, or save the model again."
+            )
         )
 
     sizes = {}
@@ -119,6 +124,9 @@ def check_config_limits(config: dict, source: str = "ContextUNet2DModel") -> Non
             refuse(entry, value, f"whole numbers from 1 to {limit}")
         sizes[entry] = values
     channels, layers = sizes.get("block_out_channels", []), sizes.get("layers_per_block", [1])[0]
+    groups = sizes.get("norm_num_groups", [None])[0]
+    if groups is not None and any(c % groups for c in channels):
+        refuse("norm_num_groups", groups, f"a divisor of every block_out_channels entry {channels} (GroupNorm)")
     # 3x3 convolutions: `layers` resnets per down block, `layers` + 1 per up block taking the skip (about 3 c^2 each
     # for 2 c^2 per down resnet), and the middle block's two resnets.
     estimate = sum(9 * c * c * (2 * layers + 3 * (layers + 1)) for c in channels) + 18 * max(channels, default=0) ** 2
@@ -238,6 +246,7 @@ class ContextUNet2DModel(UNet2DModel):
                 "context_dim": context_dim,
                 "time_embedding_dim": time_embedding_dim,
                 "context_mlp_dim": context_mlp_dim,
+                "norm_num_groups": norm_num_groups,
             }
         )
         if num_class_embeds is not None or class_embed_type is not None:

@@ -15,6 +15,47 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "la
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
+# The longest forward chain a sprite scheduler builds: 100x diffusers' usual T = 1000. The schedule's tensors are
+# T long, and a config with T = 10**9 would allocate gigabytes before any other check.
+MAX_NUM_TRAIN_TIMESTEPS = 100_000
+
+
+def check_config_limits(config: dict, source: str) -> None:
+    """Refuse a scheduler config (a dict of arguments, as scheduler_config.json holds them) whose sizes or values
+    cannot give a usable schedule, in microseconds and before any tensor is built: T outside
+    1..MAX_NUM_TRAIN_TIMESTEPS, trained_betas of another length than T, a clip or threshold bound that is not a finite
+    number > 0. `source` names the config in the error."""
+
+    def refuse(entry: str, value, expected: str) -> None:
+        shown = f"a list of {len(value)} values" if isinstance(value, (list, tuple)) else repr(value)
+        raise ValueError(
+            f"{source}: {entry}={shown} is not usable ({expected}). The config is damaged or was edited: fix the "
+            "entry, or save the scheduler again."
+        )
+
+    def is_number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    steps = config.get("num_train_timesteps", 1000)
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_NUM_TRAIN_TIMESTEPS):
+        refuse("num_train_timesteps", steps, f"a whole number from 1 to {MAX_NUM_TRAIN_TIMESTEPS:,}")
+    trained = config.get("trained_betas")
+    if trained is not None:
+        if not isinstance(trained, (list, tuple)) or len(trained) != steps:
+            refuse("trained_betas", trained, f"one beta per step: num_train_timesteps={steps} of them")
+        if not all(is_number(beta) for beta in trained):
+            refuse("trained_betas", trained, "numbers only")
+    for entry in ("clip_sample_range", "sample_max_value"):
+        value = config.get(entry, 1.0)
+        if not (is_number(value) and value > 0 and value < float("inf")):  # NaN fails the comparisons
+            refuse(entry, value, "a finite number > 0; 1.0 is the data range [-1, 1]")
+    ratio = config.get("dynamic_thresholding_ratio", 0.995)
+    if not (is_number(ratio) and 0 < ratio <= 1):
+        refuse("dynamic_thresholding_ratio", ratio, "a quantile in (0, 1]")
+    offset = config.get("steps_offset", 0)
+    if not (isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset < steps):
+        refuse("steps_offset", offset, f"a whole number from 0 to num_train_timesteps - 1 = {steps - 1}")
+
 
 def check_choice(cls_name: str, name: str, value, choices) -> None:
     """Raise a ValueError naming the argument, the value given and the values allowed."""
@@ -31,7 +72,22 @@ def init_arguments(arguments: dict) -> dict:
 
 def check_choices(cls_name: str, config: dict, variance_types=None) -> None:
     """Refuse a prediction type, variance type (DDPM's), timestep spacing or beta schedule the step does not know,
-    before the parent's `__init__` builds anything."""
+    before the parent's `__init__` builds anything; and sizes and ranges out of bounds (`check_config_limits`)."""
+    betas = config["trained_betas"]
+    limited = (
+        "num_train_timesteps",
+        "clip_sample_range",
+        "sample_max_value",
+        "dynamic_thresholding_ratio",
+        "steps_offset",
+    )
+    check_config_limits(
+        {
+            **{key: config[key] for key in limited},
+            "trained_betas": None if betas is None else torch.as_tensor(betas).tolist(),
+        },
+        cls_name,
+    )
     check_choice(cls_name, "prediction_type", config["prediction_type"], PREDICTION_TYPES)
     if variance_types is not None:
         check_choice(cls_name, "variance_type", config["variance_type"], variance_types)

@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ._math import (
     add_sprite_compatibles,
     check_choices,
+    check_config_limits,
     finish_init,
     init_arguments,
     keep_x0_in_range,
@@ -36,6 +37,8 @@ class SpriteDDIMScheduler(DDIMScheduler):
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["SpriteDDPMScheduler", "SpriteDDIMScheduler"]
+    # Where the pipeline's loader finds the size check, run on scheduler_config.json before anything is built.
+    check_config_limits = staticmethod(check_config_limits)
 
     @register_to_config
     def __init__(

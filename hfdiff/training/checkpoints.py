@@ -84,9 +84,39 @@ def find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> str | None:
     return path
 
 
+# The entries of a checkpoint's STATE_FILE that resuming reads, and their types (the others are compared as saved).
+_STATE_TYPES = {
+    "global_step": int,
+    "epoch": int,
+    "world_size": int,
+    "train_batch_size": int,
+    "gradient_accumulation_steps": int,
+    "seed": int,
+    "shuffle_buffer_size": int,
+    "conditioning": str,
+    "run": dict,
+}
+
+
 def read_training_state(path: str) -> dict:
-    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    """A checkpoint's STATE_FILE, checked: a JSON object whose entries have the types hfdiff writes (a hand-edited or
+    damaged file is a ValueError naming the entry and the fix, not a TypeError part-way through the resume)."""
+    file = os.path.join(path, STATE_FILE)
+    fix = "The file was edited or damaged: restore it, or resume from another checkpoint (or delete this one)."
+    try:
+        with open(file, encoding="utf-8") as f:
+            state = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file} is not valid JSON ({error}). {fix}") from None
+    if not isinstance(state, dict) or "global_step" not in state:
+        raise ValueError(f"{file} is not a training state (a JSON object with a global_step). {fix}")
+    for key, expected in _STATE_TYPES.items():
+        value = state.get(key)
+        wrong_type = not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+        if key in state and (wrong_type or (expected is int and value < 0)):
+            kind = "a whole number >= 0" if expected is int else f"a JSON {'object' if expected is dict else 'string'}"
+            raise ValueError(f"{file}: {key} is {value!r}, expected {kind}. {fix}")
+    return state
 
 
 def save_checkpoint(
@@ -154,6 +184,12 @@ def _raise_if_any_failed(accelerator: Accelerator, error: BaseException | None, 
     raise save_error(what, output_dir, cause, _FEWER) from error
 
 
+class SaveFailedError(OSError):
+    """A save that failed while writing (a checkpoint, a validation grid, the final pipeline), with a message that
+    names what, where, the cause and the fix: the training scripts print it as one line, without the tracebacks of
+    the writing error it was raised from."""
+
+
 def save_error(what: str, output_dir: str, error: BaseException, hint: str = "") -> OSError:
     """The error for a save that failed while writing: what was being saved, where, the cause named from the error
     (`save_failure_cause`: a full disk or file size limit, a cross-filesystem rename, permissions, a read-only
@@ -162,7 +198,7 @@ def save_error(what: str, output_dir: str, error: BaseException, hint: str = "")
 
     folder = os.path.abspath(output_dir)
     code, cause = save_failure_cause(error, folder)
-    failure = OSError(
+    failure = SaveFailedError(
         f"Could not write the {what} ({type(error).__name__}: {error})"
         + (f"; {cause}" if cause else "")
         + f". Fix that, or pass another --output_dir{hint}. What was saved before is unchanged; continue with "

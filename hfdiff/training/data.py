@@ -25,6 +25,7 @@ is refused.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import zipfile
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # A save_to_disk folder streamed with --dataset_streaming is cut into this many shards, so that DDP can hand each
-# rank whole shards (split_dataset_by_node) where the world size divides it.
+# rank whole shards (split_dataset_by_node) where the world size divides it; a set of fewer rows gets a shard a row.
 _STREAM_SHARDS = 64
 
 
@@ -345,7 +346,8 @@ def _load_named_dataset(name: str, config_name: str | None, streaming: bool = Fa
                 "it may be empty or damaged. Save the data set again with at least one row."
             ) from err
         if streaming:
-            dataset = _train_split(dataset, name).to_iterable_dataset(num_shards=_STREAM_SHARDS)
+            split = _train_split(dataset, name)  # a shard holds at least one row: fewer shards for a small set
+            dataset = split.to_iterable_dataset(num_shards=max(1, min(_STREAM_SHARDS, len(split))))
     elif os.path.isdir(path):
         dataset = datasets.load_dataset(path, streaming=streaming)
     elif looks_like_local_path(name):
@@ -383,12 +385,13 @@ def _load_image_folder(path: str, streaming: bool = False):
     if not os.path.isdir(path):
         raise ValueError(f"--train_data_dir {path} is a file; pass a folder with one sub-folder of images per class.")
     image_extensions = set(PIL.Image.registered_extensions())
-    found, others = set(), []  # extensions of the images; files imagefolder will ignore
+    found, others, images = set(), [], []  # extensions of the images; files imagefolder will ignore; image paths
     for folder, _, names in os.walk(path):
         for name in names:
             extension = os.path.splitext(name)[1].lower()
             if extension in image_extensions:
                 found.add(extension)
+                images.append(os.path.join(folder, name))
             elif not name.startswith((".", "metadata.")):  # hidden files and imagefolder's metadata are expected
                 others.append(os.path.relpath(os.path.join(folder, name), path))
     if not found:
@@ -405,7 +408,72 @@ def _load_image_folder(path: str, streaming: bool = False):
             first_few(others),
             "/".join(sorted(found)),
         )
+    check_metadata_files(path, images)
     return _train_split(datasets.load_dataset("imagefolder", data_dir=path, streaming=streaming), path)
+
+
+def check_metadata_files(path: str, images: list[str]) -> None:
+    """Each metadata.jsonl of image folder `path` (datasets' imagefolder reads one per folder, its file_name entries
+    relative to it) readable and naming files of the folder, and what imagefolder would drop without a word said:
+    images without a row, rows naming no image (a warning each, with the names). `images`: the folder's image paths.
+    One pass over the lines; the images are not opened."""
+    root = os.path.abspath(path)
+    for folder, _, names in os.walk(path):
+        if "metadata.jsonl" not in names:
+            continue
+        metadata = os.path.join(folder, "metadata.jsonl")
+        where = f"--train_data_dir {path}: {metadata}"
+        try:
+            with open(metadata, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{where} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8, one JSON object "
+                "per line."
+            ) from None
+        named = set()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{where}, line {number} is not JSON ({error.msg}); fix or delete the line."
+                ) from None
+            file_name = row.get("file_name") if isinstance(row, dict) else None
+            if not isinstance(file_name, str) or not file_name:
+                raise ValueError(
+                    f'{where}, line {number} has no "file_name" (the image\'s path relative to the folder), e.g. '
+                    '{"file_name": "0001.png", "text": "a green slime"}.'
+                )
+            target = os.path.abspath(os.path.join(folder, file_name))
+            if os.path.isabs(file_name) or not target.startswith(root + os.sep):
+                raise ValueError(
+                    f"{where}, line {number} names {file_name!r}, which is not inside --train_data_dir; file_name "
+                    "entries are paths relative to the metadata's folder, inside it."
+                )
+            named.add(target)
+        if not named:
+            raise ValueError(
+                f'{where} is empty; write one line per image, e.g. {{"file_name": "0001.png", "text": "a green '
+                'slime"}, or delete it (class sub-folders need no metadata).'
+            )
+        prefix = os.path.abspath(folder) + os.sep
+        here = {os.path.abspath(image) for image in images if os.path.abspath(image).startswith(prefix)}
+        unnamed = sorted(os.path.relpath(image, folder) for image in here - named)
+        if unnamed:
+            logger.warning(
+                "%d of the %d images under %s have no row in its metadata.jsonl and are left out of training (as "
+                "datasets' imagefolder does): %s. Add a row for each, or move them out of the folder.",
+                len(unnamed), len(here), folder, first_few(unnamed),
+            )  # fmt: skip
+        absent = sorted(os.path.relpath(name, folder) for name in named - here)
+        if absent:
+            logger.warning(
+                "%d row(s) of %s name images that are not in the folder (or not images): %s; they are left out.",
+                len(absent), metadata, first_few(absent),
+            )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
