@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from ..cuda import COMPILE_OPTIONS
 from .checkpoint_state import TrainingState, refuse_pickles
 from .checkpoints import (
+    SaveFailedError,
     check_checkpoints_belong_to_run,
     find_checkpoint,
     list_checkpoints,
@@ -408,7 +409,7 @@ def save_final(accelerator, config, unet, ema, noise_scheduler, step: int, conte
         push_to_hub(config)
 
 
-def final_save_error(config: TrainingConfig, pipe, step: int, error: BaseException) -> OSError:
+def final_save_error(config: TrainingConfig, pipe, step: int, error: BaseException) -> SaveFailedError:
     """The error for a final save that failed, saying truthfully what of the training is kept: where no checkpoint
     holds the last steps, the pipeline is first saved into a new folder of the system's temporary directory (often
     another filesystem than a full --output_dir), and the message names it; otherwise the newest checkpoint to resume
@@ -445,7 +446,7 @@ def final_save_error(config: TrainingConfig, pipe, step: int, error: BaseExcepti
             f"No checkpoint was saved (--checkpointing_steps {config.checkpointing_steps}) and no other folder could "
             f"take the pipeline: the {step} steps of training are lost."
         )
-    failure = OSError(
+    failure = SaveFailedError(  # printed by the training scripts as one line, exit 1
         f"Could not write the final pipeline in {config.output_dir} ({type(error).__name__}: {error})"
         + (f"; {cause}. " if cause else ". ")
         + "Fix that, or pass another --output_dir. "
