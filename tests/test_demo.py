@@ -270,7 +270,7 @@ def test_cli_refuses_bad_input(class_pipe, tmp_path, capsys):
     assert main(["demo", str(tmp_path / "empty")]) == 2
     assert "is not a saved pipeline folder" in capsys.readouterr().err
     assert main(["demo", str(tmp_path), "--max_batch", "0"]) == 2
-    assert "--max_batch takes a positive number" in capsys.readouterr().err
+    assert "--max_batch must be a whole number from 1" in capsys.readouterr().err
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()

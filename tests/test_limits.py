@@ -466,7 +466,10 @@ def test_an_encoder_folder_with_only_pickled_weights_is_one_line(tmp_path):
 
 
 def test_logging_dir_and_output_dir_paths_that_cannot_be_written(tmp_path):
+    from hfdiff.training.output_folder import RUN_MARKER
+
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / RUN_MARKER).write_text('{"written_by": "hfdiff training"}')  # a run's folder: training's own
     (tmp_path / "run" / "logs").write_text("a file where the logs would go")
     with pytest.raises(ValueError, match=r"--logging_dir logs: .*/run/logs is a file, not a folder"):
         resolve(tmp_path)

@@ -745,6 +745,7 @@ MAX_SHUFFLE_BUFFER = 10_000_000  # encoded rows held in host memory
 MAX_DATA_BUDGET_MB = 2**30  # one PiB
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; stream_seed derives 63-bit seeds from it
 MAX_CONTEXT_MLP_DIM = 16384  # the UNet config's context_mlp_dim limit
+MAX_CAPTIONS_PER_IMAGE = 256  # rows of the caption-choice table per image, each an embedded caption
 
 
 def machine_cpu_cores() -> int:
@@ -821,6 +822,11 @@ def numeric_flag_ranges() -> dict[str, tuple[typing.Callable[[float], bool], str
         ),
         "checkpointing_steps": (steps_or_zero, f"a whole number from 0 (no checkpoints) to {MAX_STEPS:,}"),
         "checkpoints_total_limit": (steps, "a whole number >= 1, or none to keep every checkpoint"),
+        "captions_per_image": (
+            within(1, MAX_CAPTIONS_PER_IMAGE),
+            f"a whole number from 1 to {MAX_CAPTIONS_PER_IMAGE}",
+        ),
+        "caption_noise": (within(0, 100), "a finite number >= 0 and at most 100 (0: off; 0.1 to 0.5 are usual)"),
     }
     return table
 
@@ -868,8 +874,8 @@ def check_config(config: TrainingConfig) -> None:
         )
     if config.output_dir is not None:
         check_output_dir(config.output_dir)
+        check_logging_dir(config.output_dir, config.logging_dir)  # names the flag: before the folder's owner check
         check_output_dir_owner(config.output_dir)
-        check_logging_dir(config.output_dir, config.logging_dir)
     check_hub_config(config)
 
 
@@ -913,10 +919,6 @@ def check_text_config(config: TrainingConfig) -> None:
                 "--holdout matches the embedded sprites' attributes, which --dataset_name/--train_data_dir do not "
                 "have; filter those data sets before training, or drop --holdout."
             )
-        if isinstance(config.captions_per_image, bool) or config.captions_per_image < 1:
-            raise ValueError(f"--captions_per_image must be 1 or more, got {config.captions_per_image}.")
-        if not (math.isfinite(config.caption_noise) and config.caption_noise >= 0):
-            raise ValueError(f"--caption_noise must be a finite number >= 0 (0: off), got {config.caption_noise}.")
         if config.caption_mixup and (config.captions_per_image == 1 or config.dataset_name or config.train_data_dir):
             raise ValueError(
                 "--caption_mixup blends two captions of one image, and this run has one caption per image (a data "

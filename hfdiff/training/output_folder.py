@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from hfdiff.folder_swap import MANIFEST, interrupted_swap, read_manifest, unchanged
@@ -77,6 +77,7 @@ def hold_output_dir(accelerator, output_dir: str):
 
     lock = None
     refusal = None
+    created = accelerator.is_main_process and not os.path.exists(output_dir)
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         lock = FileLock(os.path.join(output_dir, LOCK_FILE), timeout=0)
@@ -98,8 +99,27 @@ def hold_output_dir(accelerator, output_dir: str):
         refusal = broadcast_object_list([refusal])[0]
     if refusal:
         raise ValueError(refusal)
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         if lock is not None:
             lock.release()
+        if failed and created:
+            _remove_if_untouched(output_dir)
+
+
+def _remove_if_untouched(output_dir: str) -> None:
+    """A run that failed before writing anything (a user error in the data, say) leaves no folder it created behind:
+    only the lock and the marker are there, and both are hfdiff's."""
+    try:
+        if set(os.listdir(output_dir)) <= {LOCK_FILE, RUN_MARKER}:
+            for name in (LOCK_FILE, RUN_MARKER):
+                with suppress(FileNotFoundError):
+                    os.remove(os.path.join(output_dir, name))
+            os.rmdir(output_dir)
+    except OSError:  # whatever is left is kept: the error that ended the run is the one to report
+        pass
