@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from hfdiff.pipelines.text_encoding import check_text_encoder_config
+from hfdiff.schedulers._math import check_config_limits as check_scheduler_config_limits
 
 # Weight formats loaded through pickle, which can run code: never loaded, named in an error instead.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -287,6 +288,8 @@ def check_config(component_cls: type, component_folder: Path, name: str) -> None
         )
     if hasattr(component_cls, "check_config_limits"):  # sizes that would allocate without bound, refused before
         component_cls.check_config_limits(config, source=str(config_path))
+    elif name == "scheduler":  # diffusers' own schedulers (training saves dpm++'s) build T-long tables just the same
+        check_scheduler_config_limits(config, source=str(config_path))
     if hasattr(component_cls, "check_config_entries"):  # entries the installed class would silently drop
         component_cls.check_config_entries(config, source=str(config_path))
 

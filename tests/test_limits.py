@@ -571,3 +571,22 @@ def test_text_arguments_of_the_wrong_type_name_the_argument(tmp_path):
 def test_model_config_overrides_beyond_the_limits_are_refused_with_the_flags(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         resolve(tmp_path, model_config_overrides=overrides)
+
+
+def test_a_loaded_folders_diffusers_scheduler_is_limited_too(tmp_path):
+    """Training saves diffusers' DPMSolverMultistepScheduler (the dpm++ recipe): a hand-edited T of 10**9 in its
+    config is refused by the loader before any table is built, as a sprite scheduler's is."""
+    import json
+
+    from tiny import make_pipe
+
+    from hfdiff import SpriteDiffusionPipeline
+    from hfdiff.samplers import with_sampler
+
+    with_sampler(make_pipe(), "dpm++").save_pretrained(tmp_path / "pipe")
+    config_path = tmp_path / "pipe" / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["_class_name"] == "DPMSolverMultistepScheduler"
+    config_path.write_text(json.dumps({**config, "num_train_timesteps": 10**9}))
+    with pytest.raises(ValueError, match=r"scheduler_config\.json: num_train_timesteps=1000000000 is not usable"):
+        SpriteDiffusionPipeline.from_pretrained(tmp_path / "pipe")
