@@ -945,6 +945,14 @@ def check_text_config(config: TrainingConfig) -> None:
         )
 
 
+def nearest_existing(path: str, exists) -> str:
+    """`path` itself or its nearest ancestor for which `exists` holds (os.path.exists, or os.path.lexists to count a
+    dangling link): the folder that a run would create `path` under, checked before any work."""
+    while not exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def check_output_dir(output_dir: str, flag: str = "--output_dir") -> None:
     """Refuse an --output_dir that cannot be written before training starts, not at the first checkpoint or the final
     save. The nearest existing ancestor must be a folder this process may write to: os.access answers for the
@@ -958,9 +966,7 @@ def check_output_dir(output_dir: str, flag: str = "--output_dir") -> None:
     check_name_lengths(path, flag)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{flag} {output_dir} is a file; pass a folder (it is created if needed).")
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(path, os.path.exists)
     if not os.path.isdir(existing):
         raise ValueError(
             f"{flag} {output_dir} cannot be created: {existing} is a file, not a folder. Pass a path whose "
@@ -1018,9 +1024,7 @@ def check_logging_dir(output_dir: str, logging_dir: str) -> None:
         )
     path = os.path.join(os.path.abspath(output_dir), logging_dir)
     check_name_lengths(path, "--logging_dir")
-    existing = path
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(path, os.path.lexists)
     if not os.path.isdir(existing):
         raise ValueError(
             f"--logging_dir {logging_dir}: {existing} is a file, not a folder, so the tracker cannot write its logs "
